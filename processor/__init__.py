@@ -1,0 +1,1 @@
+"""The write side: partition workers, the pure decision function, the event store, the outbox."""

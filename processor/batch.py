@@ -1,0 +1,374 @@
+"""Plan one fetched batch of a partition: decisions, ledger rows, outbox rows. Pure.
+
+The worker gathers what the plan needs (the idempotency records and account states of the
+batch's users, the asset list) with a fixed number of queries, then this module decides every
+command in offset order and returns the rows to write in one transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from processor.decide import EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
+from schemas.codec import DecodeFailure
+from schemas.commands import Command
+from schemas.dead_letters import DecodeErrorCode
+from schemas.events import AccountKind
+from schemas.replies import ErrorCode
+
+# Transaction ids are derived from (user, idempotency key): a retried batch plans the same ids.
+_TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
+DLQ_VALUE_BYTES_MAX = 64 * 1024
+
+AccountKey = tuple[str, str]  # (user_id, asset)
+IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """One consumed record after decoding: a command, or why it is not one."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    admitted: Command | DecodeFailure
+    payload_hash: bytes | None  # set for commands: what a same-key retry must match
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """The recorded outcome of a command, returned again to every retry with its key."""
+
+    payload_hash: bytes
+    status: str
+    error_code: str | None
+    error_message: str | None
+    transaction_id: uuid.UUID | None
+    balance_after: int | None
+    type: str
+    asset: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    topic: str
+    partition: int
+    generation: int
+    dlq_topic: str
+    processed_at: datetime
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    processed_rows: list[tuple[object, ...]] = field(default_factory=list)
+    entry_rows: list[tuple[object, ...]] = field(default_factory=list)
+    outbox_rows: list[tuple[object, ...]] = field(default_factory=list)
+    accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def payload_hash(command: Command) -> bytes:
+    """What makes two commands with one idempotency key "the same" (ids and times excluded)."""
+    material = orjson.dumps(
+        [command.type, command.asset, command.amount, command.description, command.metadata],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(material, digest_size=16).digest()
+
+
+def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
+    return uuid.uuid5(_TRANSACTION_NAMESPACE, f"{user_id}\x00{idempotency_key}")
+
+
+def plan_batch(
+    ctx: BatchContext,
+    items: Sequence[Intake],
+    known: Mapping[IdempotencyId, StoredResult],
+    accounts: Mapping[AccountKey, AccountState],
+    assets: frozenset[str],
+) -> BatchPlan:
+    """Decide every record of the batch in offset order."""
+    assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
+    plan = BatchPlan()
+    seen = dict(known)
+    for item in items:
+        if isinstance(item.admitted, DecodeFailure):
+            _refuse(ctx, plan, item, item.admitted)
+            continue
+        command = item.admitted
+        assert item.payload_hash is not None
+        prior = seen.get((command.user_id, command.idempotency_key))
+        if prior is not None:
+            _repeat(ctx, plan, item, command, prior)
+            continue
+        account_key = (command.user_id, command.asset)
+        account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
+        decision = decide(command, account, assets)
+        result = _record(ctx, plan, item, command, account, decision)
+        seen[(command.user_id, command.idempotency_key)] = result
+    _assert_balanced(plan)
+    return plan
+
+
+def _record(
+    ctx: BatchContext,
+    plan: BatchPlan,
+    item: Intake,
+    command: Command,
+    before: AccountState,
+    decision: Accepted | Rejected,
+) -> StoredResult:
+    if isinstance(decision, Accepted):
+        tx_id: uuid.UUID | None = transaction_id_for(command.user_id, command.idempotency_key)
+        balance: int | None = decision.account.balance
+        error_code, error_message = None, None
+        plan.accounts[(command.user_id, command.asset)] = decision.account
+        _entries(ctx, plan, command, tx_id, decision)
+    else:
+        tx_id, error_code, error_message = None, decision.code.value, decision.message
+        balance = None if decision.code is ErrorCode.UNKNOWN_ASSET else before.balance
+    result = StoredResult(
+        payload_hash=item.payload_hash or b"",
+        status="accepted" if tx_id else "rejected",
+        error_code=error_code,
+        error_message=error_message,
+        transaction_id=tx_id,
+        balance_after=balance,
+        type=command.type.value,
+        asset=command.asset,
+        amount=command.amount,
+    )
+    plan.processed_rows.append(
+        (
+            command.user_id,
+            command.idempotency_key,
+            command.command_id,
+            command.type.value,
+            command.asset,
+            command.amount,
+            result.payload_hash,
+            result.status,
+            error_code,
+            error_message,
+            tx_id,
+            balance,
+            command.description,
+            orjson.dumps(command.metadata).decode(),
+            ctx.topic,
+            ctx.partition,
+            item.offset,
+            ctx.processed_at,
+        )
+    )
+    event = _event_bytes(ctx, command, tx_id, decision) if isinstance(decision, Accepted) else None
+    _outbox(ctx, plan, item, command.reply_to, _reply_bytes(ctx, command, result, False), event)
+    plan.outcomes[result.status if tx_id else f"rejected:{error_code}"] += 1
+    return result
+
+
+def _entries(
+    ctx: BatchContext, plan: BatchPlan, command: Command, tx_id: uuid.UUID, decision: Accepted
+) -> None:
+    plan.entry_rows.append(
+        (
+            tx_id,
+            command.asset,
+            AccountKind.USER.value,
+            command.user_id,
+            decision.user_amount,
+            decision.account.balance,
+            decision.account.version,
+            ctx.processed_at,
+        )
+    )
+    plan.entry_rows.append(
+        (
+            tx_id,
+            command.asset,
+            decision.system_account.value,
+            None,
+            -decision.user_amount,
+            None,
+            None,
+            ctx.processed_at,
+        )
+    )
+
+
+def _repeat(
+    ctx: BatchContext, plan: BatchPlan, item: Intake, command: Command, prior: StoredResult
+) -> None:
+    """A key seen before: the original outcome again, or a refusal if the payload differs."""
+    if prior.payload_hash == item.payload_hash:
+        reply = _reply_bytes(ctx, command, prior, True)
+        plan.outcomes["duplicate"] += 1
+    else:
+        reused = StoredResult(
+            payload_hash=b"",
+            status="rejected",
+            error_code=ErrorCode.IDEMPOTENCY_KEY_REUSED.value,
+            error_message="this idempotency key was used for a different command",
+            transaction_id=None,
+            balance_after=None,
+            type=command.type.value,
+            asset=command.asset,
+            amount=command.amount,
+        )
+        reply = _reply_bytes(ctx, command, reused, True)
+        plan.outcomes["rejected:idempotency_key_reused"] += 1
+    _outbox(ctx, plan, item, command.reply_to, reply, None)
+
+
+def _refuse(ctx: BatchContext, plan: BatchPlan, item: Intake, failure: DecodeFailure) -> None:
+    envelope = failure.envelope
+    reply = None
+    if envelope.command_id is not None and envelope.reply_to is not None:
+        code = ErrorCode.INVALID_COMMAND
+        if failure.code is DecodeErrorCode.WRONG_PARTITION:
+            code = ErrorCode.WRONG_PARTITION
+        error = {"code": code.value, "message": failure.reason}
+        reply = orjson.dumps(
+            {
+                "command_id": envelope.command_id,
+                "idempotency_key": envelope.idempotency_key,
+                "user_id": envelope.user_id,
+                "status": "rejected",
+                "duplicate": False,
+                "transaction_id": None,
+                "type": None,
+                "asset": None,
+                "amount": None,
+                "balance": None,
+                "error": error,
+                "processed_at": ctx.processed_at,
+            }
+        )
+    plan.outcomes[f"invalid:{failure.code.value}"] += 1
+    plan.outbox_rows.append(
+        (
+            ctx.topic,
+            ctx.partition,
+            ctx.generation,
+            item.offset,
+            item.key,
+            envelope.reply_to if reply else None,
+            reply,
+            None,
+            _dead_letter_bytes(ctx, item, failure),
+            ctx.processed_at,
+        )
+    )
+
+
+def _outbox(
+    ctx: BatchContext,
+    plan: BatchPlan,
+    item: Intake,
+    reply_topic: str,
+    reply: bytes,
+    event: bytes | None,
+) -> None:
+    plan.outbox_rows.append(
+        (
+            ctx.topic,
+            ctx.partition,
+            ctx.generation,
+            item.offset,
+            item.key,
+            reply_topic,
+            reply,
+            event,
+            None,
+            ctx.processed_at,
+        )
+    )
+
+
+def _reply_bytes(
+    ctx: BatchContext, command: Command, result: StoredResult, duplicate: bool
+) -> bytes:
+    error = None
+    if result.error_code is not None:
+        error = {"code": result.error_code, "message": result.error_message}
+    return orjson.dumps(
+        {
+            "command_id": command.command_id,
+            "idempotency_key": command.idempotency_key,
+            "user_id": command.user_id,
+            "status": result.status,
+            "duplicate": duplicate,
+            "transaction_id": result.transaction_id,
+            "type": result.type,
+            "asset": result.asset,
+            "amount": result.amount,
+            "balance": result.balance_after,
+            "error": error,
+            "processed_at": ctx.processed_at,
+        }
+    )
+
+
+def _event_bytes(
+    ctx: BatchContext, command: Command, tx_id: uuid.UUID | None, decision: Accepted
+) -> bytes:
+    return orjson.dumps(
+        {
+            "transaction_id": tx_id,
+            "command_id": command.command_id,
+            "idempotency_key": command.idempotency_key,
+            "type": command.type.value,
+            "user_id": command.user_id,
+            "asset": command.asset,
+            "amount": command.amount,
+            "balance_after": decision.account.balance,
+            "version": decision.account.version,
+            "entries": [
+                {"account": AccountKind.USER.value, "amount": decision.user_amount},
+                {"account": decision.system_account.value, "amount": -decision.user_amount},
+            ],
+            "description": command.description,
+            "occurred_at": ctx.processed_at,
+        }
+    )
+
+
+def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:
+    raw = (item.value or b"")[:DLQ_VALUE_BYTES_MAX]
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return orjson.dumps(
+        {
+            "code": failure.code.value,
+            "reason": failure.reason,
+            "source_topic": ctx.topic,
+            "source_partition": ctx.partition,
+            "source_offset": item.offset,
+            "key": item.key.decode("utf-8", "replace") if item.key is not None else None,
+            "value": text,
+            "value_encoding": encoding,
+            "value_bytes": len(item.value or b""),
+            "truncated": len(item.value or b"") > DLQ_VALUE_BYTES_MAX,
+            "refused_at": ctx.processed_at,
+        }
+    )
+
+
+def _assert_balanced(plan: BatchPlan) -> None:
+    """Postcondition: every transaction's entries sum to zero (rule 1)."""
+    totals: Counter[object] = Counter()
+    for row in plan.entry_rows:
+        totals[row[0]] += row[4]  # type: ignore[operator]
+    assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
+    assert len(plan.entry_rows) == 2 * plan.outcomes["accepted"]

@@ -1,0 +1,69 @@
+"""Admission of a consumed record: decode it and check it is routed where its user lives.
+
+Why the routing checks: the single-writer rule (one partition owns a user) only holds if every
+producer keys by user id and partitions with Kafka's default murmur2 partitioner. A record
+whose key is not its user id, or that sits on another partition, would let two workers hold
+two different balances for one user; it is refused instead of processed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.partitioner import murmur2
+
+from processor.batch import Intake, payload_hash
+from schemas.codec import DecodeFailure, Envelope, decode_command
+from schemas.commands import Command
+from schemas.dead_letters import DecodeErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRules:
+    partitions: int
+    command_bytes_max: int
+    forbidden_reply_topics: frozenset[str]
+
+
+def partition_for(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for this user id key."""
+    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def admit(
+    rules: IntakeRules, partition: int, offset: int, key: bytes | None, value: bytes | None
+) -> Intake:
+    decoded = decode_command(value, bytes_max=rules.command_bytes_max)
+    if isinstance(decoded, Command):
+        refusal = _misrouted(rules, decoded, partition, key)
+        if refusal is not None:
+            return Intake(offset, key, value, refusal, None)
+        return Intake(offset, key, value, decoded, payload_hash(decoded))
+    return Intake(offset, key, value, decoded, None)
+
+
+def _misrouted(
+    rules: IntakeRules, command: Command, partition: int, key: bytes | None
+) -> DecodeFailure | None:
+    envelope = Envelope(
+        command_id=command.command_id,
+        reply_to=command.reply_to,
+        user_id=command.user_id,
+        idempotency_key=command.idempotency_key,
+    )
+    if command.reply_to in rules.forbidden_reply_topics:
+        reason = f"reply_to {command.reply_to!r} is one of the wallet's own input topics"
+        return DecodeFailure(
+            DecodeErrorCode.FORBIDDEN_REPLY_TOPIC, reason, Envelope(command_id=command.command_id)
+        )
+    if key != command.user_id.encode("utf-8"):
+        reason = "the message key must be the user id (UTF-8)"
+        return DecodeFailure(DecodeErrorCode.KEY_MISMATCH, reason, envelope)
+    expected = partition_for(command.user_id, rules.partitions)
+    if expected != partition:
+        reason = (
+            f"user {command.user_id!r} belongs on partition {expected} (murmur2), not {partition}; "
+            "use the default (murmur2) partitioner"
+        )
+        return DecodeFailure(DecodeErrorCode.WRONG_PARTITION, reason, envelope)
+    return None

@@ -1,0 +1,121 @@
+"""The outbox relay: publishes each committed batch's replies, events and dead letters.
+
+Rule 6: a reply must go out even if the process dies between commit and publish. The rows are
+in PostgreSQL (written in the batch transaction); this relay publishes them and then advances
+the partition's watermark. A new owner of the partition republishes everything past the
+watermark, so delivery is at-least-once and consumers dedupe by `command_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from processor.store import EventStore, OutboxMessage
+from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.outbox")
+BACKLOG_PAGE_MAX = 5_000
+_MISSING_TOPIC_RECHECK_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishJob:
+    topic: str
+    partition: int
+    epoch: int
+    messages: list[OutboxMessage]
+
+
+class OutboxPublisher:
+    def __init__(self, producer: AIOKafkaProducer, store: EventStore, settings: Settings) -> None:
+        self._producer = producer
+        self._store = store
+        self._events_topic = settings.events_topic
+        self._dlq_topic = settings.dlq_topic
+        self._timeout_s = settings.kafka_timeout_ms / 1000
+        self._backoff_max_s = settings.retry_backoff_max_ms / 1000
+        # Bounded: when Kafka is slow, the processor waits here instead of growing memory.
+        self._queue: asyncio.Queue[PublishJob] = asyncio.Queue(maxsize=settings.outbox_queue_max)
+        self._known_topics: set[str] = {settings.events_topic, settings.dlq_topic}
+        self._missing_topics: dict[str, float] = {}  # topic -> monotonic time to look again
+
+    async def submit(self, job: PublishJob) -> None:
+        if job.messages:
+            await self._queue.put(job)
+
+    async def drain(self) -> None:
+        """Wait until every submitted job is published (or its partition was lost)."""
+        await self._queue.join()
+
+    async def submit_backlog(self, topic: str, partition: int, epoch: int, after: tuple[int, int]):
+        """Queue what a previous owner committed but may not have published."""
+        while True:
+            page = await self._store.unpublished(topic, partition, after, BACKLOG_PAGE_MAX)
+            if not page:
+                return
+            log.info("republishing outbox backlog", partition=partition, messages=len(page))
+            await self.submit(PublishJob(topic, partition, epoch, page))
+            last = page[-1]
+            after = (last.generation, last.source_offset + 1)
+
+    async def run(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._publish_until_done(job)
+            finally:
+                self._queue.task_done()
+
+    async def _publish_until_done(self, job: PublishJob) -> None:
+        # Deliberately no retry cap: a reply must never be dropped. Each attempt is bounded in
+        # time, the queue is bounded, so a long broker outage stops intake instead of losing data.
+        backoff_s = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(self._publish(job), self._timeout_s * 2)
+                return
+            except (KafkaError, TimeoutError, OSError) as exc:
+                log.warning("publish failed; retrying", partition=job.partition, error=repr(exc))
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self._backoff_max_s)
+
+    async def _publish(self, job: PublishJob) -> None:
+        futures = []
+        for m in job.messages:
+            topic = m.reply_topic
+            if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
+                futures.append(await self._producer.send(topic, m.reply_value, m.key))
+            if m.event_value is not None:
+                futures.append(await self._producer.send(self._events_topic, m.event_value, m.key))
+            if m.dlq_value is not None:
+                futures.append(await self._producer.send(self._dlq_topic, m.dlq_value, m.key))
+        await asyncio.gather(*futures)
+        last = job.messages[-1]
+        await self._store.mark_published(
+            job.topic, job.partition, job.epoch, (last.generation, last.source_offset + 1)
+        )
+
+    async def _reply_topic_exists(self, topic: str) -> bool:
+        """A reply addressed to a topic that does not exist is dropped, not retried forever.
+
+        Why: `reply_to` comes from the producer; a typo must not wedge a whole partition.
+        """
+        if topic in self._known_topics:
+            return True
+        now_s = time.monotonic()
+        if self._missing_topics.get(topic, 0.0) > now_s:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
+        except (KafkaError, TimeoutError):
+            log.error("reply topic does not exist; reply dropped", reply_topic=topic)
+            self._missing_topics[topic] = now_s + _MISSING_TOPIC_RECHECK_S
+            return False
+        self._known_topics.add(topic)
+        return True

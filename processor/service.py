@@ -1,0 +1,268 @@
+"""The processor process: one consumer-group member running a worker per assigned partition.
+
+Each loop fetches what is ready (bounded by `batch_size_max`), then commits every partition's
+batch concurrently, each in its own transaction, and hands the outbox rows to the relay.
+Batches grow with load on their own: under load a fetch returns many records at once; when
+idle, `fetch_wait_ms` bounds how long a lone command waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+
+from processor.intake import IntakeRules
+from processor.outbox import OutboxPublisher, PublishJob
+from processor.store import EventStore, PostgresEventStore, StaleOffsetError
+from processor.worker import AssetCatalog, PartitionWorker, WorkerConfig
+from wallet.errors import FencedError
+from wallet.kafka import make_consumer, make_producer
+from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.processor")
+_LAG_COMMIT_INTERVAL_S = 1.0
+_RESYNC_BACKOFF_START_S = 0.1
+# Errors after which a batch is retried from the stored position (nothing was half-written:
+# the batch transaction rolled back, or committed and the resync finds the new offset).
+_BATCH_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Processor:
+    def __init__(self, settings: Settings, store: EventStore, owner: str | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._assets = AssetCatalog(store)
+        forbidden = {settings.commands_topic, settings.events_topic, settings.dlq_topic}
+        self._config = WorkerConfig(
+            owner=owner or owner_name(),
+            dlq_topic=settings.dlq_topic,
+            balance_cache_max=settings.balance_cache_max,
+            rules=IntakeRules(
+                partitions=settings.partitions,
+                command_bytes_max=settings.command_bytes_max,
+                forbidden_reply_topics=frozenset(forbidden),
+            ),
+        )
+        self._workers: dict[TopicPartition, PartitionWorker] = {}
+        # partition -> (monotonic time of the next resync attempt, current backoff in seconds)
+        self._stale: dict[TopicPartition, tuple[float, float]] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._publisher: OutboxPublisher | None = None
+        self._last_lag_commit_s = 0.0
+
+    @property
+    def owner(self) -> str:
+        return self._config.owner
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set, then leave the group cleanly."""
+        timeout_s = self._settings.kafka_timeout_ms / 1000
+        producer = make_producer(self._settings)
+        await asyncio.wait_for(producer.start(), timeout_s)
+        self._publisher = OutboxPublisher(producer, self._store, self._settings)
+        relay = asyncio.create_task(self._publisher.run(), name="outbox-relay")
+        consumer = make_consumer(
+            self._settings,
+            group_id=self._settings.consumer_group,
+            auto_offset_reset="none",  # never jump silently: a bad offset is handled below
+        )
+        self._consumer = consumer
+        consumer.subscribe([self._settings.commands_topic], listener=_Rebalance(self))
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
+        try:
+            while not stop.is_set():
+                await self._step(consumer)
+        finally:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publisher.drain(), timeout_s)
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+            await consumer.stop()
+            await producer.stop()
+            log.info("processor stopped", owner=self.owner)
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            fetched = await consumer.getmany(
+                timeout_ms=self._settings.fetch_wait_ms, max_records=self._settings.batch_size_max
+            )
+        except OffsetOutOfRangeError as exc:
+            async with self._lock:
+                for tp in exc.args[0] if exc.args else ():
+                    await self._reset(tp, "offset out of range", None)
+            return
+        except NoOffsetForPartitionError:
+            return  # a partition assigned a moment ago, not yet positioned by its claim
+        except KafkaError as exc:
+            log.warning("fetch failed", error=repr(exc))
+            await asyncio.sleep(_RESYNC_BACKOFF_START_S)
+            return
+        async with self._lock:
+            await self._resync_stale()
+            await self._check_log_ends()
+            await asyncio.gather(*(self._run_batch(tp, recs) for tp, recs in fetched.items()))
+        await self._commit_lag_offsets()
+
+    async def _run_batch(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> None:
+        worker = self._workers.get(tp)
+        if worker is None or tp in self._stale or not records:
+            return
+        reason = worker.log_replaced(records)
+        if reason is not None:
+            await self._reset(tp, reason, self._highwater(tp))
+            return
+        try:
+            messages = await worker.process(records)
+        except StaleOffsetError as exc:
+            log.warning("stored offset moved; resyncing", partition=tp.partition, error=str(exc))
+            self._mark_stale(tp, 0.0)
+            return
+        except FencedError as exc:
+            log.error("fenced: partition has a newer owner", partition=tp.partition, error=str(exc))
+            self._drop(tp)
+            return
+        except _BATCH_ERRORS as exc:
+            log.error("batch failed; will retry from the stored offset", partition=tp.partition,
+                      error=repr(exc))  # fmt: skip
+            self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+            return
+        assert self._publisher is not None
+        await self._publisher.submit(PublishJob(tp.topic, tp.partition, worker.epoch, messages))
+
+    def _mark_stale(self, tp: TopicPartition, backoff_s: float) -> None:
+        """Stop using fetched records for `tp` until its position is reloaded from storage.
+
+        Repeated failures back off exponentially up to `retry_backoff_max_ms`.
+        """
+        _, previous_s = self._stale.get(tp, (0.0, 0.0))
+        wait_s = min(max(backoff_s, previous_s * 2), self._settings.retry_backoff_max_ms / 1000)
+        self._stale[tp] = (time.monotonic() + wait_s, wait_s)
+
+    async def _resync_stale(self) -> None:
+        for tp, (retry_at_s, _) in list(self._stale.items()):
+            if time.monotonic() < retry_at_s:
+                continue
+            worker = self._workers.get(tp)
+            if worker is None:
+                self._stale.pop(tp, None)
+                continue
+            if await self._take_over(worker):
+                self._stale.pop(tp, None)
+
+    async def _take_over(self, worker: PartitionWorker) -> bool:
+        """Claim the partition, queue its unpublished outbox rows, seek to its position."""
+        assert self._consumer is not None and self._publisher is not None
+        try:
+            claim = await worker.take_over()
+            after = (claim.published_generation, claim.published_offset)
+            await self._publisher.submit_backlog(worker.tp.topic, worker.tp.partition,
+                                                 claim.epoch, after)  # fmt: skip
+        except _BATCH_ERRORS as exc:
+            log.error("could not claim partition", partition=worker.tp.partition, error=repr(exc))
+            return False
+        self._consumer.seek(worker.tp, worker.fetch_from)
+        log.info("partition claimed", partition=worker.tp.partition, epoch=claim.epoch,
+                 next_offset=claim.next_offset, generation=claim.generation)  # fmt: skip
+        return True
+
+    async def _check_log_ends(self) -> None:
+        """A log that ends before our stored offset was replaced (in-memory broker restart)."""
+        for tp, worker in list(self._workers.items()):
+            highwater = self._highwater(tp)
+            if highwater is not None and highwater < worker.next_offset and tp not in self._stale:
+                await self._reset(tp, f"log ends at {highwater}", highwater)
+
+    def _highwater(self, tp: TopicPartition) -> int | None:
+        assert self._consumer is not None
+        return self._consumer.highwater(tp)
+
+    async def _reset(self, tp: TopicPartition, reason: str, log_end: int | None) -> None:
+        worker = self._workers.get(tp)
+        if worker is None:
+            return
+        try:
+            await worker.reset(reason, log_end)
+        except FencedError:
+            self._drop(tp)
+            return
+        except _BATCH_ERRORS as exc:
+            log.error("could not record partition reset", partition=tp.partition, error=repr(exc))
+            self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+            return
+        assert self._consumer is not None
+        self._consumer.seek_to_beginning(tp)
+
+    def _drop(self, tp: TopicPartition) -> None:
+        self._workers.pop(tp, None)
+        self._stale.pop(tp, None)
+        if self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.pause(tp)
+
+    async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            assert self._consumer is not None
+            for tp in sorted(partitions):
+                worker = PartitionWorker(tp, self._store, self._assets, self._config)
+                self._workers[tp] = worker
+                self._consumer.resume(tp)
+                if not await self._take_over(worker):
+                    self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+
+    async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                self._workers.pop(tp, None)
+                self._stale.pop(tp, None)
+
+    async def _commit_lag_offsets(self) -> None:
+        """Kafka offsets are only for lag dashboards; the truth is in PostgreSQL (rule 4)."""
+        now_s = time.monotonic()
+        if now_s - self._last_lag_commit_s < _LAG_COMMIT_INTERVAL_S or self._consumer is None:
+            return
+        self._last_lag_commit_s = now_s
+        offsets = {tp: w.next_offset for tp, w in self._workers.items() if w.next_offset > 0}
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(self._consumer.commit(offsets), 2.0)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("lag offset commit failed", error=repr(exc))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._processor.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._processor.assigned(assigned)
+
+
+async def run_processor(settings: Settings, stop: asyncio.Event) -> None:
+    """The `wallet processor` entry point's body."""
+    from wallet.db import create_pool
+
+    pool = await create_pool(settings)
+    try:
+        store = PostgresEventStore(pool, settings.db_timeout_ms / 1000)
+        await Processor(settings, store).run(stop)
+    finally:
+        await pool.close()

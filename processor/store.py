@@ -1,0 +1,362 @@
+"""The event store: the small interface the partition worker needs, and its asyncpg version.
+
+Every method is one short statement or one transaction. The batch commit is the heart of the
+exactly-once design; see `PostgresEventStore.commit_batch` for why it is shaped as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from processor.decide import AccountState
+from wallet.errors import FencedError
+
+PROCESSED_COLUMNS = (
+    "user_id", "idempotency_key", "command_id", "type", "asset", "amount", "payload_hash",
+    "status", "error_code", "error_message", "transaction_id", "balance_after", "description",
+    "metadata", "topic", "partition", "source_offset", "processed_at",
+)  # fmt: skip
+ENTRY_COLUMNS = (
+    "transaction_id", "asset", "account_kind", "user_id", "amount", "balance_after", "version",
+    "created_at",
+)  # fmt: skip
+OUTBOX_COLUMNS = (
+    "topic", "partition", "generation", "source_offset", "message_key", "reply_topic",
+    "reply_value", "event_value", "dlq_value", "created_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionClaim:
+    """What a new owner of a partition learns when it takes it over."""
+
+    epoch: int
+    generation: int
+    next_offset: int
+    last_fingerprint: bytes | None
+    published_generation: int
+    published_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPosition:
+    """Where a batch sits in its partition, and which owner writes it."""
+
+    topic: str
+    partition: int
+    epoch: int
+    generation: int
+    first_offset: int  # the partition's stored next_offset when the batch was fetched
+    next_offset: int  # one past the batch's last record
+    last_fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    source_offset: int
+    generation: int
+    key: bytes | None
+    reply_topic: str | None
+    reply_value: bytes | None
+    event_value: bytes | None
+    dlq_value: bytes | None
+
+
+class EventStore(Protocol):
+    """What the write side needs from storage. Implementations pass tests/contract/."""
+
+    async def claim_partition(self, topic: str, partition: int, owner: str) -> PartitionClaim: ...
+
+    async def reset_partition(
+        self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
+    ) -> PartitionClaim: ...
+
+    async def load_assets(self) -> frozenset[str]: ...
+
+    async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]: ...
+
+    async def find_processed(
+        self, ids: Sequence[IdempotencyId]
+    ) -> dict[IdempotencyId, StoredResult]: ...
+
+    async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
+
+    async def unpublished(
+        self, topic: str, partition: int, after: tuple[int, int], limit: int
+    ) -> list[OutboxMessage]: ...
+
+    async def mark_published(
+        self, topic: str, partition: int, epoch: int, upto: tuple[int, int]
+    ) -> None: ...
+
+
+class StaleOffsetError(FencedError):
+    """The epoch is ours but the stored offset moved: an earlier commit of ours landed after
+    all (its acknowledgement was lost). The worker must reload its position and refetch."""
+
+    code = "stale_offset"
+
+
+class PostgresEventStore:
+    """EventStore on PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout_s = timeout_s
+
+    async def claim_partition(self, topic: str, partition: int, owner: str) -> PartitionClaim:
+        # Bumping the epoch takes the row lock: if the previous owner is mid-commit, this waits
+        # for it, and afterwards that owner's next commit is refused (its epoch is old).
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO partition_state (topic, partition, owner_epoch, owner)
+            VALUES ($1, $2, 1, $3)
+            ON CONFLICT (topic, partition) DO UPDATE
+               SET owner_epoch = partition_state.owner_epoch + 1, owner = EXCLUDED.owner,
+                   updated_at = now()
+            RETURNING owner_epoch, generation, next_offset, last_fingerprint,
+                      published_generation, published_offset
+            """,
+            topic,
+            partition,
+            owner,
+            timeout=self._timeout_s,
+        )
+        assert row is not None
+        return _claim(row)
+
+    async def reset_partition(
+        self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
+    ) -> PartitionClaim:
+        """Start a new generation at offset 0 after the partition's log was replaced.
+
+        Why offset 0 and not the log end: the new log holds commands nobody has processed yet.
+        Anything in it that was processed before (a re-sent command) is caught by its
+        idempotency key, so starting at 0 may answer some duplicates but never skips one.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchrow(
+                "SELECT generation, next_offset FROM partition_state"
+                " WHERE topic = $1 AND partition = $2 AND owner_epoch = $3 FOR UPDATE",
+                topic,
+                partition,
+                epoch,
+                timeout=self._timeout_s,
+            )
+            if old is None:
+                raise FencedError("partition has a newer owner", topic=topic, partition=partition)
+            await conn.execute(
+                "INSERT INTO partition_resets (topic, partition, old_generation, old_next_offset,"
+                " log_end_offset, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+                topic,
+                partition,
+                old["generation"],
+                old["next_offset"],
+                log_end_offset,
+                reason,
+                timeout=self._timeout_s,
+            )
+            row = await conn.fetchrow(
+                """
+                UPDATE partition_state
+                   SET generation = generation + 1, next_offset = 0, last_fingerprint = NULL,
+                       updated_at = now()
+                 WHERE topic = $1 AND partition = $2
+                RETURNING owner_epoch, generation, next_offset, last_fingerprint,
+                          published_generation, published_offset
+                """,
+                topic,
+                partition,
+                timeout=self._timeout_s,
+            )
+        assert row is not None
+        return _claim(row)
+
+    async def load_assets(self) -> frozenset[str]:
+        rows = await self._pool.fetch("SELECT code FROM assets", timeout=self._timeout_s)
+        return frozenset(r["code"] for r in rows)
+
+    async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
+        """The latest balance and version of each (user, asset); absent keys have no wallet."""
+        if not keys:
+            return {}
+        rows = await self._pool.fetch(
+            """
+            SELECT k.user_id, k.asset, e.balance_after, e.version
+              FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
+              CROSS JOIN LATERAL (
+                    SELECT balance_after, version FROM ledger_entries
+                     WHERE account_kind = 'user' AND user_id = k.user_id AND asset = k.asset
+                     ORDER BY version DESC LIMIT 1) AS e
+            """,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            timeout=self._timeout_s,
+        )
+        return {
+            (r["user_id"], r["asset"]): AccountState(r["balance_after"], r["version"]) for r in rows
+        }
+
+    async def find_processed(
+        self, ids: Sequence[IdempotencyId]
+    ) -> dict[IdempotencyId, StoredResult]:
+        """The recorded outcome for each (user, idempotency key) seen before."""
+        if not ids:
+            return {}
+        rows = await self._pool.fetch(
+            """
+            SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
+                   c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount
+              FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
+              JOIN processed_commands c USING (user_id, idempotency_key)
+            """,
+            [i[0] for i in ids],
+            [i[1] for i in ids],
+            timeout=self._timeout_s,
+        )
+        return {
+            (r["user_id"], r["idempotency_key"]): StoredResult(
+                payload_hash=r["payload_hash"],
+                status=r["status"],
+                error_code=r["error_code"],
+                error_message=r["error_message"],
+                transaction_id=r["transaction_id"],
+                balance_after=r["balance_after"],
+                type=r["type"],
+                asset=r["asset"],
+                amount=r["amount"],
+            )
+            for r in rows
+        }
+
+    async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
+        """Write a batch's rows and advance the partition's offset, all or nothing.
+
+        Why the offset update comes first and names the epoch and the expected offset: it takes
+        the partition row's lock, so a new owner's claim (which bumps the epoch under the same
+        lock) either happened before, and this batch is refused here, or waits until this
+        transaction ends, and then reads the offset this batch stored. Naming the expected
+        offset also refuses a batch that does not start where the last commit ended.
+        """
+        assert position.first_offset < position.next_offset, position
+        async with self._pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                """
+                UPDATE partition_state
+                   SET next_offset = $5, last_fingerprint = $6, updated_at = now()
+                 WHERE topic = $1 AND partition = $2 AND owner_epoch = $3 AND generation = $7
+                   AND next_offset = $4
+                RETURNING 1
+                """,
+                position.topic,
+                position.partition,
+                position.epoch,
+                position.first_offset,
+                position.next_offset,
+                position.last_fingerprint,
+                position.generation,
+                timeout=self._timeout_s,
+            )
+            if moved is None:
+                await self._raise_fenced(conn, position)
+            await self._copy(conn, "processed_commands", PROCESSED_COLUMNS, plan.processed_rows)
+            await self._copy(conn, "ledger_entries", ENTRY_COLUMNS, plan.entry_rows)
+            await self._copy(conn, "outbox", OUTBOX_COLUMNS, plan.outbox_rows)
+
+    async def _copy(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        columns: Sequence[str],
+        rows: list[tuple[object, ...]],
+    ) -> None:
+        if rows:
+            await conn.copy_records_to_table(
+                table, records=rows, columns=columns, timeout=self._timeout_s
+            )
+
+    async def _raise_fenced(self, conn: asyncpg.Connection, position: BatchPosition) -> None:
+        row = await conn.fetchrow(
+            "SELECT owner_epoch, generation, next_offset FROM partition_state"
+            " WHERE topic = $1 AND partition = $2",
+            position.topic,
+            position.partition,
+            timeout=self._timeout_s,
+        )
+        data = {"topic": position.topic, "partition": position.partition}
+        if row is None or row["owner_epoch"] != position.epoch:
+            raise FencedError("partition has a newer owner", epoch=position.epoch, **data)
+        raise StaleOffsetError(
+            "stored offset is not where this batch starts",
+            expected=position.first_offset,
+            stored=row["next_offset"],
+            generation=row["generation"],
+            **data,
+        )
+
+    async def unpublished(
+        self, topic: str, partition: int, after: tuple[int, int], limit: int
+    ) -> list[OutboxMessage]:
+        """Outbox rows at or past the watermark (generation, offset), oldest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT generation, source_offset, message_key, reply_topic, reply_value,
+                   event_value, dlq_value
+              FROM outbox
+             WHERE topic = $1 AND partition = $2 AND (generation, source_offset) >= ($3, $4)
+             ORDER BY generation, source_offset
+             LIMIT $5
+            """,
+            topic,
+            partition,
+            after[0],
+            after[1],
+            limit,
+            timeout=self._timeout_s,
+        )
+        return [
+            OutboxMessage(
+                source_offset=r["source_offset"],
+                generation=r["generation"],
+                key=r["message_key"],
+                reply_topic=r["reply_topic"],
+                reply_value=r["reply_value"],
+                event_value=r["event_value"],
+                dlq_value=r["dlq_value"],
+            )
+            for r in rows
+        ]
+
+    async def mark_published(
+        self, topic: str, partition: int, epoch: int, upto: tuple[int, int]
+    ) -> None:
+        """Advance the watermark to `upto` (exclusive). A fenced owner's call changes nothing."""
+        await self._pool.execute(
+            """
+            UPDATE partition_state SET published_generation = $4, published_offset = $5
+             WHERE topic = $1 AND partition = $2 AND owner_epoch = $3
+               AND (published_generation, published_offset) < ($4, $5)
+            """,
+            topic,
+            partition,
+            epoch,
+            upto[0],
+            upto[1],
+            timeout=self._timeout_s,
+        )
+
+
+def _claim(row: asyncpg.Record) -> PartitionClaim:
+    return PartitionClaim(
+        epoch=row["owner_epoch"],
+        generation=row["generation"],
+        next_offset=row["next_offset"],
+        last_fingerprint=row["last_fingerprint"],
+        published_generation=row["published_generation"],
+        published_offset=row["published_offset"],
+    )

@@ -1,0 +1,199 @@
+"""One partition's worker: decides its fetched batches in order and commits each in one go.
+
+It holds the partition's position, owner epoch and a bounded cache of its users' balances.
+The cache is only trusted while this worker owns the partition: it is built after the claim
+and updated only after a commit succeeds, so a failed batch leaves no trace in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+
+from processor.batch import AccountKey, BatchContext, BatchPlan, Intake, plan_batch
+from processor.decide import AccountState
+from processor.intake import IntakeRules, admit
+from processor.store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
+from schemas.commands import Command
+
+log = structlog.get_logger("wallet.worker")
+
+
+def fingerprint(record: ConsumerRecord) -> bytes:
+    """Identity of a record: a replaced log will not have the same one at the same offset."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(struct.pack(">qq", record.offset, record.timestamp))
+    digest.update(record.key or b"")
+    digest.update(b"\x00")
+    digest.update(record.value or b"")
+    return digest.digest()
+
+
+class AssetCatalog:
+    """The asset codes, shared by a process's workers; reloaded when a batch names a new one."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self.codes: frozenset[str] = frozenset()
+
+    async def cover(self, codes: set[str]) -> frozenset[str]:
+        # Reload before rejecting: a rejection is recorded forever, so it must not come from
+        # a stale list (an asset added a second ago by `wallet assets add`).
+        if not codes <= self.codes:
+            self.codes = await self._store.load_assets()
+        return self.codes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    owner: str
+    dlq_topic: str
+    balance_cache_max: int
+    rules: IntakeRules
+
+
+class PartitionWorker:
+    def __init__(
+        self, tp: TopicPartition, store: EventStore, assets: AssetCatalog, config: WorkerConfig
+    ) -> None:
+        self.tp = tp
+        self._store = store
+        self._assets = assets
+        self._config = config
+        self._accounts: OrderedDict[AccountKey, AccountState] = OrderedDict()
+        self.claim: PartitionClaim | None = None
+        self.next_offset = 0
+        self._verify_fingerprint: bytes | None = None
+
+    @property
+    def epoch(self) -> int:
+        assert self.claim is not None
+        return self.claim.epoch
+
+    @property
+    def generation(self) -> int:
+        assert self.claim is not None
+        return self.claim.generation
+
+    async def take_over(self) -> PartitionClaim:
+        """Claim the partition (bumping its epoch) and forget anything cached before."""
+        self.claim = await self._store.claim_partition(
+            self.tp.topic, self.tp.partition, self._config.owner
+        )
+        self._adopt(self.claim)
+        return self.claim
+
+    async def reset(self, reason: str, log_end_offset: int | None) -> None:
+        """The log was replaced: say so loudly, record it, and restart at its beginning."""
+        log.error(
+            "partition log was replaced; restarting from its beginning",
+            topic=self.tp.topic,
+            partition=self.tp.partition,
+            stored_next_offset=self.next_offset,
+            log_end_offset=log_end_offset,
+            reason=reason,
+        )
+        self.claim = await self._store.reset_partition(
+            self.tp.topic, self.tp.partition, self.epoch, log_end_offset, reason
+        )
+        self._adopt(self.claim)
+
+    def _adopt(self, claim: PartitionClaim) -> None:
+        self._accounts.clear()
+        self.next_offset = claim.next_offset
+        self._verify_fingerprint = claim.last_fingerprint if claim.next_offset > 0 else None
+
+    @property
+    def fetch_from(self) -> int:
+        """Where to seek: one record early when that record must be checked first."""
+        return self.next_offset - 1 if self._verify_fingerprint is not None else self.next_offset
+
+    @property
+    def verifying(self) -> bool:
+        return self._verify_fingerprint is not None
+
+    def log_replaced(self, records: Sequence[ConsumerRecord]) -> str | None:
+        """Why the fetched records show a replaced log, or None when they continue ours."""
+        if self._verify_fingerprint is None:
+            return None
+        first = records[0]
+        if first.offset != self.next_offset - 1:
+            return f"record {self.next_offset - 1} is gone (first fetched: {first.offset})"
+        if fingerprint(first) != self._verify_fingerprint:
+            return f"record {first.offset} is not the record processed at that offset"
+        return None
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> list[OutboxMessage]:
+        """Decide and commit one fetched batch; return what the outbox must publish."""
+        if self._verify_fingerprint is not None:
+            assert self.log_replaced(records) is None, "caller must check log_replaced first"
+            self._verify_fingerprint = None
+            records = records[1:]
+        records = [r for r in records if r.offset >= self.next_offset]
+        if not records:
+            return []
+        intakes = [
+            admit(self._config.rules, self.tp.partition, r.offset, r.key, r.value) for r in records
+        ]
+        plan = await self._plan(intakes)
+        position = BatchPosition(
+            topic=self.tp.topic,
+            partition=self.tp.partition,
+            epoch=self.epoch,
+            generation=self.generation,
+            first_offset=self.next_offset,
+            next_offset=records[-1].offset + 1,
+            last_fingerprint=fingerprint(records[-1]),
+        )
+        await self._store.commit_batch(position, plan)
+        self._remember(plan)
+        self.next_offset = position.next_offset
+        log.debug(
+            "batch committed", partition=self.tp.partition, size=len(records), **plan.outcomes
+        )
+        return [_message(row) for row in plan.outbox_rows]
+
+    async def _plan(self, intakes: list[Intake]) -> BatchPlan:
+        commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
+        ids = list({(c.user_id, c.idempotency_key) for c in commands})
+        known = await self._store.find_processed(ids)
+        keys = {(c.user_id, c.asset) for c in commands}
+        missing = [k for k in keys if k not in self._accounts]
+        # Committed state, safe to cache before this batch commits.
+        self._accounts.update(await self._store.load_accounts(missing))
+        accounts = {k: self._accounts[k] for k in keys if k in self._accounts}
+        assets = await self._assets.cover({c.asset for c in commands})
+        ctx = BatchContext(
+            topic=self.tp.topic,
+            partition=self.tp.partition,
+            generation=self.generation,
+            dlq_topic=self._config.dlq_topic,
+            processed_at=datetime.now(UTC),
+        )
+        return plan_batch(ctx, intakes, known, accounts, assets)
+
+    def _remember(self, plan: BatchPlan) -> None:
+        for key, state in plan.accounts.items():
+            self._accounts[key] = state
+            self._accounts.move_to_end(key)
+        while len(self._accounts) > self._config.balance_cache_max:
+            self._accounts.popitem(last=False)
+
+
+def _message(row: tuple[object, ...]) -> OutboxMessage:
+    return OutboxMessage(
+        source_offset=row[3],  # type: ignore[arg-type]
+        generation=row[2],  # type: ignore[arg-type]
+        key=row[4],  # type: ignore[arg-type]
+        reply_topic=row[5],  # type: ignore[arg-type]
+        reply_value=row[6],  # type: ignore[arg-type]
+        event_value=row[7],  # type: ignore[arg-type]
+        dlq_value=row[8],  # type: ignore[arg-type]
+    )

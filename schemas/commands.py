@@ -1,0 +1,96 @@
+"""The command a game server publishes to `wallet.commands` (key = user id, UTF-8)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+from uuid import UUID
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_PATTERN
+
+AMOUNT_MIN = 1
+AMOUNT_MAX = 10**15
+METADATA_KEYS_MAX = 16
+METADATA_BYTES_MAX = 2048
+
+UserId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+]
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+AssetCode = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
+TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME_PATTERN)]
+Description = Annotated[
+    str, StringConstraints(max_length=512, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=256)] | int | bool | None
+
+
+class CommandType(StrEnum):
+    """What a command does to the user's wallet."""
+
+    TOP_UP = "top_up"  # credit, paid for: treasury -> user
+    BONUS = "bonus"  # credit, free: bonus pool -> user
+    SPEND = "spend"  # debit: user -> revenue
+
+
+class Command(BaseModel):
+    """One wallet command. Strict: no coercion, unknown fields rejected, amounts are integers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    command_id: UUID = Field(description="Correlation id; the reply carries it back.")
+    idempotency_key: IdempotencyKey = Field(description="Unique per user; retries reuse it.")
+    type: CommandType
+    user_id: UserId
+    asset: AssetCode
+    amount: int = Field(ge=AMOUNT_MIN, le=AMOUNT_MAX, description="Integer minor units.")
+    description: Description | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
+    reply_to: TopicName = DEFAULT_REPLIES_TOPIC
+    sent_at: AwareDatetime = Field(description="When the producer sent it (RFC 3339, with zone).")
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, object]) -> dict[str, object]:
+        if len(value) > METADATA_KEYS_MAX:
+            raise ValueError(f"metadata has more than {METADATA_KEYS_MAX} keys")
+        if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
+            raise ValueError(f"metadata is larger than {METADATA_BYTES_MAX} bytes")
+        return value
+
+    def encode(self) -> bytes:
+        """The wire form: compact JSON."""
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def new_command(
+    *,
+    type: CommandType,
+    user_id: str,
+    asset: str,
+    amount: int,
+    idempotency_key: str,
+    command_id: UUID,
+    sent_at: datetime,
+    description: str | None = None,
+    reply_to: str = DEFAULT_REPLIES_TOPIC,
+) -> Command:
+    """Build a validated command (the Python producer's way in)."""
+    return Command(
+        command_id=command_id,
+        idempotency_key=idempotency_key,
+        type=type,
+        user_id=user_id,
+        asset=asset,
+        amount=amount,
+        description=description,
+        reply_to=reply_to,
+        sent_at=sent_at,
+    )

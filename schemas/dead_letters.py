@@ -1,0 +1,38 @@
+"""What `wallet.commands.dlq` holds: the undecodable message and why it was refused."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+
+class DecodeErrorCode(StrEnum):
+    """Why a message on the commands topic is not a command."""
+
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    INVALID_FIELDS = "invalid_fields"
+    KEY_MISMATCH = "key_mismatch"
+    WRONG_PARTITION = "wrong_partition"
+    FORBIDDEN_REPLY_TOPIC = "forbidden_reply_topic"
+
+
+class DeadLetter(BaseModel):
+    """A refused message. `value` is the original text (or base64 when not UTF-8), truncated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: DecodeErrorCode
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: str | None
+    value: str
+    value_encoding: str  # "utf-8" or "base64"
+    value_bytes: int  # size of the original message value
+    truncated: bool
+    refused_at: AwareDatetime

@@ -1,0 +1,52 @@
+"""The reply to every processed command, published to the command's `reply_to` topic."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from schemas.commands import CommandType
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class ErrorCode(StrEnum):
+    """Why a command was rejected. Stable strings: callers branch on these."""
+
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_ASSET = "unknown_asset"
+    INVALID_COMMAND = "invalid_command"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    BALANCE_LIMIT_EXCEEDED = "balance_limit_exceeded"
+    WRONG_PARTITION = "wrong_partition"
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class Reply(BaseModel):
+    """Outcome of one command. A consumer dedupes by `command_id` (delivery is at-least-once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command_id: UUID
+    idempotency_key: str | None
+    user_id: str | None
+    status: Status
+    duplicate: bool
+    transaction_id: UUID | None
+    type: CommandType | None
+    asset: str | None
+    amount: int | None
+    balance: int | None
+    error: ErrorInfo | None
+    processed_at: AwareDatetime

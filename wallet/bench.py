@@ -1,0 +1,121 @@
+"""`wallet bench`: publish N commands over M users, wait for every reply, report rates.
+
+Commands are built and encoded before the clock starts, so the figure is the service's, not
+the generator's. Latency is reply received minus command published, per command. Batch sizes
+are read from the replies: one batch's commands share one `processed_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from commands.client import WalletClient
+from schemas.commands import Command, CommandType
+from wallet.settings import Settings
+
+_MIX = [CommandType.TOP_UP] * 5 + [CommandType.BONUS] + [CommandType.SPEND] * 4
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    commands: int
+    users: int
+    seconds: float
+    commands_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    outcomes: dict[str, int]
+    batch_mean: float
+    batch_max: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"commands: {self.commands} over {self.users} users in {self.seconds:.2f} s",
+            f"throughput: {self.commands_per_s:,.0f} commands/s (all replies received)",
+            f"reply latency: p50 {self.latency_p50_ms:.1f} ms, p99 {self.latency_p99_ms:.1f} ms",
+            f"batch size (commands per transaction): mean {self.batch_mean:.0f},"
+            f" max {self.batch_max}",
+            "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
+        ]
+
+
+def build_commands(count: int, users: int, asset: str, seed: int) -> list[Command]:
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+    return [
+        Command(
+            command_id=uuid.uuid4(),
+            idempotency_key=f"bench-{run}-{i}",
+            type=rng.choice(_MIX),
+            user_id=f"bench-{run}-{rng.randrange(users)}",
+            asset=asset,
+            amount=rng.randint(1, 100),
+            sent_at=now,
+        )
+        for i in range(count)
+    ]
+
+
+async def run_bench(
+    settings: Settings,
+    count: int,
+    users: int,
+    rate_per_s: float | None = None,
+    asset: str = "GOLD",
+    timeout_s: float = 600.0,
+) -> BenchResult:
+    commands = build_commands(count, users, asset, seed=count * 31 + users)
+    encoded = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in commands]
+    received: list[float] = [0.0] * count
+    sent: list[float] = [0.0] * count
+    replies: list[dict[str, Any]] = []
+    async with WalletClient(settings) as client:
+        start = time.perf_counter()
+        futures = []
+        for i, (key, value, command_id) in enumerate(encoded):
+            if rate_per_s:
+                delay = start + i / rate_per_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent[i] = time.perf_counter()
+            future = await client.publish_raw(key, value, command_id)
+            future.add_done_callback(_stamp(received, i))
+            futures.append(future)
+        await client.flush()
+        replies = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+    elapsed = max(received) - start
+    latencies = sorted((r - s) * 1000 for r, s in zip(received, sent, strict=True))
+    batches = Counter(r["processed_at"] for r in replies)
+    return BenchResult(
+        commands=count,
+        users=users,
+        seconds=elapsed,
+        commands_per_s=count / elapsed,
+        latency_p50_ms=statistics.median(latencies),
+        latency_p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        outcomes=dict(Counter(_outcome(r) for r in replies)),
+        batch_mean=statistics.fmean(batches.values()),
+        batch_max=max(batches.values()),
+    )
+
+
+def _stamp(received: list[float], index: int) -> Any:
+    def done(_: asyncio.Future[Any]) -> None:
+        received[index] = time.perf_counter()
+
+    return done
+
+
+def _outcome(reply: dict[str, Any]) -> str:
+    if reply["status"] == "accepted":
+        return "accepted"
+    return f"rejected:{reply['error']['code']}"

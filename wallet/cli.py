@@ -1,0 +1,174 @@
+"""The `wallet` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from wallet.errors import WalletError
+from wallet.logs import configure_logging
+from wallet.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except WalletError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except WalletError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for a clean shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@click.group()
+def main() -> None:
+    """Dino Wallet: wallet commands over Kafka into a double-entry ledger in PostgreSQL."""
+
+
+@main.command()
+def up() -> None:
+    """Run the whole stack on this machine (embedded PostgreSQL and broker when unset)."""
+    from wallet.up import run_up
+
+    settings = _settings().model_copy(update={"log_format": "console"})
+    configure_logging(settings.log_level, "console")
+    _run(run_up(settings, _stop_event))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the schema migrations that are missing (idempotent)."""
+    from processor.schema_migrations import migrate as apply
+    from wallet.db import connect
+
+    async def go() -> list[str]:
+        conn = await connect(_settings())
+        try:
+            return await apply(conn)
+        finally:
+            await conn.close()
+
+    applied = _run(go())
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command()
+def topics() -> None:
+    """Create the topics if missing (partition count from WALLET_PARTITIONS)."""
+    from wallet.kafka import ensure_topics
+
+    created = _run(ensure_topics(_settings()))
+    click.echo("created: " + ", ".join(created) if created else "topics exist")
+
+
+@main.command()
+def processor() -> None:
+    """Run one processor (a consumer-group member); run one per core to scale out."""
+    from processor.service import run_processor
+
+    settings = _settings()
+
+    async def go() -> None:
+        await run_processor(settings, _stop_event())
+
+    _run(go())
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["top-up", "bonus", "spend"]))
+@click.option("--user", "user_id", required=True, help="User id (also the message key).")
+@click.option("--asset", default="GOLD", show_default=True)
+@click.option("--amount", type=int, required=True, help="Integer minor units.")
+@click.option("--key", "idempotency_key", help="Idempotency key (default: a new UUID).")
+@click.option("--description")
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
+def send(
+    kind: str,
+    user_id: str,
+    asset: str,
+    amount: int,
+    idempotency_key: str | None,
+    description: str | None,
+    timeout_s: float,
+) -> None:
+    """Publish one command and print its reply."""
+    from pydantic import ValidationError
+
+    from commands.client import WalletClient
+    from schemas.commands import CommandType, new_command
+
+    settings = _settings()
+    try:
+        command = new_command(
+            type=CommandType(kind.replace("-", "_")),
+            user_id=user_id,
+            asset=asset,
+            amount=amount,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+            command_id=uuid.uuid4(),
+            sent_at=datetime.now(UTC),
+            description=description,
+            reply_to=settings.replies_topic,
+        )
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid command: {exc}") from None
+
+    async def go() -> Any:
+        async with WalletClient(settings) as client:
+            return await client.request(command, timeout_s)
+
+    reply = _run(go())
+    click.echo(reply.model_dump_json(indent=2))
+    if reply.status == "rejected":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["command", "reply", "event", "dead_letter"]))
+def schema(name: str) -> None:
+    """Print the JSON Schema of a wire contract (for producers in other languages)."""
+    from schemas.export import render
+
+    click.echo(render(name).decode(), nl=False)
+
+
+@main.command()
+@click.option("--commands", "count", type=click.IntRange(1, 10_000_000), default=100_000)
+@click.option("--users", type=click.IntRange(1, 10_000_000), default=10_000)
+@click.option("--hot", is_flag=True, help="All commands for one user (one partition).")
+@click.option("--rate", type=float, help="Pace at this many commands/s (default: flat out).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench(count: int, users: int, hot: bool, rate: float | None, as_json: bool) -> None:
+    """Load the running stack and report commands/s and reply latency."""
+    from wallet.bench import run_bench
+
+    result = _run(run_bench(_settings(), count, 1 if hot else users, rate))
+    if as_json:
+        click.echo(orjson.dumps(result.__dict__).decode())
+    else:
+        click.echo("\n".join(result.lines()))

@@ -1,0 +1,29 @@
+"""PostgreSQL connections: every pool and connection has timeouts and a bounded size."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from wallet.settings import Settings
+
+
+async def create_pool(settings: Settings, size_max: int | None = None) -> asyncpg.Pool:
+    database_url, _ = settings.require_services()
+    timeout_s = settings.db_timeout_ms / 1000
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=size_max or settings.db_pool_size_max,
+        timeout=timeout_s,
+        command_timeout=timeout_s,
+        # Statements are few and fixed; a prepared-statement cache is what we want.
+        statement_cache_size=256,
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    database_url, _ = settings.require_services()
+    timeout_s = settings.db_timeout_ms / 1000
+    return await asyncpg.connect(database_url, timeout=timeout_s, command_timeout=timeout_s)

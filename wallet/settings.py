@@ -1,0 +1,106 @@
+"""Settings from `WALLET_*` environment variables, validated once at start.
+
+When `wallet up` runs the embedded stack it writes `.wallet/stack.env` so that commands started
+in another terminal (`wallet send`, `wallet bench`) find the same PostgreSQL and broker.
+Real environment variables always win over that file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import (
+    DEFAULT_COMMANDS_TOPIC,
+    DEFAULT_DLQ_TOPIC,
+    DEFAULT_EVENTS_TOPIC,
+    DEFAULT_REPLIES_TOPIC,
+    TOPIC_NAME_PATTERN,
+)
+from wallet.errors import ConfigError
+
+STACK_ENV_FILE = Path(".wallet") / "stack.env"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each has a unit in its name and a bound."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WALLET_", env_file=STACK_ENV_FILE, extra="ignore", frozen=True
+    )
+
+    database_url: str | None = None
+    kafka_bootstrap: str | None = None
+    commands_topic: str = DEFAULT_COMMANDS_TOPIC
+    replies_topic: str = DEFAULT_REPLIES_TOPIC
+    events_topic: str = DEFAULT_EVENTS_TOPIC
+    dlq_topic: str = DEFAULT_DLQ_TOPIC
+    partitions: int = Field(12, ge=1, le=1000)
+    consumer_group: str = Field("wallet-processor", min_length=1, max_length=200)
+    # Idempotent producers need InitProducerId, which the embedded broker does not answer.
+    producer_idempotence: bool = True
+
+    batch_size_max: int = Field(2000, ge=1, le=50_000)
+    fetch_wait_ms: int = Field(20, ge=0, le=5_000)
+    fetch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
+    command_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    balance_cache_max: int = Field(200_000, ge=1_000, le=50_000_000)
+    outbox_queue_max: int = Field(64, ge=1, le=10_000)
+    db_pool_size_max: int = Field(8, ge=2, le=200)
+    db_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    kafka_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    session_timeout_ms: int = Field(10_000, ge=3_000, le=300_000)
+    heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
+    retry_backoff_max_ms: int = Field(5_000, ge=10, le=300_000)
+
+    data_dir: Path = Path(".wallet")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("commands_topic", "replies_topic", "events_topic", "dlq_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not re.fullmatch(TOPIC_NAME_PATTERN, value):
+            raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// (TLS options go in the URL)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        topics = [self.commands_topic, self.replies_topic, self.events_topic, self.dlq_topic]
+        if len(set(topics)) != len(topics):
+            raise ValueError("the commands, replies, events and DLQ topics must all differ")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+    def require_services(self) -> tuple[str, str]:
+        """Return (database_url, kafka_bootstrap) or explain how to get them."""
+        if not self.database_url or not self.kafka_bootstrap:
+            raise ConfigError(
+                "WALLET_DATABASE_URL and WALLET_KAFKA_BOOTSTRAP must be set "
+                "(or run `wallet up` in another terminal to start the embedded stack)"
+            )
+        return self.database_url, self.kafka_bootstrap
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; a bad value becomes one clear ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"WALLET_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
