@@ -98,7 +98,12 @@ class WalletClient:
             future.set_result(reply)
 
     async def publish(self, command: Command) -> asyncio.Future[dict[str, Any]]:
-        """Publish one command; the future resolves with its reply (a JSON object)."""
+        """Publish one command; the future resolves with its reply (a JSON object).
+
+        The reply is addressed to the topic this client listens on, whatever the command said.
+        """
+        if command.reply_to != self.reply_topic:
+            command = command.model_copy(update={"reply_to": self.reply_topic})
         return await self.publish_raw(
             command.user_id.encode("utf-8"), command.encode(), str(command.command_id)
         )

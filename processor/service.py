@@ -80,10 +80,13 @@ class Processor:
             self._settings,
             group_id=self._settings.consumer_group,
             auto_offset_reset="none",  # never jump silently: a bad offset is handled below
+            max_poll_interval_ms=2 * self._settings.session_timeout_ms + 30_000,
         )
         self._consumer = consumer
         consumer.subscribe([self._settings.commands_topic], listener=_Rebalance(self))
-        await asyncio.wait_for(consumer.start(), timeout_s)
+        # Joining waits for a dead member's session to expire and the group to rebalance.
+        join_timeout_s = timeout_s + 4 * self._settings.session_timeout_ms / 1000
+        await asyncio.wait_for(consumer.start(), join_timeout_s)
         log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
         try:
             while not stop.is_set():

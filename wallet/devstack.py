@@ -38,6 +38,14 @@ def postgres_bin_dir() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
+def _as_user(user: str | None) -> dict[str, object]:
+    """Drop to `user` entirely: its uid, its group and no supplementary groups (root's group
+    would otherwise decide access to root-owned folders)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": user, "extra_groups": []}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,7 +141,7 @@ class EmbeddedPostgres:
         log_path = self.data_dir.parent / "postgres.log"
         with log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                         user=user, start_new_session=True)  # fmt: skip
+                                         start_new_session=True, **_as_user(user))  # fmt: skip
         wait_for_port(self.port, self.proc, log_path)
         self._wait_ready(bin_dir / "pg_isready")
         return self.url
@@ -168,7 +176,7 @@ class EmbeddedPostgres:
         return _PG_SYSTEM_USER
 
     def _run(self, user: str | None, argv: list[str]) -> None:
-        done = subprocess.run(argv, capture_output=True, user=user, timeout=120, check=False)
+        done = subprocess.run(argv, capture_output=True, timeout=120, check=False, **_as_user(user))
         if done.returncode != 0:
             raise DevStackError(
                 "initdb failed", stderr=done.stderr.decode(errors="replace")[-2000:]

@@ -1,0 +1,79 @@
+"""Shared fixtures: the services (embedded or from WALLET_* variables) and a fresh wallet per test.
+
+Each test gets its own database and its own topic names, created here and dropped afterwards,
+so tests never see what another test (or an earlier run) left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from wallet.settings import Settings
+from wallet.stack import Services, embedded_services, prepare
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """PostgreSQL and a Kafka-protocol broker for the whole run."""
+    base = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=Path(tempfile.mkdtemp(prefix="wallet-test-")),
+        database_url=os.environ.get("WALLET_DATABASE_URL"),
+        kafka_bootstrap=os.environ.get("WALLET_KAFKA_BOOTSTRAP"),
+    )
+    with embedded_services(base, durable=False) as found:
+        yield found
+
+
+@pytest.fixture
+async def stack(services: Services) -> AsyncIterator[Settings]:
+    """Settings for a brand-new wallet: its own database and topics, migrated and created."""
+    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
+    server_url = services.database_url.rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{server_url}/postgres", timeout=10)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"{server_url}/{name}",
+        kafka_bootstrap=services.kafka_bootstrap,
+        commands_topic=f"{prefix}.wallet.commands",
+        replies_topic=f"{prefix}.wallet.replies",
+        events_topic=f"{prefix}.wallet.events",
+        dlq_topic=f"{prefix}.wallet.commands.dlq",
+        consumer_group=f"{prefix}-processor",
+        partitions=4,
+        producer_idempotence=bool(os.environ.get("WALLET_KAFKA_BOOTSTRAP")),
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        db_timeout_ms=15_000,
+    )
+    await prepare(settings)
+    try:
+        yield settings
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+        await _delete_topics(settings)
+
+
+async def _delete_topics(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
+        await asyncio.wait_for(admin.delete_topics([*topics, settings.dlq_topic]), 10)
+    except Exception:  # cleanup is best effort: a broker may refuse to delete topics
+        pass
+    finally:
+        await admin.close()

@@ -1,0 +1,57 @@
+"""Processor subprocesses for crash and scale-out tests: started and stopped by these tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from wallet.devstack import stop_process
+from wallet.settings import Settings
+
+_PASSED_SETTINGS = [
+    "database_url", "kafka_bootstrap", "commands_topic", "replies_topic", "events_topic",
+    "dlq_topic", "partitions", "consumer_group", "producer_idempotence", "session_timeout_ms",
+    "heartbeat_interval_ms", "db_timeout_ms",
+]  # fmt: skip
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    for name in _PASSED_SETTINGS:
+        value = getattr(settings, name)
+        env[f"WALLET_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    env["WALLET_LOG_LEVEL"] = "info"
+    return env
+
+
+class ProcessorProcess:
+    """`wallet processor` in its own process, in an empty folder (no stack.env to pick up)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._cwd = Path(tempfile.mkdtemp(prefix="wallet-proc-"))
+        self.log_path = self._cwd / "processor.log"
+        with self.log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wallet", "processor"],
+                cwd=self._cwd,
+                env=settings_env(settings),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to the group, no flush, no commit."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,130 @@
+"""The write path end to end: real broker, real PostgreSQL, processor in this event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration.helpers import (
+    asset_sums,
+    balance,
+    client_for,
+    command,
+    fetch,
+    running_processor,
+    send_all,
+)
+from wallet.settings import Settings
+
+
+class TestFlows:
+    async def test_top_up_bonus_spend_for_one_user(self, stack: Settings) -> None:
+        """Credits and a debit give the right replies, balance and zero-sum entries."""
+        async with running_processor(stack), client_for(stack) as client:
+            top_up = await client.request(command("top_up", "alice", 100))
+            bonus = await client.request(command("bonus", "alice", 25))
+            spend = await client.request(command("spend", "alice", 40))
+        assert [r.status for r in (top_up, bonus, spend)] == ["accepted"] * 3
+        assert [r.balance for r in (top_up, bonus, spend)] == [100, 125, 85]
+        assert spend.transaction_id is not None and not spend.duplicate
+        assert await balance(stack, "alice") == 85
+        assert await asset_sums(stack) == {"GOLD": 0}
+        legs = await fetch(
+            stack,
+            "SELECT account_kind, amount FROM ledger_entries WHERE transaction_id = $1",
+            spend.transaction_id,
+        )
+        assert sorted((r["account_kind"], r["amount"]) for r in legs) == [
+            ("revenue", 40),
+            ("user", -40),
+        ]
+
+    async def test_many_users_at_once(self, stack: Settings) -> None:
+        """Commands for 200 users across partitions all land, each balance right."""
+        users = [f"user-{i}" for i in range(200)]
+        commands = [command("top_up", u, 10 + i) for i, u in enumerate(users)]
+        commands += [command("spend", u, 5) for u in users]
+        async with running_processor(stack), client_for(stack) as client:
+            replies = await send_all(client, commands)
+        assert all(r["status"] == "accepted" for r in replies)
+        for i, user in enumerate(users[:20]):
+            assert await balance(stack, user) == 10 + i - 5
+        assert await asset_sums(stack) == {"GOLD": 0}
+
+    async def test_unknown_asset_and_events_topic(self, stack: Settings) -> None:
+        """An unknown asset is a recorded rejection; accepted commands reach wallet.events."""
+        from wallet.kafka import make_consumer
+
+        async with running_processor(stack), client_for(stack) as client:
+            rejected = await client.request(command("top_up", "bob", 5, asset="RUBIES"))
+            accepted = await client.request(command("top_up", "bob", 5))
+        assert rejected.status == "rejected" and rejected.error is not None
+        assert rejected.error.code == "unknown_asset"
+        consumer = make_consumer(stack, stack.events_topic, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=5000)
+        finally:
+            await consumer.stop()
+        events = [r for records in batch.values() for r in records]
+        assert len(events) == 1 and events[0].key == b"bob"
+        assert str(accepted.transaction_id).encode() in events[0].value
+
+
+class TestOverdraftRace:
+    async def test_thirty_spends_of_five_against_fifty(self, stack: Settings) -> None:
+        """Exactly 10 of 30 concurrent spends succeed; the balance ends at 0, never below."""
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", "racer", 50))
+            replies = await send_all(client, [command("spend", "racer", 5) for _ in range(30)])
+        statuses = [r["status"] for r in replies]
+        assert statuses.count("accepted") == 10
+        codes = [r["error"]["code"] for r in replies if r["status"] == "rejected"]
+        assert codes == ["insufficient_funds"] * 20
+        assert await balance(stack, "racer") == 0
+        negative = await fetch(stack, "SELECT 1 FROM ledger_entries WHERE balance_after < 0")
+        assert negative == []
+
+
+class TestIdempotency:
+    async def test_fifty_copies_have_one_effect(self, stack: Settings) -> None:
+        """50 copies of one command: one ledger effect, 50 replies, 49 duplicates, one id."""
+        original = command("top_up", "carol", 70, key="order-1")
+        copies = [original.model_copy(update={"command_id": __import__("uuid").uuid4()})
+                  for _ in range(49)]  # fmt: skip
+        async with running_processor(stack), client_for(stack) as client:
+            replies = await send_all(client, [original, *copies])
+        assert len(replies) == 50
+        assert sum(r["duplicate"] for r in replies) == 49
+        assert len({r["transaction_id"] for r in replies}) == 1
+        assert {r["balance"] for r in replies} == {70}
+        assert await balance(stack, "carol") == 70
+        rows = await fetch(stack, "SELECT count(*) AS n FROM ledger_entries")
+        assert rows[0]["n"] == 2
+
+    async def test_same_key_other_payload_is_refused(self, stack: Settings) -> None:
+        """Reusing a key for a different amount is rejected and changes nothing."""
+        async with running_processor(stack), client_for(stack) as client:
+            first = await client.request(command("top_up", "dave", 10, key="k"))
+            second = await client.request(command("top_up", "dave", 11, key="k"))
+        assert first.status == "accepted"
+        assert second.status == "rejected" and second.error is not None
+        assert second.error.code == "idempotency_key_reused" and second.duplicate
+        assert await balance(stack, "dave") == 10
+
+    async def test_a_rejection_is_remembered(self, stack: Settings) -> None:
+        """A retried rejected spend gets the same rejection even after funds arrive."""
+        async with running_processor(stack), client_for(stack) as client:
+            first = await client.request(command("spend", "erin", 10, key="buy-sword"))
+            await client.request(command("top_up", "erin", 100))
+            retry = await client.request(command("spend", "erin", 10, key="buy-sword"))
+        assert first.error is not None and first.error.code == "insufficient_funds"
+        assert retry.duplicate and retry.error is not None
+        assert retry.error.code == "insufficient_funds"
+        assert await balance(stack, "erin") == 100
+
+
+async def _wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)

@@ -1,0 +1,157 @@
+"""The event store's contract (fencing, offsets) and the database's own second line of defence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from processor.batch import BatchContext, Intake, payload_hash, plan_batch
+from processor.decide import AccountState
+from processor.store import BatchPosition, PostgresEventStore, StaleOffsetError
+from tests.integration.helpers import command
+from wallet.db import create_pool
+from wallet.errors import FencedError
+from wallet.settings import Settings
+
+TOPIC = "contract.commands"
+
+
+@pytest.fixture
+async def store(stack: Settings) -> AsyncIterator[PostgresEventStore]:
+    pool = await create_pool(stack)
+    try:
+        yield PostgresEventStore(pool, 10.0)
+    finally:
+        await pool.close()
+
+
+def _plan(offset: int, amount: int, generation: int = 0, key: str | None = None):  # type: ignore[no-untyped-def]
+    cmd = command("top_up", "zed", amount, key=key or f"k{offset}")
+    ctx = BatchContext(TOPIC, 0, generation, "dlq", datetime.now(UTC))
+    item = Intake(offset, b"zed", cmd.encode(), cmd, payload_hash(cmd))
+    return plan_batch(ctx, [item], {}, {}, frozenset({"GOLD"}))
+
+
+def _position(epoch: int, first: int, nxt: int) -> BatchPosition:
+    return BatchPosition(TOPIC, 0, epoch, 0, first, nxt, b"fp")
+
+
+class TestFencing:
+    async def test_zombie_owner_is_refused_by_the_database(self, store: PostgresEventStore) -> None:
+        """After a new owner claims the partition, the old owner's batch commit fails."""
+        old = await store.claim_partition(TOPIC, 0, "old-owner")
+        new = await store.claim_partition(TOPIC, 0, "new-owner")
+        assert new.epoch == old.epoch + 1
+        with pytest.raises(FencedError) as caught:
+            await store.commit_batch(_position(old.epoch, 0, 1), _plan(0, 10))
+        assert caught.value.code == "fenced"
+        await store.commit_batch(_position(new.epoch, 0, 1), _plan(0, 10))
+
+    async def test_batch_must_start_at_the_stored_offset(self, store: PostgresEventStore) -> None:
+        """A batch that does not continue from the stored offset is refused as stale."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        with pytest.raises(StaleOffsetError):
+            await store.commit_batch(_position(claim.epoch, 0, 2), _plan(1, 10))
+        reclaimed = await store.claim_partition(TOPIC, 0, "owner")
+        assert reclaimed.next_offset == 1 and reclaimed.last_fingerprint == b"fp"
+
+    async def test_refused_batch_leaves_nothing_behind(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """A fenced batch writes no command, entry or outbox row."""
+        old = await store.claim_partition(TOPIC, 0, "a")
+        await store.claim_partition(TOPIC, 0, "b")
+        with pytest.raises(FencedError):
+            await store.commit_batch(_position(old.epoch, 0, 1), _plan(0, 10))
+        assert await store.find_processed([("zed", "k0")]) == {}
+        assert await store.load_accounts([("zed", "GOLD")]) == {}
+
+    async def test_accounts_and_results_are_read_back(self, store: PostgresEventStore) -> None:
+        """What a batch wrote is what the next owner loads."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        assert await store.load_accounts([("zed", "GOLD")]) == {
+            ("zed", "GOLD"): AccountState(10, 1)
+        }
+        found = await store.find_processed([("zed", "k0")])
+        assert found[("zed", "k0")].status == "accepted"
+
+
+class TestDatabaseConstraints:
+    async def _conn(self, stack: Settings) -> asyncpg.Connection:
+        assert stack.database_url
+        return await asyncpg.connect(stack.database_url)
+
+    async def _write(self, store: PostgresEventStore) -> None:
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+
+    async def test_ledger_is_append_only(self, store: PostgresEventStore, stack: Settings) -> None:
+        """UPDATE, DELETE and TRUNCATE on ledger tables are refused."""
+        await self._write(store)
+        conn = await self._conn(stack)
+        try:
+            for sql in ["UPDATE ledger_entries SET amount = amount + 1",
+                        "DELETE FROM ledger_entries", "TRUNCATE ledger_entries",
+                        "UPDATE processed_commands SET amount = 1",
+                        "DELETE FROM processed_commands"]:  # fmt: skip
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def test_negative_balance_is_refused(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """A user entry with a negative balance-after cannot be stored."""
+        conn = await self._conn(stack)
+        try:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
+                    " amount, balance_after, version, created_at)"
+                    " VALUES (gen_random_uuid(), 'GOLD', 'user', 'u', -5, -5, 1, now())"
+                )
+        finally:
+            await conn.close()
+
+    async def test_unbalanced_or_orphan_entries_are_refused(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """Entries that do not sum to zero, or belong to no accepted command, are refused."""
+        conn = await self._conn(stack)
+        try:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
+                    " amount, balance_after, version, created_at) VALUES"
+                    " ('00000000-0000-0000-0000-000000000001', 'GOLD', 'user', 'u', 5, 5, 1,"
+                    " now()),"
+                    " ('00000000-0000-0000-0000-000000000001', 'GOLD', 'treasury', NULL, -4,"
+                    "  NULL, NULL, now())"
+                )
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                await conn.execute(
+                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
+                    " amount, balance_after, version, created_at) VALUES"
+                    " ('00000000-0000-0000-0000-000000000002', 'GOLD', 'user', 'u', 5, 5, 1,"
+                    " now()),"
+                    " ('00000000-0000-0000-0000-000000000002', 'GOLD', 'treasury', NULL, -5,"
+                    "  NULL, NULL, now())"
+                )
+        finally:
+            await conn.close()
+
+    async def test_account_version_cannot_repeat(self, store: PostgresEventStore) -> None:
+        """Two owners writing version 1 of one account: the second write fails whole."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await store.commit_batch(_position(claim.epoch, 1, 2), _plan(1, 10))
+        assert await store.load_accounts([("zed", "GOLD")]) == {
+            ("zed", "GOLD"): AccountState(10, 1)
+        }
