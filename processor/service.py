@@ -209,7 +209,7 @@ class Processor:
             self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
             return
         assert self._consumer is not None
-        self._consumer.seek_to_beginning(tp)
+        await self._consumer.seek_to_beginning(tp)
 
     def _drop(self, tp: TopicPartition) -> None:
         self._workers.pop(tp, None)

@@ -6,6 +6,7 @@ exactly-once design; see `PostgresEventStore.commit_batch` for why it is shaped 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -225,7 +226,8 @@ class PostgresEventStore:
                 status=r["status"],
                 error_code=r["error_code"],
                 error_message=r["error_message"],
-                transaction_id=r["transaction_id"],
+                # asyncpg's own UUID type is not one orjson (or pickle) knows: use the stdlib's.
+                transaction_id=_std_uuid(r["transaction_id"]),
                 balance_after=r["balance_after"],
                 type=r["type"],
                 asset=r["asset"],
@@ -349,6 +351,10 @@ class PostgresEventStore:
             upto[1],
             timeout=self._timeout_s,
         )
+
+
+def _std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(bytes=value.bytes)
 
 
 def _claim(row: asyncpg.Record) -> PartitionClaim:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 
 from tests.integration.helpers import (
     asset_sums,
@@ -89,8 +89,7 @@ class TestIdempotency:
     async def test_fifty_copies_have_one_effect(self, stack: Settings) -> None:
         """50 copies of one command: one ledger effect, 50 replies, 49 duplicates, one id."""
         original = command("top_up", "carol", 70, key="order-1")
-        copies = [original.model_copy(update={"command_id": __import__("uuid").uuid4()})
-                  for _ in range(49)]  # fmt: skip
+        copies = [original.model_copy(update={"command_id": uuid.uuid4()}) for _ in range(49)]
         async with running_processor(stack), client_for(stack) as client:
             replies = await send_all(client, [original, *copies])
         assert len(replies) == 50
@@ -100,6 +99,17 @@ class TestIdempotency:
         assert await balance(stack, "carol") == 70
         rows = await fetch(stack, "SELECT count(*) AS n FROM ledger_entries")
         assert rows[0]["n"] == 2
+
+    async def test_retry_in_a_later_batch_gets_the_stored_result(self, stack: Settings) -> None:
+        """A retry after the original committed is answered from the ledger, unchanged."""
+        original = command("bonus", "frank", 15, key="daily-login")
+        async with running_processor(stack), client_for(stack) as client:
+            first = await client.request(original)
+            retry = await client.request(original.model_copy(update={"command_id": uuid.uuid4()}))
+        assert first.status == retry.status == "accepted"
+        assert retry.duplicate and not first.duplicate
+        assert retry.transaction_id == first.transaction_id and retry.balance == 15
+        assert await balance(stack, "frank") == 15
 
     async def test_same_key_other_payload_is_refused(self, stack: Settings) -> None:
         """Reusing a key for a different amount is rejected and changes nothing."""
@@ -121,10 +131,3 @@ class TestIdempotency:
         assert retry.duplicate and retry.error is not None
         assert retry.error.code == "insufficient_funds"
         assert await balance(stack, "erin") == 100
-
-
-async def _wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)

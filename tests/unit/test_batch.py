@@ -1,0 +1,76 @@
+"""Planning a batch: duplicates, key reuse, refusals and the zero-sum postcondition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from processor.batch import BatchContext, Intake, payload_hash, plan_batch
+from processor.intake import IntakeRules, admit, partition_for
+from schemas.commands import Command
+from tests.integration.helpers import command
+
+CTX = BatchContext("cmds", 0, 0, "dlq", datetime(2026, 1, 1, tzinfo=UTC))
+ASSETS = frozenset({"GOLD"})
+
+
+def _items(*commands: Command) -> list[Intake]:
+    return [
+        Intake(i, c.user_id.encode(), c.encode(), c, payload_hash(c))
+        for i, c in enumerate(commands)
+    ]
+
+
+class TestPlan:
+    def test_in_batch_duplicate_is_answered_once(self) -> None:
+        """A key repeated inside one batch is decided once and answered as a duplicate."""
+        first = command("top_up", "u", 10, key="a")
+        again = first.model_copy(update={"command_id": command("top_up", "u", 1).command_id})
+        plan = plan_batch(CTX, _items(first, again), {}, {}, ASSETS)
+        assert len(plan.processed_rows) == 1 and len(plan.entry_rows) == 2
+        replies = [orjson.loads(row[6]) for row in plan.outbox_rows]
+        assert [r["duplicate"] for r in replies] == [False, True]
+        assert replies[0]["transaction_id"] == replies[1]["transaction_id"]
+
+    def test_key_reuse_with_other_payload(self) -> None:
+        """The same key with another amount is refused and not recorded."""
+        plan = plan_batch(
+            CTX, _items(command("top_up", "u", 10, key="a"), command("top_up", "u", 11, key="a")),
+            {}, {}, ASSETS,
+        )  # fmt: skip
+        second = orjson.loads(plan.outbox_rows[1][6])
+        assert second["error"]["code"] == "idempotency_key_reused"
+        assert len(plan.processed_rows) == 1
+
+    def test_balances_carry_through_the_batch(self) -> None:
+        """Decisions later in a batch see the balances of earlier ones."""
+        plan = plan_batch(
+            CTX, _items(command("top_up", "u", 10), command("spend", "u", 10),
+                        command("spend", "u", 1)), {}, {}, ASSETS,
+        )  # fmt: skip
+        assert [orjson.loads(r[6])["status"] for r in plan.outbox_rows] == [
+            "accepted", "accepted", "rejected"]  # fmt: skip
+        assert sum(row[4] for row in plan.entry_rows) == 0
+
+
+class TestIntake:
+    def test_wrong_partition_is_refused(self) -> None:
+        """A command on a partition its user does not hash to is refused, not processed."""
+        cmd = command("top_up", "u", 1)
+        rules = IntakeRules(
+            partitions=12, command_bytes_max=65536, forbidden_reply_topics=frozenset()
+        )
+        wrong = (partition_for("u", 12) + 1) % 12
+        refused = admit(rules, wrong, 0, b"u", cmd.encode())
+        assert not isinstance(refused.admitted, Command)
+        assert refused.admitted.code == "wrong_partition"
+        admitted = admit(rules, partition_for("u", 12), 0, b"u", cmd.encode())
+        assert admitted.admitted == cmd
+
+    def test_reply_to_an_input_topic_is_refused(self) -> None:
+        """A reply_to naming the commands topic would loop; it is refused."""
+        cmd = command("top_up", "u", 1, reply_to="wallet.commands")
+        rules = IntakeRules(12, 65536, frozenset({"wallet.commands"}))
+        refused = admit(rules, partition_for("u", 12), 0, b"u", cmd.encode())
+        assert refused.admitted.code == "forbidden_reply_topic"  # type: ignore[union-attr]

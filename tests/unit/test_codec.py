@@ -1,0 +1,57 @@
+"""Decoding raw command bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.codec import DecodeFailure, decode_command
+from schemas.commands import Command
+from tests.integration.helpers import command
+
+
+def _with(**changes: object) -> bytes:
+    doc = json.loads(command("top_up", "u", 5).encode())
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+class TestDecode:
+    def test_valid_command_round_trips(self) -> None:
+        """An encoded command decodes to an equal command."""
+        original = command("spend", "u", 7, description="sword")
+        assert decode_command(original.encode(), bytes_max=65536) == original
+
+    @pytest.mark.parametrize("amount", [0, -5, 1.5, "5", "abc", True, 1e17, 1e20, 10**20, None])
+    def test_bad_amounts_are_invalid_fields(self, amount: object) -> None:
+        """Only integers from 1 to 10**15 are amounts; the envelope is still read."""
+        result = decode_command(_with(amount=amount), bytes_max=65536)
+        assert isinstance(result, DecodeFailure) and result.code == "invalid_fields"
+        assert result.envelope.command_id is not None and result.envelope.user_id == "u"
+
+    @pytest.mark.parametrize(
+        ("raw", "code"),
+        [(b"\xff\xfe", "not_utf8"), (b"nope", "not_json"), (b"[1]", "not_an_object"),
+         (None, "not_json")],
+    )  # fmt: skip
+    def test_undecodable_bytes(self, raw: bytes | None, code: str) -> None:
+        """Bytes that are not a JSON object fail with a typed code and an empty envelope."""
+        result = decode_command(raw, bytes_max=65536)
+        assert isinstance(result, DecodeFailure) and result.code == code
+        assert result.envelope.command_id is None
+
+    def test_oversized_message_is_too_large(self) -> None:
+        """A message over the limit is refused before validation."""
+        result = decode_command(_with(description="x" * 5000), bytes_max=1024)
+        assert isinstance(result, DecodeFailure) and result.code == "too_large"
+
+    @pytest.mark.parametrize(
+        "changes",
+        [{"extra": 1}, {"idempotency_key": "k" * 129}, {"type": "steal"}, {"asset": "gold"},
+         {"user_id": ""}, {"sent_at": "2026-01-01T00:00:00"},
+         {"metadata": {str(i): i for i in range(17)}}],
+    )  # fmt: skip
+    def test_contract_violations(self, changes: dict[str, object]) -> None:
+        """Unknown fields, long keys, bad enums, naive times and big metadata are refused."""
+        assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
