@@ -8,6 +8,7 @@ two different balances for one user; it is refused instead of processed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from aiokafka.partitioner import murmur2
@@ -17,6 +18,8 @@ from schemas.codec import DecodeFailure, Envelope, decode_command
 from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
 
+KEY_HASH_CACHE_MAX = 65_536
+
 
 @dataclass(frozen=True, slots=True)
 class IntakeRules:
@@ -25,9 +28,16 @@ class IntakeRules:
     forbidden_reply_topics: frozenset[str]
 
 
+@functools.lru_cache(maxsize=KEY_HASH_CACHE_MAX)
+def key_hash(key: bytes) -> int:
+    """Kafka's default partitioner hash (murmur2, positive). Cached: aiokafka's is pure Python
+    and a hot user's key is hashed for every command, reply and event."""
+    return murmur2(key) & 0x7FFFFFFF
+
+
 def partition_for(user_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for this user id key."""
-    return (murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return key_hash(user_id.encode("utf-8")) % partitions
 
 
 def admit(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from processor.intake import key_hash
 from processor.store import EventStore, OutboxMessage
 from wallet.settings import Settings
 
@@ -44,6 +46,7 @@ class OutboxPublisher:
         self._queue: asyncio.Queue[PublishJob] = asyncio.Queue(maxsize=settings.outbox_queue_max)
         self._known_topics: set[str] = {settings.events_topic, settings.dlq_topic}
         self._missing_topics: dict[str, float] = {}  # topic -> monotonic time to look again
+        self._partition_counts: dict[str, int] = {}
 
     async def submit(self, job: PublishJob) -> None:
         if job.messages:
@@ -90,16 +93,26 @@ class OutboxPublisher:
         for m in job.messages:
             topic = m.reply_topic
             if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
-                futures.append(await self._producer.send(topic, m.reply_value, m.key))
+                futures.append(await self._send(topic, m.reply_value, m.key))
             if m.event_value is not None:
-                futures.append(await self._producer.send(self._events_topic, m.event_value, m.key))
+                futures.append(await self._send(self._events_topic, m.event_value, m.key))
             if m.dlq_value is not None:
-                futures.append(await self._producer.send(self._dlq_topic, m.dlq_value, m.key))
+                futures.append(await self._send(self._dlq_topic, m.dlq_value, m.key))
         await asyncio.gather(*futures)
         last = job.messages[-1]
         await self._store.mark_published(
             job.topic, job.partition, job.epoch, (last.generation, last.source_offset + 1)
         )
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[Any]:
+        """Send with the partition chosen here, as the default partitioner would, but with the
+        cached hash (the producer's own partitioner re-hashes every message in Python)."""
+        partitions = self._partition_counts.get(topic)
+        if partitions is None:
+            partitions = len(await self._producer.partitions_for(topic))
+            self._partition_counts[topic] = partitions
+        partition = key_hash(key) % partitions if key is not None else None
+        return await self._producer.send(topic, value, key, partition=partition)
 
     async def _reply_topic_exists(self, topic: str) -> bool:
         """A reply addressed to a topic that does not exist is dropped, not retried forever.

@@ -214,7 +214,10 @@ class PostgresEventStore:
             SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
                    c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount
               FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
-              JOIN processed_commands c USING (user_id, idempotency_key)
+              CROSS JOIN LATERAL (
+                    SELECT * FROM processed_commands p
+                     WHERE p.user_id = k.user_id AND p.idempotency_key = k.idempotency_key
+                     LIMIT 1) AS c
             """,
             [i[0] for i in ids],
             [i[1] for i in ids],

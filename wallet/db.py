@@ -16,8 +16,11 @@ async def create_pool(settings: Settings, size_max: int | None = None) -> asyncp
         max_size=size_max or settings.db_pool_size_max,
         timeout=timeout_s,
         command_timeout=timeout_s,
-        # Statements are few and fixed; a prepared-statement cache is what we want.
+        # Statements are few and fixed; a prepared-statement cache is what we want, but each
+        # execution planned for the tables as they are now (they grow from empty; a generic
+        # plan made at the start would keep scanning them whole).
         statement_cache_size=256,
+        server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     assert pool is not None
     return pool
