@@ -18,11 +18,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.intake import key_hash
-from processor.store import EventStore, OutboxMessage
+from processor.store import EventStore, OutboxMessage, PublishedMark
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000
+JOBS_PER_ROUND_MAX = 256
 _MISSING_TOPIC_RECHECK_S = 60.0
 
 
@@ -69,40 +70,49 @@ class OutboxPublisher:
 
     async def run(self) -> None:
         while True:
-            job = await self._queue.get()
+            jobs = [await self._queue.get()]
+            # Take whatever else is queued: one round of acks and one watermark statement for
+            # all of it, instead of a round trip per batch (that made the relay the bottleneck).
+            while len(jobs) < JOBS_PER_ROUND_MAX and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
             try:
-                await self._publish_until_done(job)
+                await self._publish_until_done(jobs)
             finally:
-                self._queue.task_done()
+                for _ in jobs:
+                    self._queue.task_done()
 
-    async def _publish_until_done(self, job: PublishJob) -> None:
+    async def _publish_until_done(self, jobs: list[PublishJob]) -> None:
         # Deliberately no retry cap: a reply must never be dropped. Each attempt is bounded in
         # time, the queue is bounded, so a long broker outage stops intake instead of losing data.
         backoff_s = 0.05
         while True:
             try:
-                await asyncio.wait_for(self._publish(job), self._timeout_s * 2)
+                await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
                 return
             except (KafkaError, TimeoutError, OSError) as exc:
-                log.warning("publish failed; retrying", partition=job.partition, error=repr(exc))
+                log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
-    async def _publish(self, job: PublishJob) -> None:
+    async def _publish(self, jobs: list[PublishJob]) -> None:
         futures = []
-        for m in job.messages:
-            topic = m.reply_topic
-            if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
-                futures.append(await self._send(topic, m.reply_value, m.key))
-            if m.event_value is not None:
-                futures.append(await self._send(self._events_topic, m.event_value, m.key))
-            if m.dlq_value is not None:
-                futures.append(await self._send(self._dlq_topic, m.dlq_value, m.key))
+        marks: dict[tuple[str, int], PublishedMark] = {}
+        for job in jobs:
+            for m in job.messages:
+                topic = m.reply_topic
+                if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
+                    futures.append(await self._send(topic, m.reply_value, m.key))
+                if m.event_value is not None:
+                    futures.append(await self._send(self._events_topic, m.event_value, m.key))
+                if m.dlq_value is not None:
+                    futures.append(await self._send(self._dlq_topic, m.dlq_value, m.key))
+            last = job.messages[-1]
+            # Jobs of one partition are queued in order, so the last one's mark is the highest.
+            marks[(job.topic, job.partition)] = PublishedMark(
+                job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
+            )
         await asyncio.gather(*futures)
-        last = job.messages[-1]
-        await self._store.mark_published(
-            job.topic, job.partition, job.epoch, (last.generation, last.source_offset + 1)
-        )
+        await self._store.mark_published(list(marks.values()))
 
     async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[Any]:
         """Send with the partition chosen here, as the default partitioner would, but with the

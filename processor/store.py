@@ -68,6 +68,17 @@ class OutboxMessage:
     dlq_value: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedMark:
+    """Everything of a partition's outbox before (generation, upto) has been published."""
+
+    topic: str
+    partition: int
+    epoch: int
+    generation: int
+    upto: int
+
+
 class EventStore(Protocol):
     """What the write side needs from storage. Implementations pass tests/contract/."""
 
@@ -91,9 +102,7 @@ class EventStore(Protocol):
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]: ...
 
-    async def mark_published(
-        self, topic: str, partition: int, epoch: int, upto: tuple[int, int]
-    ) -> None: ...
+    async def mark_published(self, marks: Sequence[PublishedMark]) -> None: ...
 
 
 class StaleOffsetError(FencedError):
@@ -115,13 +124,17 @@ class PostgresEventStore:
         # for it, and afterwards that owner's next commit is refused (its epoch is old).
         row = await self._pool.fetchrow(
             """
-            INSERT INTO partition_state (topic, partition, owner_epoch, owner)
-            VALUES ($1, $2, 1, $3)
-            ON CONFLICT (topic, partition) DO UPDATE
-               SET owner_epoch = partition_state.owner_epoch + 1, owner = EXCLUDED.owner,
-                   updated_at = now()
-            RETURNING owner_epoch, generation, next_offset, last_fingerprint,
-                      published_generation, published_offset
+            WITH claimed AS (
+                INSERT INTO partition_state (topic, partition, owner_epoch, owner)
+                VALUES ($1, $2, 1, $3)
+                ON CONFLICT (topic, partition) DO UPDATE
+                   SET owner_epoch = partition_state.owner_epoch + 1, owner = EXCLUDED.owner,
+                       updated_at = now()
+                RETURNING topic, partition, owner_epoch, generation, next_offset,
+                          last_fingerprint)
+            SELECT c.*, coalesce(o.published_generation, 0) AS published_generation,
+                   coalesce(o.published_offset, 0) AS published_offset
+              FROM claimed c LEFT JOIN outbox_positions o USING (topic, partition)
             """,
             topic,
             partition,
@@ -164,12 +177,16 @@ class PostgresEventStore:
             )
             row = await conn.fetchrow(
                 """
-                UPDATE partition_state
-                   SET generation = generation + 1, next_offset = 0, last_fingerprint = NULL,
-                       updated_at = now()
-                 WHERE topic = $1 AND partition = $2
-                RETURNING owner_epoch, generation, next_offset, last_fingerprint,
-                          published_generation, published_offset
+                WITH reset AS (
+                    UPDATE partition_state
+                       SET generation = generation + 1, next_offset = 0, last_fingerprint = NULL,
+                           updated_at = now()
+                     WHERE topic = $1 AND partition = $2
+                    RETURNING topic, partition, owner_epoch, generation, next_offset,
+                              last_fingerprint)
+                SELECT r.*, coalesce(o.published_generation, 0) AS published_generation,
+                       coalesce(o.published_offset, 0) AS published_offset
+                  FROM reset r LEFT JOIN outbox_positions o USING (topic, partition)
                 """,
                 topic,
                 partition,
@@ -337,21 +354,30 @@ class PostgresEventStore:
             for r in rows
         ]
 
-    async def mark_published(
-        self, topic: str, partition: int, epoch: int, upto: tuple[int, int]
-    ) -> None:
-        """Advance the watermark to `upto` (exclusive). A fenced owner's call changes nothing."""
+    async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
+        """Advance each partition's watermark; a mark from a fenced owner changes nothing."""
+        if not marks:
+            return
         await self._pool.execute(
             """
-            UPDATE partition_state SET published_generation = $4, published_offset = $5
-             WHERE topic = $1 AND partition = $2 AND owner_epoch = $3
-               AND (published_generation, published_offset) < ($4, $5)
+            INSERT INTO outbox_positions AS o
+                   (topic, partition, published_generation, published_offset)
+            SELECT k.topic, k.partition, k.generation, k.upto
+              FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
+                   AS k(topic, partition, epoch, generation, upto)
+              JOIN partition_state s
+                ON s.topic = k.topic AND s.partition = k.partition AND s.owner_epoch = k.epoch
+            ON CONFLICT (topic, partition) DO UPDATE
+               SET published_generation = EXCLUDED.published_generation,
+                   published_offset = EXCLUDED.published_offset
+             WHERE (o.published_generation, o.published_offset)
+                 < (EXCLUDED.published_generation, EXCLUDED.published_offset)
             """,
-            topic,
-            partition,
-            epoch,
-            upto[0],
-            upto[1],
+            [m.topic for m in marks],
+            [m.partition for m in marks],
+            [m.epoch for m in marks],
+            [m.generation for m in marks],
+            [m.upto for m in marks],
             timeout=self._timeout_s,
         )
 

@@ -50,7 +50,8 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         "enable_auto_commit": False,
         "fetch_max_bytes": settings.fetch_bytes_max,
         "max_partition_fetch_bytes": MESSAGE_BYTES_MAX,
-        "fetch_max_wait_ms": 100,
+        # The broker holds an empty fetch this long: it bounds the latency of a lone command.
+        "fetch_max_wait_ms": max(settings.fetch_wait_ms, 5),
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
     }

@@ -146,8 +146,8 @@ CREATE TRIGGER ledger_entries_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_ledger_change();
 
 -- Per partition of the commands topic: the owner epoch (fencing), the next offset to consume
--- (stored with the events it produced: exactly-once effect), a fingerprint of the record
--- before it (to notice a log that was replaced), and the outbox publication watermark.
+-- (stored with the events it produced: exactly-once effect), and a fingerprint of the record
+-- before it (to notice a log that was replaced).
 CREATE TABLE partition_state (
     topic                 text NOT NULL,
     partition             integer NOT NULL CHECK (partition >= 0),
@@ -156,9 +156,17 @@ CREATE TABLE partition_state (
     generation            integer NOT NULL DEFAULT 0,
     next_offset           bigint NOT NULL DEFAULT 0 CHECK (next_offset >= 0),
     last_fingerprint      bytea,
-    published_generation  integer NOT NULL DEFAULT 0,
-    published_offset      bigint NOT NULL DEFAULT 0,
     updated_at            timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+
+-- How far each partition's outbox is published: rows before (generation, offset) are out.
+-- A table of its own so the relay's updates never wait on a batch commit's row lock.
+CREATE TABLE outbox_positions (
+    topic                 text NOT NULL,
+    partition             integer NOT NULL,
+    published_generation  integer NOT NULL,
+    published_offset      bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
 

@@ -10,7 +10,7 @@ import pytest
 
 from processor.batch import BatchContext, Intake, payload_hash, plan_batch
 from processor.decide import AccountState
-from processor.store import BatchPosition, PostgresEventStore, StaleOffsetError
+from processor.store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
 from tests.integration.helpers import command
 from wallet.db import create_pool
 from wallet.errors import FencedError
@@ -155,3 +155,27 @@ class TestDatabaseConstraints:
         assert await store.load_accounts([("zed", "GOLD")]) == {
             ("zed", "GOLD"): AccountState(10, 1)
         }
+
+
+class TestOutboxWatermark:
+    async def test_unpublished_rows_until_marked(self, store: PostgresEventStore) -> None:
+        """Committed outbox rows stay unpublished until the owner marks them."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        assert [m.source_offset for m in await store.unpublished(TOPIC, 0, (0, 0), 10)] == [0]
+        await store.mark_published([PublishedMark(TOPIC, 0, claim.epoch, 0, 1)])
+        again = await store.claim_partition(TOPIC, 0, "owner")
+        assert (again.published_generation, again.published_offset) == (0, 1)
+        assert await store.unpublished(TOPIC, 0, (0, 1), 10) == []
+
+    async def test_fenced_or_older_marks_change_nothing(self, store: PostgresEventStore) -> None:
+        """A fenced owner cannot move the watermark, and it never moves backwards."""
+        old = await store.claim_partition(TOPIC, 0, "old")
+        new = await store.claim_partition(TOPIC, 0, "new")
+        await store.mark_published([PublishedMark(TOPIC, 0, old.epoch, 0, 5)])
+        assert (await store.claim_partition(TOPIC, 0, "x")).published_offset == 0
+        latest = await store.claim_partition(TOPIC, 0, "y")
+        await store.mark_published([PublishedMark(TOPIC, 0, latest.epoch, 0, 5)])
+        await store.mark_published([PublishedMark(TOPIC, 0, latest.epoch, 0, 3)])
+        assert (await store.claim_partition(TOPIC, 0, "z")).published_offset == 5
+        assert new.epoch > old.epoch
