@@ -172,3 +172,51 @@ def bench(count: int, users: int, hot: bool, rate: float | None, as_json: bool) 
         click.echo(orjson.dumps(result.__dict__).decode())
     else:
         click.echo("\n".join(result.lines()))
+
+
+@main.group()
+def assets() -> None:
+    """List or add assets (GOLD and DIAMONDS are seeded)."""
+
+
+@assets.command("list")
+def assets_list() -> None:
+    """Print every asset code and name."""
+    from wallet.db import connect
+
+    async def go() -> list[tuple[str, str]]:
+        conn = await connect(_settings())
+        try:
+            rows = await conn.fetch("SELECT code, name FROM assets ORDER BY code")
+        finally:
+            await conn.close()
+        return [(r["code"], r["name"]) for r in rows]
+
+    for code, name in _run(go()):
+        click.echo(f"{code:<12} {name}")
+
+
+@assets.command("add")
+@click.argument("code")
+@click.argument("name")
+def assets_add(code: str, name: str) -> None:
+    """Add an asset; processors see it on the next command that names it."""
+    import asyncpg
+
+    from wallet.db import connect
+
+    async def go() -> str:
+        conn = await connect(_settings())
+        try:
+            done = await conn.execute(
+                "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING",
+                code,
+                name,
+            )
+        except asyncpg.CheckViolationError:
+            raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
+        finally:
+            await conn.close()
+        return "added" if done.endswith(" 1") else "already exists"
+
+    click.echo(f"{code}: {_run(go())}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 
 from processor.schema_migrations import migrate
+from wallet.db import connect
 from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
 from wallet.kafka import ensure_topics
 from wallet.settings import STACK_ENV_FILE, Settings
@@ -50,7 +51,9 @@ def embedded_services(settings: Settings, durable: bool = True) -> Iterator[Serv
 async def ensure_database(database_url: str, timeout_s: float) -> None:
     """Create the database named in the URL if it is missing (embedded server only)."""
     server_url, name = database_url.rsplit("/", 1)
-    conn = await asyncpg.connect(f"{server_url}/postgres", timeout=timeout_s)
+    conn = await asyncpg.connect(
+        f"{server_url}/postgres", timeout=timeout_s, command_timeout=timeout_s
+    )
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
@@ -61,8 +64,7 @@ async def ensure_database(database_url: str, timeout_s: float) -> None:
 
 async def prepare(settings: Settings) -> list[str]:
     """Migrate the schema and create the topics; both are idempotent."""
-    database_url, _ = settings.require_services()
-    conn = await asyncpg.connect(database_url, timeout=settings.db_timeout_ms / 1000)
+    conn = await connect(settings)
     try:
         applied = await migrate(conn)
     finally:

@@ -81,70 +81,52 @@ class TestFencing:
         assert found[("zed", "k0")].status == "accepted"
 
 
-class TestDatabaseConstraints:
-    async def _conn(self, stack: Settings) -> asyncpg.Connection:
-        assert stack.database_url
-        return await asyncpg.connect(stack.database_url)
+@pytest.fixture
+async def conn(stack: Settings) -> AsyncIterator[asyncpg.Connection]:
+    assert stack.database_url
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
-    async def _write(self, store: PostgresEventStore) -> None:
+
+_INSERT_ENTRIES = (
+    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id, amount,"
+    " balance_after, version, created_at) VALUES "
+)
+
+
+class TestDatabaseConstraints:
+    async def test_ledger_is_append_only(
+        self, store: PostgresEventStore, conn: asyncpg.Connection
+    ) -> None:
+        """UPDATE, DELETE and TRUNCATE on ledger tables are refused."""
         claim = await store.claim_partition(TOPIC, 0, "owner")
         await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        for sql in ["UPDATE ledger_entries SET amount = amount + 1", "DELETE FROM ledger_entries",
+                    "TRUNCATE ledger_entries", "UPDATE processed_commands SET amount = 1",
+                    "DELETE FROM processed_commands"]:  # fmt: skip
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
 
-    async def test_ledger_is_append_only(self, store: PostgresEventStore, stack: Settings) -> None:
-        """UPDATE, DELETE and TRUNCATE on ledger tables are refused."""
-        await self._write(store)
-        conn = await self._conn(stack)
-        try:
-            for sql in ["UPDATE ledger_entries SET amount = amount + 1",
-                        "DELETE FROM ledger_entries", "TRUNCATE ledger_entries",
-                        "UPDATE processed_commands SET amount = 1",
-                        "DELETE FROM processed_commands"]:  # fmt: skip
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    async def test_negative_balance_is_refused(
-        self, store: PostgresEventStore, stack: Settings
-    ) -> None:
+    async def test_negative_balance_is_refused(self, conn: asyncpg.Connection) -> None:
         """A user entry with a negative balance-after cannot be stored."""
-        conn = await self._conn(stack)
-        try:
-            with pytest.raises(asyncpg.CheckViolationError):
-                await conn.execute(
-                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
-                    " amount, balance_after, version, created_at)"
-                    " VALUES (gen_random_uuid(), 'GOLD', 'user', 'u', -5, -5, 1, now())"
-                )
-        finally:
-            await conn.close()
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                _INSERT_ENTRIES + "(gen_random_uuid(), 'GOLD', 'user', 'u', -5, -5, 1, now())"
+            )
 
-    async def test_unbalanced_or_orphan_entries_are_refused(
-        self, store: PostgresEventStore, stack: Settings
-    ) -> None:
+    async def test_unbalanced_or_orphan_entries_are_refused(self, conn: asyncpg.Connection) -> None:
         """Entries that do not sum to zero, or belong to no accepted command, are refused."""
-        conn = await self._conn(stack)
-        try:
-            with pytest.raises(asyncpg.CheckViolationError):
+        for system_leg, error in [(-4, asyncpg.CheckViolationError),
+                                  (-5, asyncpg.ForeignKeyViolationError)]:  # fmt: skip
+            with pytest.raises(error):
                 await conn.execute(
-                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
-                    " amount, balance_after, version, created_at) VALUES"
-                    " ('00000000-0000-0000-0000-000000000001', 'GOLD', 'user', 'u', 5, 5, 1,"
-                    " now()),"
-                    " ('00000000-0000-0000-0000-000000000001', 'GOLD', 'treasury', NULL, -4,"
-                    "  NULL, NULL, now())"
+                    _INSERT_ENTRIES + "('00000000-0000-0000-0000-000000000001', 'GOLD', 'user',"
+                    " 'u', 5, 5, 1, now()), ('00000000-0000-0000-0000-000000000001', 'GOLD',"
+                    f" 'treasury', NULL, {system_leg}, NULL, NULL, now())"
                 )
-            with pytest.raises(asyncpg.ForeignKeyViolationError):
-                await conn.execute(
-                    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id,"
-                    " amount, balance_after, version, created_at) VALUES"
-                    " ('00000000-0000-0000-0000-000000000002', 'GOLD', 'user', 'u', 5, 5, 1,"
-                    " now()),"
-                    " ('00000000-0000-0000-0000-000000000002', 'GOLD', 'treasury', NULL, -5,"
-                    "  NULL, NULL, now())"
-                )
-        finally:
-            await conn.close()
 
     async def test_account_version_cannot_repeat(self, store: PostgresEventStore) -> None:
         """Two owners writing version 1 of one account: the second write fails whole."""

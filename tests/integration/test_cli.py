@@ -1,0 +1,64 @@
+"""The `wallet` command line against a real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+from tests.integration.helpers import client_for, command, running_processor
+from tests.integration.processes import settings_env
+from wallet.settings import Settings
+
+
+def _wallet(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestAssets:
+    async def test_added_asset_is_usable_at_once(self, stack: Settings) -> None:
+        """An asset added by the CLI is accepted by a running processor right away."""
+        async with running_processor(stack), client_for(stack) as client:
+            before = await client.request(command("top_up", "ivy", 5, asset="RUBIES"))
+            added = await asyncio.to_thread(_wallet, stack, "assets", "add", "RUBIES", "Rubies")
+            after = await client.request(command("top_up", "ivy", 5, asset="RUBIES"))
+        assert before.error is not None and before.error.code == "unknown_asset"
+        assert added.returncode == 0 and "added" in added.stdout
+        assert after.status == "accepted"
+        listed = _wallet(stack, "assets", "list")
+        assert "RUBIES" in listed.stdout and "GOLD" in listed.stdout
+
+    def test_bad_code_is_refused(self, stack: Settings) -> None:
+        """A malformed asset code is refused with a clear message."""
+        result = _wallet(stack, "assets", "add", "bad code", "x")
+        assert result.returncode != 0 and "not an asset code" in result.stderr
+
+
+class TestSend:
+    async def test_send_prints_the_reply(self, stack: Settings) -> None:
+        """`wallet send` publishes a command and prints its reply; a rejection exits 1."""
+        async with running_processor(stack):
+            ok = await asyncio.to_thread(
+                _wallet, stack, "send", "top-up", "--user", "jo", "--amount", "9"
+            )
+            refused = await asyncio.to_thread(
+                _wallet, stack, "send", "spend", "--user", "jo", "--amount", "10"
+            )
+        assert ok.returncode == 0 and '"balance": 9' in ok.stdout
+        assert refused.returncode == 1 and "insufficient_funds" in refused.stdout
+
+    def test_bad_setting_is_explained(self, stack: Settings) -> None:
+        """A bad WALLET_ value stops the command with the variable's name."""
+        env = settings_env(stack) | {"WALLET_PARTITIONS": "-3"}
+        result = subprocess.run(
+            [sys.executable, "-m", "wallet", "topics"], env=env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0 and "WALLET_PARTITIONS" in result.stderr
