@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas.commands import Command
 from schemas.replies import Reply
@@ -120,6 +121,15 @@ class WalletClient:
             self._pending[command_id] = future
         await self._producer.send(self._settings.commands_topic, value, key)
         return future
+
+    async def broker_reachable(self) -> bool:
+        """True when the broker answers a metadata request in time."""
+        assert self._consumer is not None
+        try:
+            await asyncio.wait_for(self._consumer.topics(), self._timeout_s / 4)
+        except (KafkaError, TimeoutError):
+            return False
+        return True
 
     async def flush(self) -> None:
         assert self._producer is not None

@@ -18,9 +18,16 @@ from datetime import datetime
 
 import orjson
 
-from processor.decide import EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
+from processor.decide import (
+    EMPTY_ACCOUNT,
+    SYSTEM_ACCOUNT,
+    Accepted,
+    AccountState,
+    Rejected,
+    decide,
+)
 from schemas.codec import DecodeFailure
-from schemas.commands import Command
+from schemas.commands import Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -29,6 +36,7 @@ from schemas.replies import ErrorCode
 _TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
 DLQ_VALUE_BYTES_MAX = 64 * 1024
 
+ENTRY_AMOUNT = 5  # index of the signed amount in an entry row (see store.ENTRY_COLUMNS)
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -182,6 +190,7 @@ def _entries(
     plan.entry_rows.append(
         (
             tx_id,
+            ctx.partition,
             command.asset,
             AccountKind.USER.value,
             command.user_id,
@@ -194,6 +203,7 @@ def _entries(
     plan.entry_rows.append(
         (
             tx_id,
+            ctx.partition,
             command.asset,
             decision.system_account.value,
             None,
@@ -322,24 +332,57 @@ def _event_bytes(
     ctx: BatchContext, command: Command, tx_id: uuid.UUID | None, decision: Accepted
 ) -> bytes:
     return orjson.dumps(
-        {
-            "transaction_id": tx_id,
-            "command_id": command.command_id,
-            "idempotency_key": command.idempotency_key,
-            "type": command.type.value,
-            "user_id": command.user_id,
-            "asset": command.asset,
-            "amount": command.amount,
-            "balance_after": decision.account.balance,
-            "version": decision.account.version,
-            "entries": [
-                {"account": AccountKind.USER.value, "amount": decision.user_amount},
-                {"account": decision.system_account.value, "amount": -decision.user_amount},
-            ],
-            "description": command.description,
-            "occurred_at": ctx.processed_at,
-        }
+        event_document(
+            transaction_id=tx_id,
+            command_id=command.command_id,
+            idempotency_key=command.idempotency_key,
+            type=command.type.value,
+            user_id=command.user_id,
+            asset=command.asset,
+            amount=command.amount,
+            balance_after=decision.account.balance,
+            version=decision.account.version,
+            user_amount=decision.user_amount,
+            description=command.description,
+            occurred_at=ctx.processed_at,
+        )
     )
+
+
+def event_document(
+    *,
+    transaction_id: uuid.UUID | None,
+    command_id: uuid.UUID,
+    idempotency_key: str,
+    type: str,
+    user_id: str,
+    asset: str,
+    amount: int,
+    balance_after: int,
+    version: int,
+    user_amount: int,
+    description: str | None,
+    occurred_at: datetime,
+) -> dict[str, object]:
+    """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent)."""
+    system = SYSTEM_ACCOUNT[CommandType(type)].value
+    return {
+        "transaction_id": transaction_id,
+        "command_id": command_id,
+        "idempotency_key": idempotency_key,
+        "type": type,
+        "user_id": user_id,
+        "asset": asset,
+        "amount": amount,
+        "balance_after": balance_after,
+        "version": version,
+        "entries": [
+            {"account": AccountKind.USER.value, "amount": user_amount},
+            {"account": system, "amount": -user_amount},
+        ],
+        "description": description,
+        "occurred_at": occurred_at,
+    }
 
 
 def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:
@@ -369,6 +412,6 @@ def _assert_balanced(plan: BatchPlan) -> None:
     """Postcondition: every transaction's entries sum to zero (rule 1)."""
     totals: Counter[object] = Counter()
     for row in plan.entry_rows:
-        totals[row[0]] += row[4]  # type: ignore[operator]
+        totals[row[0]] += row[ENTRY_AMOUNT]  # type: ignore[operator]
     assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
     assert len(plan.entry_rows) == 2 * plan.outcomes["accepted"]

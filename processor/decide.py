@@ -16,7 +16,7 @@ from schemas.replies import ErrorCode
 # Far below 2**63 so that a sum of many balances in a bigint column cannot overflow first.
 BALANCE_MAX = 10**18
 
-_SYSTEM_ACCOUNT = {
+SYSTEM_ACCOUNT = {
     CommandType.TOP_UP: AccountKind.TREASURY,
     CommandType.BONUS: AccountKind.BONUS_POOL,
     CommandType.SPEND: AccountKind.REVENUE,
@@ -73,4 +73,4 @@ def decide(command: Command, account: AccountState, assets: frozenset[str]) -> A
     after = AccountState(balance=account.balance + change, version=account.version + 1)
     assert 0 <= after.balance <= BALANCE_MAX, after
     assert after.version == account.version + 1
-    return Accepted(account=after, user_amount=change, system_account=_SYSTEM_ACCOUNT[command.type])
+    return Accepted(account=after, user_amount=change, system_account=SYSTEM_ACCOUNT[command.type])

@@ -23,8 +23,8 @@ PROCESSED_COLUMNS = (
     "metadata", "topic", "partition", "source_offset", "processed_at",
 )  # fmt: skip
 ENTRY_COLUMNS = (
-    "transaction_id", "asset", "account_kind", "user_id", "amount", "balance_after", "version",
-    "created_at",
+    "transaction_id", "partition", "asset", "account_kind", "user_id", "amount",
+    "balance_after", "version", "created_at",
 )  # fmt: skip
 OUTBOX_COLUMNS = (
     "topic", "partition", "generation", "source_offset", "message_key", "reply_topic",

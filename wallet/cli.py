@@ -220,3 +220,89 @@ def assets_add(code: str, name: str) -> None:
         return "added" if done.endswith(" 1") else "already exists"
 
     click.echo(f"{code}: {_run(go())}")
+
+
+@main.command()
+def projector() -> None:
+    """Run the projection worker (balances and system totals)."""
+    from projections.projector import run_projector
+
+    settings = _settings()
+
+    async def go() -> None:
+        await run_projector(settings, _stop_event())
+
+    _run(go())
+
+
+@main.command()
+def api() -> None:
+    """Serve the HTTP API on WALLET_API_HOST:WALLET_API_PORT (OpenAPI docs at /docs)."""
+    from wallet.api import serve
+
+    settings = _settings()
+
+    async def go() -> None:
+        await serve(settings, _stop_event())
+
+    _run(go())
+
+
+@main.command()
+@click.option(
+    "--projection", type=click.Choice(["balances"]), default="balances", show_default=True
+)
+@click.option("--from-scratch", is_flag=True, help="Start the rebuild over (default: resume).")
+@click.option("--republish", is_flag=True, help="Re-emit ledger events to the events topic.")
+@click.option("--from", "from_entry", type=click.IntRange(0), default=0,
+              help="With --republish: the first ledger entry id to re-emit.")  # fmt: skip
+def replay(projection: str, from_scratch: bool, republish: bool, from_entry: int) -> None:
+    """Rebuild a projection from the ledger (live processor untouched), or republish events."""
+    from wallet.operations import rebuild_projection, republish_events
+
+    settings = _settings()
+    if republish:
+        sent = _run(republish_events(settings, from_entry))
+        click.echo(f"republished {sent} events to {settings.events_topic}")
+        return
+    applied, seconds = _run(rebuild_projection(settings, from_scratch))
+    rate = applied / seconds if seconds > 0 else 0.0
+    click.echo(f"{projection}: {applied} events replayed in {seconds:.1f} s ({rate:,.0f} events/s)")
+
+
+@main.command()
+def verify() -> None:
+    """Audit the ledger and the projection; exit 1 when anything is off."""
+    from wallet.operations import run_verify
+
+    results = _run(run_verify(_settings()))
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        click.echo(f"[{mark}] {result.name}")
+        if not result.ok:
+            click.echo(f"       {result.problems} problem(s), e.g.: " + "; ".join(result.examples))
+    failed = sum(not r.ok for r in results)
+    click.echo(f"{len(results) - failed} checks passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--consistent", is_flag=True, help="Read the ledger instead of the projection.")
+def balance(user_id: str, consistent: bool) -> None:
+    """A user's balances, one line per asset."""
+    from wallet.operations import print_balances
+
+    _run(print_balances(_settings(), user_id, consistent))
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--asset")
+@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+def history(user_id: str, asset: str | None, limit: int) -> None:
+    """A user's latest transactions, newest first."""
+    from wallet.operations import print_history
+
+    _run(print_history(_settings(), user_id, asset, limit))

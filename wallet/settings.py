@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
     retry_backoff_max_ms: int = Field(5_000, ge=10, le=300_000)
 
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    api_reply_timeout_ms: int = Field(5_000, ge=10, le=60_000)
+    api_body_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+
     data_dir: Path = Path(".wallet")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -13,7 +13,9 @@ import structlog
 
 from commands.client import WalletClient
 from processor.service import run_processor
+from projections.projector import run_projector
 from schemas.commands import CommandType, new_command
+from wallet.api import serve
 from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
 from wallet.settings import STACK_ENV_FILE, Settings
 from wallet.stack import embedded_services, ensure_database, prepare, write_stack_env
@@ -40,17 +42,21 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
         await prepare(effective)
         if services.embedded:
             write_stack_env(services)
-        processor = asyncio.create_task(run_processor(effective, stop), name="processor")
+        roles = [
+            asyncio.create_task(run_processor(effective, stop), name="processor"),
+            asyncio.create_task(run_projector(effective, stop), name="projector"),
+            asyncio.create_task(serve(effective, stop), name="api"),
+        ]
         try:
             _banner(effective, bool(services.embedded))
             await _smoke(effective)
             click.echo("\nRunning. Press Ctrl-C to stop.")
             await asyncio.wait(
-                [processor, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                [*roles, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             stop.set()
-            await processor
+            await asyncio.gather(*roles)
             if services.embedded:
                 with contextlib.suppress(FileNotFoundError):
                     STACK_ENV_FILE.unlink()
@@ -66,11 +72,14 @@ def _banner(settings: Settings, embedded: bool) -> None:
     click.echo(f"  replies    : {settings.replies_topic}")
     click.echo(f"  events     : {settings.events_topic}")
     click.echo(f"  dead letter: {settings.dlq_topic}")
+    click.echo(f"  HTTP API   : http://{settings.api_host}:{settings.api_port} (docs: /docs)")
     if embedded:
         click.echo(f"  (embedded services; other terminals find them through {STACK_ENV_FILE})")
     click.echo("Try, in another terminal:")
     click.echo("  .venv/bin/wallet send top-up --user alice --asset GOLD --amount 100")
     click.echo("  .venv/bin/wallet send spend --user alice --asset GOLD --amount 30")
+    click.echo("  .venv/bin/wallet balance alice ; .venv/bin/wallet history alice")
+    click.echo(f"  curl http://{settings.api_host}:{settings.api_port}/wallet/alice/balance")
     click.echo("  .venv/bin/wallet bench --commands 100000 --users 10000")
 
 

@@ -42,6 +42,7 @@ CREATE TABLE processed_commands (
 CREATE TABLE ledger_entries (
     entry_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     transaction_id  uuid NOT NULL,
+    partition       integer NOT NULL,
     asset           text NOT NULL,
     account_kind    text NOT NULL CHECK (account_kind IN ('user', 'treasury', 'bonus_pool', 'revenue')),
     user_id         text,
@@ -58,6 +59,12 @@ CREATE TABLE ledger_entries (
 CREATE UNIQUE INDEX ledger_entries_account_version
     ON ledger_entries (user_id, asset, version) WHERE account_kind = 'user';
 CREATE INDEX ledger_entries_transaction ON ledger_entries (transaction_id);
+-- A partition's entries in commit order: one writer per partition commits its batches one after
+-- another, so within a partition entry ids only grow and none becomes visible late.
+CREATE INDEX ledger_entries_partition_order ON ledger_entries (partition, entry_id);
+-- A user's history, newest first.
+CREATE INDEX ledger_entries_user_history ON ledger_entries (user_id, entry_id)
+    WHERE account_kind = 'user';
 
 -- Set-based checks once per INSERT/COPY statement (cheap: one pass over the new rows).
 CREATE FUNCTION ledger_entries_check_batch() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -92,7 +92,7 @@ async def conn(stack: Settings) -> AsyncIterator[asyncpg.Connection]:
 
 
 _INSERT_ENTRIES = (
-    "INSERT INTO ledger_entries (transaction_id, asset, account_kind, user_id, amount,"
+    "INSERT INTO ledger_entries (transaction_id, partition, asset, account_kind, user_id, amount,"
     " balance_after, version, created_at) VALUES "
 )
 
@@ -114,7 +114,7 @@ class TestDatabaseConstraints:
         """A user entry with a negative balance-after cannot be stored."""
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute(
-                _INSERT_ENTRIES + "(gen_random_uuid(), 'GOLD', 'user', 'u', -5, -5, 1, now())"
+                _INSERT_ENTRIES + "(gen_random_uuid(), 0, 'GOLD', 'user', 'u', -5, -5, 1, now())"
             )
 
     async def test_unbalanced_or_orphan_entries_are_refused(self, conn: asyncpg.Connection) -> None:
@@ -123,8 +123,9 @@ class TestDatabaseConstraints:
                                   (-5, asyncpg.ForeignKeyViolationError)]:  # fmt: skip
             with pytest.raises(error):
                 await conn.execute(
-                    _INSERT_ENTRIES + "('00000000-0000-0000-0000-000000000001', 'GOLD', 'user',"
-                    " 'u', 5, 5, 1, now()), ('00000000-0000-0000-0000-000000000001', 'GOLD',"
+                    _INSERT_ENTRIES + "('00000000-0000-0000-0000-000000000001', 0, 'GOLD',"
+                    " 'user', 'u', 5, 5, 1, now()),"
+                    " ('00000000-0000-0000-0000-000000000001', 0, 'GOLD',"
                     f" 'treasury', NULL, {system_leg}, NULL, NULL, now())"
                 )
 

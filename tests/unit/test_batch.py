@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from processor.batch import BatchContext, Intake, payload_hash, plan_batch
+from processor.batch import ENTRY_AMOUNT, BatchContext, Intake, payload_hash, plan_batch
 from processor.intake import IntakeRules, admit, partition_for
 from schemas.commands import Command
 from tests.integration.helpers import command
@@ -51,7 +51,7 @@ class TestPlan:
         )  # fmt: skip
         assert [orjson.loads(r[6])["status"] for r in plan.outbox_rows] == [
             "accepted", "accepted", "rejected"]  # fmt: skip
-        assert sum(row[4] for row in plan.entry_rows) == 0
+        assert sum(row[ENTRY_AMOUNT] for row in plan.entry_rows) == 0
 
 
 class TestIntake:

@@ -1,0 +1,131 @@
+"""The HTTP gateway's write routes: a REST call becomes a command on Kafka; the reply, awaited
+for a bounded time, becomes the response. JSON uses the earlier REST wallets' camelCase names.
+
+Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insufficient funds
+(the request was valid, the wallet cannot pay), 409 idempotency key reused for another command,
+422 invalid input or unknown asset, 202 with the command id when the reply is late (the command
+will still be processed exactly once: retry with the same key to learn its outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from commands.client import WalletClient
+from schemas.commands import (
+    AMOUNT_MAX,
+    AssetCode,
+    Command,
+    CommandType,
+    Description,
+    IdempotencyKey,
+    UserId,
+)
+
+router = APIRouter(prefix="/wallet", tags=["commands"])
+
+_REJECTION_STATUS = {"insufficient_funds": 402, "idempotency_key_reused": 409}
+
+
+class WriteRequest(BaseModel):
+    """A top-up, bonus or spend as the REST wallets took it. Strict: integers only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    userId: UserId
+    assetId: AssetCode
+    amount: int = Field(ge=1, le=AMOUNT_MAX, description="Integer minor units.")
+    idempotencyKey: IdempotencyKey
+    description: Description | None = None
+
+
+class WriteError(BaseModel):
+    code: str
+    message: str
+
+
+class WriteResponse(BaseModel):
+    status: str
+    duplicate: bool
+    transactionId: str | None
+    userId: str
+    assetId: str
+    amount: int
+    balance: int | None
+    error: WriteError | None
+
+
+async def _write(kind: CommandType, body: WriteRequest, request: Request) -> JSONResponse:
+    client: WalletClient = request.app.state.client
+    command = Command(
+        command_id=uuid.uuid4(),
+        idempotency_key=body.idempotencyKey,
+        type=kind,
+        user_id=body.userId,
+        asset=body.assetId,
+        amount=body.amount,
+        description=body.description,
+        reply_to=client.reply_topic,
+        sent_at=datetime.now(UTC),
+    )
+    future = await client.publish(command)
+    try:
+        reply = await asyncio.wait_for(asyncio.shield(future), request.app.state.reply_timeout_s)
+    except TimeoutError:
+        late = {"status": "pending", "commandId": str(command.command_id)}
+        return JSONResponse(late, status_code=202)
+    return JSONResponse(_response(reply, body), status_code=_status_code(reply))
+
+
+def _response(reply: dict[str, Any], body: WriteRequest) -> dict[str, Any]:
+    return {
+        "status": reply["status"],
+        "duplicate": reply["duplicate"],
+        "transactionId": reply["transaction_id"],
+        "userId": body.userId,
+        "assetId": body.assetId,
+        "amount": body.amount,
+        "balance": reply["balance"],
+        "error": reply["error"],
+    }
+
+
+def _status_code(reply: dict[str, Any]) -> int:
+    if reply["status"] == "accepted":
+        return 200 if reply["duplicate"] else 201
+    return _REJECTION_STATUS.get(reply["error"]["code"], 422)
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"model": WriteResponse, "description": "accepted"},
+    200: {"model": WriteResponse, "description": "a duplicate of an accepted command"},
+    202: {"description": "reply late; the command will still be processed"},
+    402: {"model": WriteResponse, "description": "insufficient funds"},
+    409: {"model": WriteResponse, "description": "idempotency key reused for another command"},
+    422: {"description": "invalid input or unknown asset"},
+}
+
+
+@router.post("/topup", status_code=201, responses=_RESPONSES)
+async def top_up(body: WriteRequest, request: Request) -> JSONResponse:
+    """Credit a user's wallet from the treasury (a paid top-up)."""
+    return await _write(CommandType.TOP_UP, body, request)
+
+
+@router.post("/bonus", status_code=201, responses=_RESPONSES)
+async def bonus(body: WriteRequest, request: Request) -> JSONResponse:
+    """Credit a user's wallet from the bonus pool (free credits)."""
+    return await _write(CommandType.BONUS, body, request)
+
+
+@router.post("/spend", status_code=201, responses=_RESPONSES)
+async def spend(body: WriteRequest, request: Request) -> JSONResponse:
+    """Debit a user's wallet to revenue; refused with 402 when the balance is too low."""
+    return await _write(CommandType.SPEND, body, request)

@@ -1,0 +1,83 @@
+"""The HTTP query routes: balances, history, one transaction, liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from projections import queries
+from projections.projector import lag_seconds
+from schemas.commands import AssetCode
+
+router = APIRouter(tags=["queries"])
+UserPath = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+]
+READY_TIMEOUT_S = 2.0
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool  # type: ignore[no-any-return]
+
+
+@router.get("/wallet/transactions/{transactionId}")
+async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[str, Any]:
+    """One transaction, as the user's side of the ledger sees it."""
+    async with _pool(request).acquire() as conn:
+        item = await queries.transaction(conn, transactionId)
+    if item is None:
+        raise HTTPException(status_code=404, detail="no such transaction")
+    return item
+
+
+@router.get("/wallet/{userId}/balance")
+async def get_balance(
+    userId: UserPath, request: Request, consistent: bool = False
+) -> dict[str, Any]:
+    """Every asset's balance. Reads the projection (eventually consistent) unless
+    `consistent=true`, which reads the ledger itself."""
+    async with _pool(request).acquire() as conn:
+        found = await queries.balances(conn, userId, consistent)
+    return {"userId": userId, "balances": found}
+
+
+@router.get("/wallet/{userId}/transactions")
+async def get_history(
+    userId: UserPath,
+    request: Request,
+    asset: Annotated[AssetCode | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.HISTORY_LIMIT_MAX)] = 20,
+    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+) -> dict[str, Any]:
+    """A user's transactions, newest first; pass `nextCursor` back as `cursor` for more."""
+    async with _pool(request).acquire() as conn:
+        items, next_cursor = await queries.history(
+            conn, userId, asset, limit, int(cursor) if cursor else None
+        )
+    return {"items": items, "nextCursor": str(next_cursor) if next_cursor else None}
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: PostgreSQL and Kafka reachable, and how far the projector lags."""
+    checks: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), _pool(request).acquire() as conn:
+            checks["postgres"] = "ok"
+            checks["projectorLagSeconds"] = round(await lag_seconds(conn), 3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    checks["kafka"] = "ok" if await request.app.state.client.broker_reachable() else "unreachable"
+    ok = checks["postgres"] == "ok" and checks["kafka"] == "ok"
+    return JSONResponse({"status": "ready" if ok else "not ready", **checks}, 200 if ok else 503)

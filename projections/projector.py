@@ -1,0 +1,180 @@
+"""The projection worker: follows each partition's ledger entries and maintains `balances` and
+`system_totals`, with its per-partition checkpoint in the same transaction (exactly once).
+
+Why per partition and by entry id: a partition has one writer that commits its batches one
+after another, so within a partition entry ids only grow and no entry becomes visible after a
+later one. Across partitions that is not true (concurrent commits), so there is no global
+position to follow.
+
+Why the checkpoint is moved first in each transaction: it is a compare-and-set (only from the
+position this projector read), so two projectors, or a projector and a replay's swap, can never
+apply one entry twice; and taking that row lock first gives every writer the same lock order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from wallet.db import create_pool
+from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.projector")
+BATCH_ENTRIES_MAX = 20_000
+IDLE_SLEEP_S = 0.05
+PARTITIONS_REFRESH_S = 5.0
+BACKOFF_MAX_S = 5.0
+_RETRIABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a projection is written: the live tables, or the replay's shadow tables."""
+
+    checkpoint: str
+    balances: str
+    totals: str
+
+
+LIVE = Target("balances", "balances", "system_totals")
+REPLAY = Target("balances_replay", "balances_replay", "system_totals_replay")
+
+# Table names come from the two fixed targets above, never from input.
+_APPLY_SQL = """
+WITH batch AS (
+    SELECT asset, account_kind, user_id, amount, balance_after, version, created_at
+      FROM ledger_entries
+     WHERE partition = $1 AND entry_id > $2 AND entry_id <= $3),
+latest AS (
+    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at
+      FROM batch WHERE account_kind = 'user'
+     ORDER BY user_id, asset, version DESC),
+upserted AS (
+    INSERT INTO {balances} AS b (user_id, asset, balance, version, updated_at)
+    SELECT user_id, asset, balance_after, version, created_at FROM latest
+    ON CONFLICT (user_id, asset) DO UPDATE
+       SET balance = EXCLUDED.balance, version = EXCLUDED.version,
+           updated_at = EXCLUDED.updated_at
+     WHERE b.version < EXCLUDED.version)
+INSERT INTO {totals} AS t (asset, account_kind, total)
+SELECT asset, account_kind, sum(amount)::bigint FROM batch
+ WHERE account_kind <> 'user' GROUP BY asset, account_kind
+ON CONFLICT (asset, account_kind) DO UPDATE SET total = t.total + EXCLUDED.total
+"""
+
+
+async def known_partitions(conn: asyncpg.Connection) -> list[int]:
+    rows = await conn.fetch("SELECT DISTINCT partition FROM partition_state ORDER BY 1")
+    return [r["partition"] for r in rows]
+
+
+async def checkpoint(conn: asyncpg.Connection, target: Target, partition: int) -> int:
+    position = await conn.fetchval(
+        "SELECT position FROM projection_checkpoints WHERE projection = $1 AND partition = $2",
+        target.checkpoint,
+        partition,
+    )
+    return int(position or 0)
+
+
+async def apply_next(
+    conn: asyncpg.Connection, target: Target, partition: int, limit: int = BATCH_ENTRIES_MAX
+) -> int:
+    """Project the next entries of one partition; return how many (0: caught up or raced)."""
+    after = await checkpoint(conn, target, partition)
+    upto, count = await conn.fetchrow(
+        "SELECT max(entry_id), count(*) FROM (SELECT entry_id FROM ledger_entries"
+        " WHERE partition = $1 AND entry_id > $2 ORDER BY entry_id LIMIT $3) AS next",
+        partition,
+        after,
+        limit,
+    )
+    if count == 0:
+        return 0
+    async with conn.transaction():
+        moved = await conn.fetchval(
+            """
+            INSERT INTO projection_checkpoints AS c (projection, partition, position)
+            VALUES ($1, $2, $4)
+            ON CONFLICT (projection, partition) DO UPDATE
+               SET position = EXCLUDED.position, updated_at = now()
+             WHERE c.position = $3
+            RETURNING 1
+            """,
+            target.checkpoint,
+            partition,
+            after,
+            upto,
+        )
+        if moved is None:  # another projector (or a replay swap) moved it: read it again
+            return 0
+        await conn.execute(
+            _APPLY_SQL.format(balances=target.balances, totals=target.totals),
+            partition,
+            after,
+            upto,
+        )
+    return int(count)
+
+
+async def lag_seconds(conn: asyncpg.Connection, target: Target = LIVE) -> float:
+    """Age of the oldest ledger entry not yet projected (0 when caught up)."""
+    age = await conn.fetchval(
+        """
+        SELECT coalesce(max(extract(epoch FROM now() - e.created_at)), 0)
+          FROM (SELECT DISTINCT partition FROM partition_state) p
+          LEFT JOIN projection_checkpoints c
+            ON c.projection = $1 AND c.partition = p.partition
+          CROSS JOIN LATERAL (
+                SELECT created_at FROM ledger_entries
+                 WHERE ledger_entries.partition = p.partition
+                   AND ledger_entries.entry_id > coalesce(c.position, 0)
+                 ORDER BY ledger_entries.entry_id LIMIT 1) e
+        """,
+        target.checkpoint,
+    )
+    return float(age)
+
+
+class Projector:
+    """Runs the live projection until stopped."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("projector started")
+        partitions: list[int] = []
+        refreshed_at = 0.0
+        loop = asyncio.get_running_loop()
+        backoff_s = IDLE_SLEEP_S
+        while not stop.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    if loop.time() - refreshed_at > PARTITIONS_REFRESH_S or not partitions:
+                        partitions = await known_partitions(conn)
+                        refreshed_at = loop.time()
+                    applied = 0
+                    for partition in partitions:
+                        applied += await apply_next(conn, LIVE, partition)
+                backoff_s = IDLE_SLEEP_S
+            except _RETRIABLE as exc:
+                log.error("projection failed; retrying", error=repr(exc), backoff_s=backoff_s)
+                applied, backoff_s = 0, min(backoff_s * 2, BACKOFF_MAX_S)
+            if applied == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff_s)
+        log.info("projector stopped")
+
+
+async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
+    """The `wallet projector` entry point's body."""
+    pool = await create_pool(settings, size_max=2)
+    try:
+        await Projector(pool).run(stop)
+    finally:
+        await pool.close()

@@ -1,0 +1,96 @@
+"""Read queries: balances (projected, or straight from the ledger), history, one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+HISTORY_LIMIT_MAX = 200
+
+
+async def balances(conn: asyncpg.Connection, user_id: str, consistent: bool) -> dict[str, int]:
+    """Every asset's balance; `consistent` reads the ledger instead of the projection."""
+    if consistent:
+        rows = await conn.fetch(
+            """
+            SELECT a.code AS asset, e.balance_after AS balance
+              FROM assets a
+              CROSS JOIN LATERAL (
+                    SELECT balance_after FROM ledger_entries
+                     WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
+                     ORDER BY version DESC LIMIT 1) e
+            """,
+            user_id,
+        )
+    else:
+        rows = await conn.fetch("SELECT asset, balance FROM balances WHERE user_id = $1", user_id)
+    return {r["asset"]: r["balance"] for r in sorted(rows, key=lambda r: r["asset"])}
+
+
+_ITEM_COLUMNS = """
+    e.entry_id, e.transaction_id, c.type, e.asset, abs(e.amount) AS amount,
+    CASE WHEN e.amount > 0 THEN 'credit' ELSE 'debit' END AS direction,
+    e.balance_after, c.description, e.created_at
+"""
+
+
+async def history(
+    conn: asyncpg.Connection, user_id: str, asset: str | None, limit: int, cursor: int | None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A user's ledger entries, newest first; returns the page and the next page's cursor."""
+    assert 1 <= limit <= HISTORY_LIMIT_MAX
+    rows = await conn.fetch(
+        f"""
+        SELECT {_ITEM_COLUMNS}
+          FROM ledger_entries e
+          JOIN processed_commands c ON c.transaction_id = e.transaction_id
+         WHERE e.account_kind = 'user' AND e.user_id = $1
+           AND ($2::text IS NULL OR e.asset = $2)
+           AND ($3::bigint IS NULL OR e.entry_id < $3)
+         ORDER BY e.entry_id DESC
+         LIMIT $4
+        """,
+        user_id,
+        asset,
+        cursor,
+        limit + 1,
+    )
+    page = [_item(r) for r in rows[:limit]]
+    next_cursor = rows[limit - 1]["entry_id"] if len(rows) > limit else None
+    return page, next_cursor
+
+
+async def transaction(conn: asyncpg.Connection, transaction_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_ITEM_COLUMNS}, e.user_id, c.idempotency_key, c.command_id
+          FROM ledger_entries e
+          JOIN processed_commands c ON c.transaction_id = e.transaction_id
+         WHERE e.transaction_id = $1 AND e.account_kind = 'user'
+        """,
+        transaction_id,
+    )
+    if row is None:
+        return None
+    item = _item(row)
+    item.update(
+        userId=row["user_id"],
+        idempotencyKey=row["idempotency_key"],
+        commandId=str(row["command_id"]),
+    )
+    return item
+
+
+def _item(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "transactionId": str(row["transaction_id"]),
+        "type": row["type"],
+        "assetId": row["asset"],
+        "amount": row["amount"],
+        "direction": row["direction"],
+        "balanceAfter": row["balance_after"],
+        "description": row["description"],
+        "time": row["created_at"].isoformat(),
+    }

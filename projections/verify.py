@@ -1,0 +1,109 @@
+"""`wallet verify`: audit the ledger and the projection. Each check is one SQL query that
+returns the offending rows (at most a few as examples); an empty answer means the check holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+EXAMPLES_MAX = 5
+UNPUBLISHED_GRACE_S = 60
+
+CHECKS: list[tuple[str, str]] = [
+    (
+        "every transaction's entries sum to zero",
+        """SELECT transaction_id::text AS example FROM ledger_entries
+            GROUP BY transaction_id, asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        "every asset's entries sum to zero",
+        """SELECT asset || ' sums to ' || sum(amount) AS example FROM ledger_entries
+            GROUP BY asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        "no user balance is negative",
+        """SELECT user_id || ' ' || asset || ' ' || balance_after AS example FROM ledger_entries
+            WHERE account_kind = 'user' AND balance_after < 0""",
+    ),
+    (
+        "account versions have no gaps and balances follow their entries",
+        """SELECT user_id || ' ' || asset || ' v' || version AS example FROM (
+                SELECT user_id, asset, version, amount, balance_after,
+                       lag(version) OVER w AS prev_version,
+                       lag(balance_after) OVER w AS prev_balance
+                  FROM ledger_entries WHERE account_kind = 'user'
+                WINDOW w AS (PARTITION BY user_id, asset ORDER BY version)) s
+            WHERE version <> coalesce(prev_version, 0) + 1
+               OR balance_after <> coalesce(prev_balance, 0) + amount""",
+    ),
+    (
+        "every accepted command has its two entries",
+        """SELECT c.transaction_id::text AS example FROM processed_commands c
+             LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
+            WHERE c.status = 'accepted' GROUP BY c.transaction_id HAVING count(e.*) <> 2""",
+    ),
+    (
+        "each projected balance equals the ledger's (up to the projector's checkpoints)",
+        """WITH ledger AS (
+                SELECT DISTINCT ON (e.user_id, e.asset) e.user_id, e.asset, e.balance_after
+                  FROM ledger_entries e
+                  JOIN projection_checkpoints c
+                    ON c.projection = 'balances' AND c.partition = e.partition
+                 WHERE e.account_kind = 'user' AND e.entry_id <= c.position
+                 ORDER BY e.user_id, e.asset, e.version DESC)
+            SELECT coalesce(l.user_id, b.user_id) || ' ' || coalesce(l.asset, b.asset)
+                   || ': ledger ' || coalesce(l.balance_after::text, 'none')
+                   || ', projected ' || coalesce(b.balance::text, 'none') AS example
+              FROM ledger l FULL JOIN balances b USING (user_id, asset)
+             WHERE l.balance_after IS DISTINCT FROM b.balance""",
+    ),
+    (
+        "each projected system total equals the ledger's (up to the checkpoints)",
+        """WITH ledger AS (
+                SELECT e.asset, e.account_kind, sum(e.amount)::bigint AS total
+                  FROM ledger_entries e
+                  JOIN projection_checkpoints c
+                    ON c.projection = 'balances' AND c.partition = e.partition
+                 WHERE e.account_kind <> 'user' AND e.entry_id <= c.position
+                 GROUP BY 1, 2)
+            SELECT coalesce(l.asset, t.asset) || ' ' || coalesce(l.account_kind, t.account_kind)
+                   AS example
+              FROM ledger l FULL JOIN system_totals t USING (asset, account_kind)
+             WHERE l.total IS DISTINCT FROM t.total""",
+    ),
+    (
+        f"every processed command's reply is published (after {UNPUBLISHED_GRACE_S} s)",
+        f"""SELECT o.topic || '/' || o.partition || '@' || o.source_offset AS example
+              FROM outbox o
+              LEFT JOIN outbox_positions p USING (topic, partition)
+             WHERE (o.generation, o.source_offset)
+                   >= (coalesce(p.published_generation, 0), coalesce(p.published_offset, 0))
+               AND o.created_at < now() - interval '{UNPUBLISHED_GRACE_S} seconds'""",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    problems: int
+    examples: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+
+async def verify(conn: asyncpg.Connection) -> list[CheckResult]:
+    """Run every check in one repeatable-read snapshot, so they agree with each other."""
+    results = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for name, sql in CHECKS:
+            rows = await conn.fetch(
+                f"SELECT example, count(*) OVER () AS n FROM ({sql}) q LIMIT {EXAMPLES_MAX}"
+            )
+            problems = rows[0]["n"] if rows else 0
+            results.append(CheckResult(name, problems, [r["example"] for r in rows]))
+    return results

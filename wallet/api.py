@@ -1,0 +1,123 @@
+"""The HTTP API: the gateway's write routes and the read side's query routes in one app.
+
+Every request body is bounded (`WALLET_API_BODY_BYTES_MAX`) and must be JSON; errors are 4xx
+with a reason, and a broker or database outage is a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from commands import gateway
+from commands.client import WalletClient
+from projections import http
+from wallet.db import create_pool
+from wallet.errors import WalletError
+from wallet.settings import Settings
+
+
+class BodyLimit:
+    """Refuse bodies over the limit (413) and non-JSON bodies (415) before anything reads them."""
+
+    def __init__(self, app: ASGIApp, bytes_max: int) -> None:
+        self._app = app
+        self._bytes_max = bytes_max
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self._app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            await _refuse(send, 415, "the body must be application/json")
+            return
+        if int(headers.get(b"content-length", b"0") or 0) > self._bytes_max:
+            await _refuse(send, 413, f"the body is larger than {self._bytes_max} bytes")
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._bytes_max:  # no or a false Content-Length: count as it arrives
+                raise _TooLarge
+            return message
+
+        try:
+            await self._app(scope, bounded, send)
+        except _TooLarge:
+            await _refuse(send, 413, f"the body is larger than {self._bytes_max} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    response = JSONResponse({"detail": message}, status_code=status)
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings, size_max=settings.db_pool_size_max)
+        app.state.client = WalletClient(settings)
+        app.state.reply_timeout_s = settings.api_reply_timeout_ms / 1000
+        await app.state.client.start()
+        try:
+            yield
+        finally:
+            await app.state.client.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(title="Dino Wallet", version="1", lifespan=lifespan)
+    app.include_router(gateway.router)
+    app.include_router(http.router)
+    app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
+
+    @app.exception_handler(WalletError)
+    @app.exception_handler(KafkaError)
+    @app.exception_handler(OSError)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"service unavailable: {type(exc).__name__}"}, 503)
+
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the caller's stop event decides."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the API until `stop` is set."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        limit_concurrency=1024,
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve())
+    await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    server.should_exit = True
+    await serving
