@@ -89,3 +89,44 @@ async def asset_sums(settings: Settings) -> dict[str, int]:
         settings, "SELECT asset, sum(amount) AS total FROM ledger_entries GROUP BY 1"
     )
     return {r["asset"]: r["total"] for r in rows}
+
+
+@contextlib.asynccontextmanager
+async def running_projector(settings: Settings) -> AsyncIterator[None]:
+    """The live projector inside this test's event loop."""
+    from projections.projector import run_projector
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_projector(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_projected(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Wait until the projector has applied every committed ledger entry."""
+    from projections.projector import lag_seconds
+
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await lag_seconds(conn) > 0:
+            assert asyncio.get_running_loop().time() < deadline, "projector did not catch up"
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def audit(settings: Settings) -> dict[str, int]:
+    """`wallet verify`'s checks: the number of problems each found."""
+    from projections.verify import verify
+
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        return {r.name: r.problems for r in await verify(conn)}
+    finally:
+        await conn.close()

@@ -30,15 +30,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class ProcessorProcess:
-    """`wallet processor` in its own process, in an empty folder (no stack.env to pick up)."""
+class WalletProcess:
+    """`wallet ROLE` in its own process, in an empty folder (no stack.env to pick up)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._cwd = Path(tempfile.mkdtemp(prefix="wallet-proc-"))
-        self.log_path = self._cwd / "processor.log"
+    def __init__(self, settings: Settings, role: str = "processor") -> None:
+        self._cwd = Path(tempfile.mkdtemp(prefix=f"wallet-{role}-"))
+        self.log_path = self._cwd / f"{role}.log"
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wallet", "processor"],
+                [sys.executable, "-m", "wallet", role],
                 cwd=self._cwd,
                 env=settings_env(settings),
                 stdout=log_file,

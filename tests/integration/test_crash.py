@@ -11,7 +11,7 @@ import pytest
 
 from schemas.commands import Command
 from tests.integration.helpers import asset_sums, client_for, command, fetch
-from tests.integration.processes import ProcessorProcess
+from tests.integration.processes import WalletProcess
 from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ class TestCrash:
     async def test_kill_9_mid_load_loses_and_doubles_nothing(self, stack: Settings) -> None:
         """kill -9 a processor during 20,000 commands; its successor finishes exactly once."""
         commands, expected = _workload(20_000, 500, seed=1)
-        first = ProcessorProcess(stack)
+        first = WalletProcess(stack)
         second = None
         try:
             async with client_for(stack) as client:
@@ -80,7 +80,7 @@ class TestCrash:
                 await _wait_replies(futures, 3_000, timeout_s=120)
                 first.kill()
                 done_at_kill = sum(f.done() for f in futures)
-                second = ProcessorProcess(stack)
+                second = WalletProcess(stack)
                 replies = await asyncio.wait_for(asyncio.gather(*futures), 240)
         finally:
             first.stop()
@@ -95,13 +95,13 @@ class TestScaleOut:
         """Members join and leave the group while commands flow; every effect happens once."""
         commands, expected = _workload(12_000, 400, seed=2)
         waves = [commands[:400], commands[400:4000], commands[4000:8000], commands[8000:]]
-        procs = [ProcessorProcess(stack), ProcessorProcess(stack)]
+        procs = [WalletProcess(stack), WalletProcess(stack)]
         try:
             async with client_for(stack) as client:
                 futures = await _publish(client, waves[0])
                 await _wait_replies(futures, len(futures), timeout_s=120)
                 futures += await _publish(client, waves[1])
-                procs.append(ProcessorProcess(stack))  # a third member joins mid-flow
+                procs.append(WalletProcess(stack))  # a third member joins mid-flow
                 await _wait_replies(futures, len(futures) - 1000, timeout_s=120)
                 futures += await _publish(client, waves[2])
                 procs[0].kill()  # one member dies mid-flow

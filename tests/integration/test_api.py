@@ -1,0 +1,164 @@
+"""The HTTP API over real HTTP: every endpoint, and every kind of bad input answered with a 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.helpers import fetch, running_processor, running_projector, wait_projected
+from wallet.api import serve
+from wallet.devstack import free_port
+from wallet.settings import Settings
+
+
+@pytest.fixture
+async def api(stack: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Processor, projector and a uvicorn server on a free port, with a client for it."""
+    settings = stack.model_copy(update={"api_port": free_port()})
+    stop = asyncio.Event()
+    async with running_processor(settings), running_projector(settings):
+        server = asyncio.create_task(serve(settings, stop))
+        base = f"http://127.0.0.1:{settings.api_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            await _wait_up(client)
+            try:
+                yield client
+            finally:
+                stop.set()
+                await asyncio.wait_for(server, 30)
+
+
+async def _wait_up(client: httpx.AsyncClient) -> None:
+    for _ in range(200):
+        with contextlib.suppress(httpx.TransportError):
+            if (await client.get("/health")).status_code == 200:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("API did not start")
+
+
+def _body(**changes: Any) -> dict[str, Any]:
+    body = {"userId": "ana", "assetId": "GOLD", "amount": 10, "idempotencyKey": uuid.uuid4().hex}
+    body.update(changes)
+    return body
+
+
+class TestWrites:
+    async def test_top_up_bonus_spend_and_their_status_codes(self, api: httpx.AsyncClient) -> None:
+        """201 accepted, 200 duplicate, 402 overdraft, 409 key reuse, 422 unknown asset."""
+        top_up = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
+        assert top_up.status_code == 201
+        assert top_up.json() | {"transactionId": None} == {
+            "status": "accepted", "duplicate": False, "transactionId": None, "userId": "ana",
+            "assetId": "GOLD", "amount": 100, "balance": 100, "error": None,
+        }  # fmt: skip
+        again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
+        assert again.status_code == 200 and again.json()["duplicate"]
+        assert again.json()["transactionId"] == top_up.json()["transactionId"]
+        assert (await api.post("/wallet/bonus", json=_body(amount=5))).json()["balance"] == 105
+        over = await api.post("/wallet/spend", json=_body(amount=1000))
+        assert over.status_code == 402 and over.json()["error"]["code"] == "insufficient_funds"
+        reused = await api.post("/wallet/topup", json=_body(amount=1, idempotencyKey="t1"))
+        assert reused.status_code == 409
+        unknown = await api.post("/wallet/topup", json=_body(assetId="RUBY"))
+        assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_asset"
+
+
+class TestReads:
+    async def test_balance_history_and_transaction(
+        self, api: httpx.AsyncClient, stack: Settings
+    ) -> None:
+        """Balances (projected and consistent), paginated history and a single transaction."""
+        for i in range(5):
+            await api.post("/wallet/topup", json=_body(userId="bea", amount=10 + i))
+        await api.post("/wallet/topup", json=_body(userId="bea", assetId="DIAMONDS", amount=3))
+        consistent = await api.get("/wallet/bea/balance", params={"consistent": "true"})
+        assert consistent.json() == {"userId": "bea", "balances": {"DIAMONDS": 3, "GOLD": 60}}
+        await wait_projected(stack)
+        assert (await api.get("/wallet/bea/balance")).json() == consistent.json()
+        first = (await api.get("/wallet/bea/transactions", params={"limit": 4})).json()
+        assert len(first["items"]) == 4 and first["nextCursor"]
+        assert first["items"][0]["assetId"] == "DIAMONDS"  # newest first
+        rest = await api.get("/wallet/bea/transactions",
+                             params={"limit": 4, "cursor": first["nextCursor"]})  # fmt: skip
+        assert len(rest.json()["items"]) == 2 and rest.json()["nextCursor"] is None
+        gold = await api.get("/wallet/bea/transactions", params={"asset": "GOLD"})
+        assert [i["amount"] for i in gold.json()["items"]] == [14, 13, 12, 11, 10]
+        item = first["items"][1]
+        one = await api.get(f"/wallet/transactions/{item['transactionId']}")
+        assert one.status_code == 200 and one.json()["userId"] == "bea"
+        assert one.json()["balanceAfter"] == item["balanceAfter"]
+        missing = await api.get(f"/wallet/transactions/{uuid.uuid4()}")
+        assert missing.status_code == 404
+        assert (await api.get("/wallet/nobody/balance")).json()["balances"] == {}
+
+    async def test_health_ready_and_docs(self, api: httpx.AsyncClient) -> None:
+        """Liveness, readiness with projector lag, and the OpenAPI document."""
+        assert (await api.get("/health")).json() == {"status": "ok"}
+        ready = await api.get("/ready")
+        assert ready.status_code == 200 and ready.json()["postgres"] == "ok"
+        assert "projectorLagSeconds" in ready.json()
+        spec = (await api.get("/openapi.json")).json()
+        assert {"/wallet/topup", "/wallet/{userId}/balance"} <= spec["paths"].keys()
+
+
+BAD_BODIES: list[tuple[str, Any]] = [
+    ("amount zero", _body(amount=0)),
+    ("amount negative", _body(amount=-5)),
+    ("amount float", _body(amount=1.5)),
+    ("amount string", _body(amount="5")),
+    ("amount bool", _body(amount=True)),
+    ("amount huge", _body(amount=10**20)),
+    ("amount 1e17", _body(amount=1e17)),
+    ("missing userId", {k: v for k, v in _body().items() if k != "userId"}),
+    ("long key", _body(idempotencyKey="k" * 5000)),
+    ("long description", _body(description="d" * 5000)),
+    ("unknown field", _body(isAdmin=True)),
+    ("bad user id", _body(userId="../etc/passwd")),
+    ("not an object", [1, 2]),
+]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(("name", "body"), BAD_BODIES, ids=[n for n, _ in BAD_BODIES])
+    async def test_bad_bodies_are_422(
+        self, api: httpx.AsyncClient, stack: Settings, name: str, body: Any
+    ) -> None:
+        """Each malformed body is a 422 with a reason, and writes nothing."""
+        response = await api.post("/wallet/spend", content=_json(body),
+                                   headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"]
+        assert (await fetch(stack, "SELECT count(*) AS n FROM processed_commands"))[0]["n"] == 0
+
+    async def test_transport_level_refusals(self, api: httpx.AsyncClient, stack: Settings) -> None:
+        """No body, invalid JSON, wrong content type, 1 MB body, bad paths: all 4xx."""
+        json_header = {"content-type": "application/json"}
+        assert (await api.post("/wallet/topup", headers=json_header)).status_code == 422
+        bad_json = await api.post("/wallet/topup", content=b"{nope", headers=json_header)
+        assert bad_json.status_code == 422
+        form = await api.post("/wallet/topup", data={"userId": "x"})
+        assert form.status_code == 415
+        big = await api.post("/wallet/topup", content=b"[" + b"1," * 500_000 + b"1]",
+                             headers=json_header)  # fmt: skip
+        assert big.status_code == 413
+        assert (await api.get("/wallet/transactions/not-a-uuid")).status_code == 422
+        assert (await api.get("/wallet/bea/transactions", params={"limit": 0})).status_code == 422
+        too_many = await api.get("/wallet/bea/transactions", params={"limit": 10_000})
+        assert too_many.status_code == 422
+        assert (
+            await api.get("/wallet/bea/transactions", params={"cursor": "x"})
+        ).status_code == 422
+        assert (await fetch(stack, "SELECT count(*) AS n FROM processed_commands"))[0]["n"] == 0
+
+
+def _json(body: Any) -> bytes:
+    import json
+
+    return json.dumps(body).encode()
