@@ -30,8 +30,12 @@ def _settings() -> Settings:
 
 
 def _run(coro: Awaitable[T]) -> T:
+    """Run on uvloop (measurably faster for every role here) with a clear error on failure."""
+    import uvloop
+
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)  # type: ignore[arg-type]
     except WalletError as exc:
         raise click.ClickException(str(exc)) from None
 
