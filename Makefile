@@ -18,6 +18,7 @@ up: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy schemas commands processor projections wallet
 	$(VENV)/bin/pytest
 
 lint: $(STAMP)

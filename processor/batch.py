@@ -136,15 +136,19 @@ def _record(
     before: AccountState,
     decision: Accepted | Rejected,
 ) -> StoredResult:
+    tx_id: uuid.UUID | None = None
+    balance: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
     if isinstance(decision, Accepted):
-        tx_id: uuid.UUID | None = transaction_id_for(command.user_id, command.idempotency_key)
-        balance: int | None = decision.account.balance
-        error_code, error_message = None, None
+        accepted_id = transaction_id_for(command.user_id, command.idempotency_key)
+        tx_id, balance = accepted_id, decision.account.balance
         plan.accounts[(command.user_id, command.asset)] = decision.account
-        _entries(ctx, plan, command, tx_id, decision)
+        _entries(ctx, plan, command, accepted_id, decision)
     else:
-        tx_id, error_code, error_message = None, decision.code.value, decision.message
-        balance = None if decision.code is ErrorCode.UNKNOWN_ASSET else before.balance
+        error_code, error_message = decision.code.value, decision.message
+        if decision.code is not ErrorCode.UNKNOWN_ASSET:
+            balance = before.balance
     result = StoredResult(
         payload_hash=item.payload_hash or b"",
         status="accepted" if tx_id else "rejected",

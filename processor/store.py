@@ -9,12 +9,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, overload
 
 import asyncpg
 
 from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
 from processor.decide import AccountState
+from wallet.db import Conn
 from wallet.errors import FencedError
 
 PROCESSED_COLUMNS = (
@@ -247,7 +248,7 @@ class PostgresEventStore:
                 error_code=r["error_code"],
                 error_message=r["error_message"],
                 # asyncpg's own UUID type is not one orjson (or pickle) knows: use the stdlib's.
-                transaction_id=_std_uuid(r["transaction_id"]),
+                transaction_id=std_uuid(r["transaction_id"]),
                 balance_after=r["balance_after"],
                 type=r["type"],
                 asset=r["asset"],
@@ -292,7 +293,7 @@ class PostgresEventStore:
 
     async def _copy(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         table: str,
         columns: Sequence[str],
         rows: list[tuple[object, ...]],
@@ -302,7 +303,7 @@ class PostgresEventStore:
                 table, records=rows, columns=columns, timeout=self._timeout_s
             )
 
-    async def _raise_fenced(self, conn: asyncpg.Connection, position: BatchPosition) -> None:
+    async def _raise_fenced(self, conn: Conn, position: BatchPosition) -> None:
         row = await conn.fetchrow(
             "SELECT owner_epoch, generation, next_offset FROM partition_state"
             " WHERE topic = $1 AND partition = $2",
@@ -382,7 +383,16 @@ class PostgresEventStore:
         )
 
 
-def _std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
+@overload
+def std_uuid(value: uuid.UUID) -> uuid.UUID: ...
+
+
+@overload
+def std_uuid(value: None) -> None: ...
+
+
+def std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
+    """asyncpg's own UUID type as the standard library's (orjson knows only the latter)."""
     return None if value is None else uuid.UUID(bytes=value.bytes)
 
 

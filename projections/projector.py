@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from wallet.db import create_pool
+from wallet.db import Conn, create_pool
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.projector")
@@ -67,12 +67,12 @@ ON CONFLICT (asset, account_kind) DO UPDATE SET total = t.total + EXCLUDED.total
 """
 
 
-async def known_partitions(conn: asyncpg.Connection) -> list[int]:
+async def known_partitions(conn: Conn) -> list[int]:
     rows = await conn.fetch("SELECT DISTINCT partition FROM partition_state ORDER BY 1")
     return [r["partition"] for r in rows]
 
 
-async def checkpoint(conn: asyncpg.Connection, target: Target, partition: int) -> int:
+async def checkpoint(conn: Conn, target: Target, partition: int) -> int:
     position = await conn.fetchval(
         "SELECT position FROM projection_checkpoints WHERE projection = $1 AND partition = $2",
         target.checkpoint,
@@ -82,17 +82,19 @@ async def checkpoint(conn: asyncpg.Connection, target: Target, partition: int) -
 
 
 async def apply_next(
-    conn: asyncpg.Connection, target: Target, partition: int, limit: int = BATCH_ENTRIES_MAX
+    conn: Conn, target: Target, partition: int, limit: int = BATCH_ENTRIES_MAX
 ) -> int:
     """Project the next entries of one partition; return how many (0: caught up or raced)."""
     after = await checkpoint(conn, target, partition)
-    upto, count = await conn.fetchrow(
+    row = await conn.fetchrow(
         "SELECT max(entry_id), count(*) FROM (SELECT entry_id FROM ledger_entries"
         " WHERE partition = $1 AND entry_id > $2 ORDER BY entry_id LIMIT $3) AS next",
         partition,
         after,
         limit,
     )
+    assert row is not None
+    upto, count = row
     if count == 0:
         return 0
     async with conn.transaction():
@@ -121,7 +123,7 @@ async def apply_next(
     return int(count)
 
 
-async def lag_seconds(conn: asyncpg.Connection, target: Target = LIVE) -> float:
+async def lag_seconds(conn: Conn, target: Target = LIVE) -> float:
     """Age of the oldest ledger entry not yet projected (0 when caught up)."""
     age = await conn.fetchval(
         """

@@ -7,10 +7,12 @@ from typing import Any
 
 import asyncpg
 
+from wallet.db import Conn
+
 HISTORY_LIMIT_MAX = 200
 
 
-async def balances(conn: asyncpg.Connection, user_id: str, consistent: bool) -> dict[str, int]:
+async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, int]:
     """Every asset's balance; `consistent` reads the ledger instead of the projection."""
     if consistent:
         rows = await conn.fetch(
@@ -37,7 +39,7 @@ _ITEM_COLUMNS = """
 
 
 async def history(
-    conn: asyncpg.Connection, user_id: str, asset: str | None, limit: int, cursor: int | None
+    conn: Conn, user_id: str, asset: str | None, limit: int, cursor: int | None
 ) -> tuple[list[dict[str, Any]], int | None]:
     """A user's ledger entries, newest first; returns the page and the next page's cursor."""
     assert 1 <= limit <= HISTORY_LIMIT_MAX
@@ -62,7 +64,7 @@ async def history(
     return page, next_cursor
 
 
-async def transaction(conn: asyncpg.Connection, transaction_id: uuid.UUID) -> dict[str, Any] | None:
+async def transaction(conn: Conn, transaction_id: uuid.UUID) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         f"""
         SELECT {_ITEM_COLUMNS}, e.user_id, c.idempotency_key, c.command_id

@@ -16,7 +16,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from processor.batch import event_document
+from processor.store import std_uuid
 from projections.projector import LIVE, REPLAY, apply_next, known_partitions
+from wallet.db import Conn
 
 CHUNK_ENTRIES = 50_000
 REPUBLISH_PAGE = 5_000
@@ -24,7 +26,7 @@ REPUBLISH_PAGE = 5_000
 Progress = Callable[[int], None]
 
 
-async def pending_entries(conn: asyncpg.Connection, from_scratch: bool) -> int:
+async def pending_entries(conn: Conn, from_scratch: bool) -> int:
     """How many entries a rebuild has to apply (for the progress bar)."""
     if from_scratch:
         return int(await conn.fetchval("SELECT count(*) FROM ledger_entries"))
@@ -41,7 +43,7 @@ async def pending_entries(conn: asyncpg.Connection, from_scratch: bool) -> int:
     )
 
 
-async def rebuild(conn: asyncpg.Connection, from_scratch: bool, progress: Progress) -> int:
+async def rebuild(conn: Conn, from_scratch: bool, progress: Progress) -> int:
     """Rebuild the projection into the shadow tables, then swap it in; return entries applied."""
     if from_scratch:
         async with conn.transaction():
@@ -71,7 +73,7 @@ async def rebuild(conn: asyncpg.Connection, from_scratch: bool, progress: Progre
     return applied
 
 
-async def _catch_up(conn: asyncpg.Connection, progress: Progress) -> int:
+async def _catch_up(conn: Conn, progress: Progress) -> int:
     applied = 0
     for partition in await known_partitions(conn):
         while (count := await apply_next(conn, REPLAY, partition, CHUNK_ENTRIES)) > 0:
@@ -81,7 +83,7 @@ async def _catch_up(conn: asyncpg.Connection, progress: Progress) -> int:
 
 
 async def republish(
-    conn: asyncpg.Connection,
+    conn: Conn,
     producer: AIOKafkaProducer,
     events_topic: str,
     from_entry: int,
@@ -118,8 +120,8 @@ async def republish(
 
 def _event(row: asyncpg.Record) -> dict[str, object]:
     return event_document(
-        transaction_id=row["transaction_id"],
-        command_id=row["command_id"],
+        transaction_id=std_uuid(row["transaction_id"]),
+        command_id=std_uuid(row["command_id"]),
         idempotency_key=row["idempotency_key"],
         type=row["type"],
         user_id=row["user_id"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
+from wallet.db import Conn
 
 EXAMPLES_MAX = 5
 UNPUBLISHED_GRACE_S = 60
@@ -96,7 +96,7 @@ class CheckResult:
         return self.problems == 0
 
 
-async def verify(conn: asyncpg.Connection) -> list[CheckResult]:
+async def verify(conn: Conn) -> list[CheckResult]:
     """Run every check in one repeatable-read snapshot, so they agree with each other."""
     results = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):

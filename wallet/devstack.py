@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wallet.errors import DevStackError
 
@@ -38,7 +39,7 @@ def postgres_bin_dir() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
-def _as_user(user: str | None) -> dict[str, object]:
+def _as_user(user: str | None) -> dict[str, Any]:
     """Drop to `user` entirely: its uid, its group and no supplementary groups (root's group
     would otherwise decide access to root-owned folders)."""
     if user is None:

@@ -62,3 +62,45 @@ class TestSend:
             text=True, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode != 0 and "WALLET_PARTITIONS" in result.stderr
+
+
+class TestOperatorCommands:
+    async def test_balance_history_verify_replay(self, stack: Settings) -> None:
+        """The operator commands print tables and reports, and verify exits 0 on a clean ledger."""
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", "kim", 40))
+            await client.request(command("spend", "kim", 15, description="potion"))
+        replayed = await asyncio.to_thread(_wallet, stack, "replay", "--from-scratch")
+        assert replayed.returncode == 0 and "4 events replayed" in replayed.stdout
+        shown = _wallet(stack, "balance", "kim")
+        assert shown.returncode == 0 and "GOLD" in shown.stdout and "25" in shown.stdout
+        listed = _wallet(stack, "history", "kim")
+        assert "potion" in listed.stdout and "-15" in listed.stdout and "+40" in listed.stdout
+        audit = _wallet(stack, "verify")
+        assert audit.returncode == 0 and "0 failed" in audit.stdout
+
+    async def test_republish_sends_ledger_events_again(self, stack: Settings) -> None:
+        """--republish re-emits every accepted transaction to the events topic, in order."""
+        from wallet.kafka import make_consumer
+
+        async with running_processor(stack), client_for(stack) as client:
+            for amount in (1, 2, 3):
+                await client.request(command("top_up", "lee", amount))
+        sent = await asyncio.to_thread(_wallet, stack, "replay", "--republish", "--from", "0")
+        assert sent.returncode == 0 and "republished 3 events" in sent.stdout
+        consumer = make_consumer(stack, stack.events_topic, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            values: list[bytes] = []
+            for _ in range(20):
+                batch = await consumer.getmany(timeout_ms=500)
+                values += [r.value for records in batch.values() for r in records]
+                if len(values) >= 6:
+                    break
+        finally:
+            await consumer.stop()
+        from schemas.events import LedgerEvent
+
+        events = [LedgerEvent.model_validate_json(v) for v in values]
+        assert [e.amount for e in events] == [1, 2, 3, 1, 2, 3]  # live, then republished
+        assert events[3].transaction_id == events[0].transaction_id
