@@ -58,8 +58,10 @@ class Processor:
             ),
         )
         self._workers: dict[TopicPartition, PartitionWorker] = {}
-        # partition -> (monotonic time of the next resync attempt, current backoff in seconds)
-        self._stale: dict[TopicPartition, tuple[float, float]] = {}
+        # partition -> monotonic time of its next resync attempt
+        self._stale: dict[TopicPartition, float] = {}
+        # partition -> batches failed in a row (reset by a commit): drives the backoff
+        self._failures: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: OutboxPublisher | None = None
@@ -134,31 +136,41 @@ class Processor:
             messages = await worker.process(records)
         except StaleOffsetError as exc:
             log.warning("stored offset moved; resyncing", partition=tp.partition, error=str(exc))
-            self._mark_stale(tp, 0.0)
+            self._mark_stale(tp, failed=False)
             return
         except FencedError as exc:
             log.error("fenced: partition has a newer owner", partition=tp.partition, error=str(exc))
             self._drop(tp)
             return
         except _BATCH_ERRORS as exc:
+            failures = self._mark_stale(tp, failed=True)
             log.error("batch failed; will retry from the stored offset", partition=tp.partition,
-                      error=repr(exc))  # fmt: skip
-            self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+                      failures_in_a_row=failures, error=repr(exc))  # fmt: skip
             return
+        self._failures.pop(tp, None)
         assert self._publisher is not None
         await self._publisher.submit(PublishJob(tp.topic, tp.partition, worker.epoch, messages))
 
-    def _mark_stale(self, tp: TopicPartition, backoff_s: float) -> None:
+    def _mark_stale(self, tp: TopicPartition, failed: bool) -> int:
         """Stop using fetched records for `tp` until its position is reloaded from storage.
 
-        Repeated failures back off exponentially up to `retry_backoff_max_ms`.
+        After a failure the resync waits, doubling with each failure in a row up to
+        `retry_backoff_max_ms`: a partition whose batch keeps failing (a disk error, a
+        constraint the batch breaks) is retried slowly, with a log line each time, and never
+        skipped. Returns the failures in a row.
         """
-        _, previous_s = self._stale.get(tp, (0.0, 0.0))
-        wait_s = min(max(backoff_s, previous_s * 2), self._settings.retry_backoff_max_ms / 1000)
-        self._stale[tp] = (time.monotonic() + wait_s, wait_s)
+        failures = self._failures.get(tp, 0) + (1 if failed else 0)
+        if failed:
+            self._failures[tp] = failures
+        wait_s = 0.0
+        if failures:
+            wait_s = min(_RESYNC_BACKOFF_START_S * 2 ** (failures - 1),
+                         self._settings.retry_backoff_max_ms / 1000)  # fmt: skip
+        self._stale[tp] = time.monotonic() + wait_s
+        return failures
 
     async def _resync_stale(self) -> None:
-        for tp, (retry_at_s, _) in list(self._stale.items()):
+        for tp, retry_at_s in list(self._stale.items()):
             if time.monotonic() < retry_at_s:
                 continue
             worker = self._workers.get(tp)
@@ -206,7 +218,7 @@ class Processor:
             return
         except _BATCH_ERRORS as exc:
             log.error("could not record partition reset", partition=tp.partition, error=repr(exc))
-            self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+            self._mark_stale(tp, failed=True)
             return
         assert self._consumer is not None
         await self._consumer.seek_to_beginning(tp)
@@ -214,6 +226,7 @@ class Processor:
     def _drop(self, tp: TopicPartition) -> None:
         self._workers.pop(tp, None)
         self._stale.pop(tp, None)
+        self._failures.pop(tp, None)
         if self._consumer is not None and tp in self._consumer.assignment():
             self._consumer.pause(tp)
 
@@ -225,13 +238,12 @@ class Processor:
                 self._workers[tp] = worker
                 self._consumer.resume(tp)
                 if not await self._take_over(worker):
-                    self._mark_stale(tp, _RESYNC_BACKOFF_START_S)
+                    self._mark_stale(tp, failed=True)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         async with self._lock:
             for tp in partitions:
-                self._workers.pop(tp, None)
-                self._stale.pop(tp, None)
+                self._drop(tp)
 
     async def _commit_lag_offsets(self) -> None:
         """Kafka offsets are only for lag dashboards; the truth is in PostgreSQL (rule 4)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+
+import asyncpg
 
 from tests.integration.helpers import (
     asset_sums,
@@ -131,3 +134,30 @@ class TestIdempotency:
         assert retry.duplicate and retry.error is not None
         assert retry.error.code == "insufficient_funds"
         assert await balance(stack, "erin") == 100
+
+
+class TestFailingBatch:
+    async def test_a_failing_batch_is_retried_never_skipped(self, stack: Settings) -> None:
+        """A batch the database refuses writes nothing and is retried until it goes through,
+        in order, with nothing after it skipped."""
+        assert stack.database_url
+        conn = await asyncpg.connect(stack.database_url)
+        await conn.execute(
+            "CREATE FUNCTION fail_cursed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'injected write failure'; END $$;"
+            " CREATE TRIGGER fail_cursed BEFORE INSERT ON processed_commands FOR EACH ROW"
+            " WHEN (NEW.user_id = 'cursed') EXECUTE FUNCTION fail_cursed()"
+        )
+        try:
+            async with running_processor(stack), client_for(stack) as client:
+                first = await client.publish(command("top_up", "cursed", 5))
+                second = await client.publish(command("top_up", "cursed", 7))
+                await asyncio.sleep(2.0)
+                assert not first.done() and not second.done()
+                assert await balance(stack, "cursed") == 0
+                await conn.execute("DROP TRIGGER fail_cursed ON processed_commands")
+                replies = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        finally:
+            await conn.close()
+        assert [r["balance"] for r in replies] == [5, 12]
+        assert await balance(stack, "cursed") == 12
