@@ -24,6 +24,7 @@ from wallet.settings import Settings
 log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000
 JOBS_PER_ROUND_MAX = 256
+PRUNE_ROWS_MAX = 20_000  # per partition and pass: a pass stays short however far behind
 _MISSING_TOPIC_RECHECK_S = 60.0
 
 
@@ -48,6 +49,10 @@ class OutboxPublisher:
         self._known_topics: set[str] = {settings.events_topic, settings.dlq_topic}
         self._missing_topics: dict[str, float] = {}  # topic -> monotonic time to look again
         self._partition_counts: dict[str, int] = {}
+        self._keep_rows = settings.outbox_keep_rows
+        self._prune_interval_s = settings.outbox_prune_interval_ms / 1000
+        self._prune_due_s = 0.0
+        self._prune_marks: dict[tuple[str, int], PublishedMark] = {}
 
     async def submit(self, job: PublishJob) -> None:
         if job.messages:
@@ -113,6 +118,19 @@ class OutboxPublisher:
             )
         await asyncio.gather(*futures)
         await self._store.mark_published(list(marks.values()))
+        await self._prune(marks)
+
+    async def _prune(self, marks: dict[tuple[str, int], PublishedMark]) -> None:
+        """Keep the outbox bounded: now and then, delete what is long published."""
+        self._prune_marks.update(marks)
+        now_s = time.monotonic()
+        if now_s < self._prune_due_s:
+            return
+        self._prune_due_s = now_s + self._prune_interval_s
+        pending, self._prune_marks = list(self._prune_marks.values()), {}
+        deleted = await self._store.prune_outbox(pending, self._keep_rows, PRUNE_ROWS_MAX)
+        if deleted:
+            log.debug("outbox pruned", rows=deleted)
 
     async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[Any]:
         """Send with the partition chosen here, as the default partitioner would, but with the

@@ -105,6 +105,10 @@ class EventStore(Protocol):
 
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None: ...
 
+    async def prune_outbox(
+        self, marks: Sequence[PublishedMark], keep_rows: int, limit: int
+    ) -> int: ...
+
 
 class StaleOffsetError(FencedError):
     """The epoch is ours but the stored offset moved: an earlier commit of ours landed after
@@ -381,6 +385,34 @@ class PostgresEventStore:
             [m.upto for m in marks],
             timeout=self._timeout_s,
         )
+
+    async def prune_outbox(self, marks: Sequence[PublishedMark], keep_rows: int, limit: int) -> int:
+        """Delete published outbox rows older than the newest `keep_rows` of each partition,
+        at most `limit` per partition. Walks the primary key from the oldest row, so the cost
+        is the rows deleted, whatever the table's size."""
+        if not marks:
+            return 0
+        done = await self._pool.execute(
+            """
+            DELETE FROM outbox WHERE ctid IN (
+                SELECT o.ctid
+                  FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[])
+                       AS k(topic, partition, generation, below)
+                 CROSS JOIN LATERAL (
+                       SELECT ctid FROM outbox
+                        WHERE topic = k.topic AND partition = k.partition
+                          AND (generation, source_offset) < (k.generation, k.below)
+                        ORDER BY generation, source_offset
+                        LIMIT $5) AS o)
+            """,
+            [m.topic for m in marks],
+            [m.partition for m in marks],
+            [m.generation for m in marks],
+            [m.upto - keep_rows for m in marks],
+            limit,
+            timeout=self._timeout_s,
+        )
+        return int(done.split()[-1])
 
 
 @overload

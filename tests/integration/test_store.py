@@ -11,7 +11,7 @@ import pytest
 from processor.batch import BatchContext, Intake, payload_hash, plan_batch
 from processor.decide import AccountState
 from processor.store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
-from tests.integration.helpers import command
+from tests.integration.helpers import command, fetch
 from wallet.db import create_pool
 from wallet.errors import FencedError
 from wallet.settings import Settings
@@ -28,10 +28,10 @@ async def store(stack: Settings) -> AsyncIterator[PostgresEventStore]:
         await pool.close()
 
 
-def _plan(offset: int, amount: int, generation: int = 0, key: str | None = None):  # type: ignore[no-untyped-def]
-    cmd = command("top_up", "zed", amount, key=key or f"k{offset}")
-    ctx = BatchContext(TOPIC, 0, generation, "dlq", datetime.now(UTC))
-    item = Intake(offset, b"zed", cmd.encode(), cmd, payload_hash(cmd))
+def _plan(offset: int, amount: int, user: str = "zed"):  # type: ignore[no-untyped-def]
+    cmd = command("top_up", user, amount, key=f"k{offset}")
+    ctx = BatchContext(TOPIC, 0, 0, "dlq", datetime.now(UTC))
+    item = Intake(offset, user.encode(), cmd.encode(), cmd, payload_hash(cmd))
     return plan_batch(ctx, [item], {}, {}, frozenset({"GOLD"}))
 
 
@@ -162,3 +162,21 @@ class TestOutboxWatermark:
         await store.mark_published([PublishedMark(TOPIC, 0, latest.epoch, 0, 3)])
         assert (await store.claim_partition(TOPIC, 0, "z")).published_offset == 5
         assert new.epoch > old.epoch
+
+
+class TestOutboxPruning:
+    async def test_keeps_the_newest_published_rows_and_never_unpublished_ones(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """Pruning deletes published rows beyond the newest `keep_rows`, never past the mark."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        for offset in range(6):
+            plan = _plan(offset, 1, user=f"user-{offset}")
+            await store.commit_batch(_position(claim.epoch, offset, offset + 1), plan)
+        mark = PublishedMark(TOPIC, 0, claim.epoch, 0, 4)  # offsets 0-3 published, 4-5 not
+        await store.mark_published([mark])
+        assert await store.prune_outbox([mark], keep_rows=1, limit=100) == 3
+        left = await fetch(stack, "SELECT source_offset FROM outbox ORDER BY 1")
+        assert [r["source_offset"] for r in left] == [3, 4, 5]
+        assert await store.prune_outbox([mark], keep_rows=0, limit=100) == 1
+        assert [m.source_offset for m in await store.unpublished(TOPIC, 0, (0, 4), 10)] == [4, 5]
