@@ -59,7 +59,7 @@ async def _write(
     items = [Intake(first + i, c.user_id.encode(), None, c, payload_hash(c))
              for i, c in enumerate(batch)]  # fmt: skip
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in batch}))
-    ctx = BatchContext(TOPIC, partition, 0, "seed.dlq", datetime.now(UTC))
+    ctx = BatchContext(TOPIC, partition, 0, datetime.now(UTC))
     plan = plan_batch(ctx, items, {}, accounts, frozenset({"GOLD"}))
     position = BatchPosition(TOPIC, partition, epoch, 0, first, first + len(batch), b"seed")
     await store.commit_batch(position, plan)

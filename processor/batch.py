@@ -72,7 +72,6 @@ class BatchContext:
     topic: str
     partition: int
     generation: int
-    dlq_topic: str
     processed_at: datetime
 
 

@@ -49,7 +49,6 @@ class Processor:
         forbidden = {settings.commands_topic, settings.events_topic, settings.dlq_topic}
         self._config = WorkerConfig(
             owner=owner or owner_name(),
-            dlq_topic=settings.dlq_topic,
             balance_cache_max=settings.balance_cache_max,
             rules=IntakeRules(
                 partitions=settings.partitions,

@@ -54,7 +54,6 @@ class AssetCatalog:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     owner: str
-    dlq_topic: str
     balance_cache_max: int
     rules: IntakeRules
 
@@ -115,10 +114,6 @@ class PartitionWorker:
         """Where to seek: one record early when that record must be checked first."""
         return self.next_offset - 1 if self._verify_fingerprint is not None else self.next_offset
 
-    @property
-    def verifying(self) -> bool:
-        return self._verify_fingerprint is not None
-
     def log_replaced(self, records: Sequence[ConsumerRecord]) -> str | None:
         """Why the fetched records show a replaced log, or None when they continue ours."""
         if self._verify_fingerprint is None:
@@ -174,7 +169,6 @@ class PartitionWorker:
             topic=self.tp.topic,
             partition=self.tp.partition,
             generation=self.generation,
-            dlq_topic=self._config.dlq_topic,
             processed_at=datetime.now(UTC),
         )
         return plan_batch(ctx, intakes, known, accounts, assets)

@@ -153,12 +153,20 @@ def send(
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["command", "reply", "event", "dead_letter"]))
-def schema(name: str) -> None:
+@click.argument("name", type=click.Choice(["command", "reply", "event", "dead_letter"]),
+                required=False)  # fmt: skip
+@click.option("--write", is_flag=True, help="Regenerate every file under schemas/json/.")
+def schema(name: str | None, write: bool) -> None:
     """Print the JSON Schema of a wire contract (for producers in other languages)."""
-    from schemas.export import render
+    from schemas.export import render, write_all
 
-    click.echo(render(name).decode(), nl=False)
+    if write:
+        for path in write_all():
+            click.echo(f"wrote {path}")
+    elif name:
+        click.echo(render(name).decode(), nl=False)
+    else:
+        raise click.UsageError("name a contract, or pass --write")
 
 
 @main.command()

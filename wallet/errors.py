@@ -40,13 +40,6 @@ class FencedError(WalletError):
     code = "fenced"
 
 
-class StoreUnavailableError(WalletError):
-    """PostgreSQL did not answer in time or the connection broke; retry with backoff."""
-
-    code = "store_unavailable"
-    retriable = True
-
-
 class BrokerUnavailableError(WalletError):
     """The Kafka-protocol broker did not answer in time; retry with backoff."""
 

@@ -30,7 +30,7 @@ async def store(stack: Settings) -> AsyncIterator[PostgresEventStore]:
 
 def _plan(offset: int, amount: int, user: str = "zed"):  # type: ignore[no-untyped-def]
     cmd = command("top_up", user, amount, key=f"k{offset}")
-    ctx = BatchContext(TOPIC, 0, 0, "dlq", datetime.now(UTC))
+    ctx = BatchContext(TOPIC, 0, 0, datetime.now(UTC))
     item = Intake(offset, user.encode(), cmd.encode(), cmd, payload_hash(cmd))
     return plan_batch(ctx, [item], {}, {}, frozenset({"GOLD"}))
 

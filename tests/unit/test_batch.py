@@ -11,7 +11,7 @@ from processor.intake import IntakeRules, admit, partition_for
 from schemas.commands import Command
 from tests.integration.helpers import command
 
-CTX = BatchContext("cmds", 0, 0, "dlq", datetime(2026, 1, 1, tzinfo=UTC))
+CTX = BatchContext("cmds", 0, 0, datetime(2026, 1, 1, tzinfo=UTC))
 ASSETS = frozenset({"GOLD"})
 
 

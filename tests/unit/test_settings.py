@@ -31,4 +31,4 @@ class TestSchemaFiles:
     @pytest.mark.parametrize("name", sorted(CONTRACTS))
     def test_committed_schema_matches_the_model(self, name: str) -> None:
         """The JSON Schema files in the repo are exactly what the models export."""
-        assert schema_path(name).read_bytes() == render(name)
+        assert schema_path(name).read_bytes() == render(name), "run `wallet schema --write`"
