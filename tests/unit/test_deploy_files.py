@@ -16,12 +16,13 @@ class TestCompose:
         """Kafka and PostgreSQL have health checks; the migrate job waits for both."""
         compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
         services = compose["services"]
-        assert {"kafka", "postgres", "migrate", "processor"} <= services.keys()
+        assert {"kafka", "postgres", "migrate", "processor", "projector", "api"} <= services.keys()
         assert "healthcheck" in services["kafka"] and "healthcheck" in services["postgres"]
         for dependency in ("kafka", "postgres"):
             assert services["migrate"]["depends_on"][dependency]["condition"] == "service_healthy"
-        gate = services["processor"]["depends_on"]["migrate"]["condition"]
-        assert gate == "service_completed_successfully"
+        for role in ("processor", "projector", "api"):
+            gate = services[role]["depends_on"]["migrate"]["condition"]
+            assert gate == "service_completed_successfully", role
 
     def test_environment_names_are_real_settings(self) -> None:
         """Every WALLET_* variable the compose file sets is a setting the code reads."""
