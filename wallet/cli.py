@@ -68,14 +68,11 @@ def up() -> None:
 def migrate() -> None:
     """Apply the schema migrations that are missing (idempotent)."""
     from processor.schema_migrations import migrate as apply
-    from wallet.db import connect
+    from wallet.db import connection
 
     async def go() -> list[str]:
-        conn = await connect(_settings())
-        try:
+        async with connection(_settings()) as conn:
             return await apply(conn)
-        finally:
-            await conn.close()
 
     applied = _run(go())
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
@@ -194,14 +191,11 @@ def assets() -> None:
 @assets.command("list")
 def assets_list() -> None:
     """Print every asset code and name."""
-    from wallet.db import connect
+    from wallet.db import connection
 
     async def go() -> list[tuple[str, str]]:
-        conn = await connect(_settings())
-        try:
+        async with connection(_settings()) as conn:
             rows = await conn.fetch("SELECT code, name FROM assets ORDER BY code")
-        finally:
-            await conn.close()
         return [(r["code"], r["name"]) for r in rows]
 
     for code, name in _run(go()):
@@ -215,20 +209,18 @@ def assets_add(code: str, name: str) -> None:
     """Add an asset; processors see it on the next command that names it."""
     import asyncpg
 
-    from wallet.db import connect
+    from wallet.db import connection
 
     async def go() -> str:
-        conn = await connect(_settings())
         try:
-            done = await conn.execute(
-                "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING",
-                code,
-                name,
-            )
+            async with connection(_settings()) as conn:
+                done = await conn.execute(
+                    "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING",
+                    code,
+                    name,
+                )
         except asyncpg.CheckViolationError:
             raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
-        finally:
-            await conn.close()
         return "added" if done.endswith(" 1") else "already exists"
 
     click.echo(f"{code}: {_run(go())}")

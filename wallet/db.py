@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import asyncpg
@@ -32,7 +34,13 @@ async def create_pool(settings: Settings, size_max: int | None = None) -> asyncp
     return pool
 
 
-async def connect(settings: Settings) -> asyncpg.Connection:
+@contextlib.asynccontextmanager
+async def connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """One bounded connection for a short operator command, closed on the way out."""
     database_url, _ = settings.require_services()
     timeout_s = settings.db_timeout_ms / 1000
-    return await asyncpg.connect(database_url, timeout=timeout_s, command_timeout=timeout_s)
+    conn = await asyncpg.connect(database_url, timeout=timeout_s, command_timeout=timeout_s)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -18,7 +18,7 @@ from rich.table import Table
 from projections import queries
 from projections.replay import pending_entries, rebuild, republish
 from projections.verify import CheckResult, verify
-from wallet.db import connect
+from wallet.db import connection
 from wallet.kafka import make_producer
 from wallet.settings import Settings
 
@@ -35,8 +35,7 @@ def _progress() -> Progress:
 
 
 async def rebuild_projection(settings: Settings, from_scratch: bool) -> tuple[int, float]:
-    conn = await connect(settings)
-    try:
+    async with connection(settings) as conn:
         total = await pending_entries(conn, from_scratch)
         started = time.perf_counter()
         with _progress() as bar:
@@ -49,40 +48,31 @@ async def rebuild_projection(settings: Settings, from_scratch: bool) -> tuple[in
 
             applied = await rebuild(conn, from_scratch, advance)
         return applied, time.perf_counter() - started
-    finally:
-        await conn.close()
 
 
 async def republish_events(settings: Settings, from_entry: int) -> int:
-    conn = await connect(settings)
     producer = make_producer(settings)
     await producer.start()
     try:
-        with _progress() as bar:
-            task = bar.add_task("republish", total=None, rate="")
-            return await republish(
-                conn, producer, settings.events_topic, from_entry,
-                lambda n: bar.update(task, advance=n),
-            )  # fmt: skip
+        async with connection(settings) as conn:
+            with _progress() as bar:
+                task = bar.add_task("republish", total=None, rate="")
+                return await republish(
+                    conn, producer, settings.events_topic, from_entry,
+                    lambda n: bar.update(task, advance=n),
+                )  # fmt: skip
     finally:
         await producer.stop()
-        await conn.close()
 
 
 async def run_verify(settings: Settings) -> list[CheckResult]:
-    conn = await connect(settings)
-    try:
+    async with connection(settings) as conn:
         return await verify(conn)
-    finally:
-        await conn.close()
 
 
 async def print_balances(settings: Settings, user_id: str, consistent: bool) -> None:
-    conn = await connect(settings)
-    try:
+    async with connection(settings) as conn:
         found = await queries.balances(conn, user_id, consistent)
-    finally:
-        await conn.close()
     table = Table(title=f"{user_id} ({'ledger' if consistent else 'projection'})")
     table.add_column("asset")
     table.add_column("balance", justify="right")
@@ -92,11 +82,8 @@ async def print_balances(settings: Settings, user_id: str, consistent: bool) -> 
 
 
 async def print_history(settings: Settings, user_id: str, asset: str | None, limit: int) -> None:
-    conn = await connect(settings)
-    try:
+    async with connection(settings) as conn:
         items, _ = await queries.history(conn, user_id, asset, limit, None)
-    finally:
-        await conn.close()
     table = Table(title=f"{user_id}: latest {len(items)} transactions")
     for column in ("time", "type", "asset", "amount", "balance after", "description", "id"):
         table.add_column(

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 
 from processor.schema_migrations import migrate
-from wallet.db import connect
+from wallet.db import connection
 from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
 from wallet.kafka import ensure_topics
 from wallet.settings import STACK_ENV_FILE, Settings
@@ -64,11 +64,8 @@ async def ensure_database(database_url: str, timeout_s: float) -> None:
 
 async def prepare(settings: Settings) -> list[str]:
     """Migrate the schema and create the topics; both are idempotent."""
-    conn = await connect(settings)
-    try:
+    async with connection(settings) as conn:
         applied = await migrate(conn)
-    finally:
-        await conn.close()
     await ensure_topics(settings)
     return applied
 
