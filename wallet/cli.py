@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -38,6 +38,16 @@ def _run(coro: Awaitable[T]) -> T:
             return runner.run(coro)  # type: ignore[arg-type]
     except WalletError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _run_role(role: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+    """Run a long-lived role (processor, projector, API) until SIGINT or SIGTERM."""
+    settings = _settings()
+
+    async def go() -> None:
+        await role(settings, _stop_event())
+
+    _run(go())
 
 
 def _stop_event() -> asyncio.Event:
@@ -92,12 +102,7 @@ def processor() -> None:
     """Run one processor (a consumer-group member); run one per core to scale out."""
     from processor.service import run_processor
 
-    settings = _settings()
-
-    async def go() -> None:
-        await run_processor(settings, _stop_event())
-
-    _run(go())
+    _run_role(run_processor)
 
 
 @main.command()
@@ -231,12 +236,7 @@ def projector() -> None:
     """Run the projection worker (balances and system totals)."""
     from projections.projector import run_projector
 
-    settings = _settings()
-
-    async def go() -> None:
-        await run_projector(settings, _stop_event())
-
-    _run(go())
+    _run_role(run_projector)
 
 
 @main.command()
@@ -244,12 +244,7 @@ def api() -> None:
     """Serve the HTTP API on WALLET_API_HOST:WALLET_API_PORT (OpenAPI docs at /docs)."""
     from wallet.api import serve
 
-    settings = _settings()
-
-    async def go() -> None:
-        await serve(settings, _stop_event())
-
-    _run(go())
+    _run_role(serve)
 
 
 @main.command()
