@@ -81,11 +81,18 @@ async def checkpoint(conn: Conn, target: Target, partition: int) -> int:
     return int(position or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    count: int  # entries projected by this call
+    position: int | None  # the checkpoint now; None when another writer moved it (read again)
+
+
 async def apply_next(
-    conn: Conn, target: Target, partition: int, limit: int = BATCH_ENTRIES_MAX
-) -> int:
-    """Project the next entries of one partition; return how many (0: caught up or raced)."""
-    after = await checkpoint(conn, target, partition)
+    conn: Conn, target: Target, partition: int, after: int, limit: int = BATCH_ENTRIES_MAX
+) -> Applied:
+    """Project the entries of one partition after checkpoint `after` (as the caller last knew
+    it). A caller that is the checkpoint's only writer need not read it back each time: if
+    another writer moved it meanwhile, the compare-and-set below refuses and says so."""
     row = await conn.fetchrow(
         "SELECT max(entry_id), count(*) FROM (SELECT entry_id FROM ledger_entries"
         " WHERE partition = $1 AND entry_id > $2 ORDER BY entry_id LIMIT $3) AS next",
@@ -96,7 +103,7 @@ async def apply_next(
     assert row is not None
     upto, count = row
     if count == 0:
-        return 0
+        return Applied(0, after)
     async with conn.transaction():
         moved = await conn.fetchval(
             """
@@ -112,15 +119,15 @@ async def apply_next(
             after,
             upto,
         )
-        if moved is None:  # another projector (or a replay swap) moved it: read it again
-            return 0
+        if moved is None:  # another projector (or a replay swap) moved it
+            return Applied(0, None)
         await conn.execute(
             _APPLY_SQL.format(balances=target.balances, totals=target.totals),
             partition,
             after,
             upto,
         )
-    return int(count)
+    return Applied(int(count), int(upto))
 
 
 async def lag_seconds(conn: Conn, target: Target = LIVE) -> float:
@@ -154,6 +161,7 @@ class Projector:
         refreshed_at = 0.0
         loop = asyncio.get_running_loop()
         backoff_s = IDLE_SLEEP_S
+        positions: dict[int, int] = {}  # partition -> our checkpoint, read once, then kept
         while not stop.is_set():
             try:
                 async with self._pool.acquire() as conn:
@@ -162,15 +170,28 @@ class Projector:
                         refreshed_at = loop.time()
                     applied = 0
                     for partition in partitions:
-                        applied += await apply_next(conn, LIVE, partition)
+                        applied += await self._step(conn, partition, positions)
                 backoff_s = IDLE_SLEEP_S
             except _RETRIABLE as exc:
                 log.error("projection failed; retrying", error=repr(exc), backoff_s=backoff_s)
+                positions.clear()  # a commit whose answer was lost may have moved them
                 applied, backoff_s = 0, min(backoff_s * 2, BACKOFF_MAX_S)
             if applied == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff_s)
         log.info("projector stopped")
+
+    @staticmethod
+    async def _step(conn: Conn, partition: int, positions: dict[int, int]) -> int:
+        after = positions.get(partition)
+        if after is None:
+            after = await checkpoint(conn, LIVE, partition)
+        result = await apply_next(conn, LIVE, partition, after)
+        if result.position is None:
+            positions.pop(partition, None)
+        else:
+            positions[partition] = result.position
+        return result.count
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from processor.batch import event_document
 from processor.store import std_uuid
-from projections.projector import LIVE, REPLAY, apply_next, known_partitions
+from projections.projector import LIVE, REPLAY, apply_next, checkpoint, known_partitions
 from wallet.db import Conn
 
 CHUNK_ENTRIES = 50_000
@@ -76,9 +76,14 @@ async def rebuild(conn: Conn, from_scratch: bool, progress: Progress) -> int:
 async def _catch_up(conn: Conn, progress: Progress) -> int:
     applied = 0
     for partition in await known_partitions(conn):
-        while (count := await apply_next(conn, REPLAY, partition, CHUNK_ENTRIES)) > 0:
-            applied += count
-            progress(count)
+        position: int | None = await checkpoint(conn, REPLAY, partition)
+        while position is not None:  # the rebuild is the shadow checkpoint's only writer
+            result = await apply_next(conn, REPLAY, partition, position, CHUNK_ENTRIES)
+            if result.count == 0:
+                break
+            applied += result.count
+            progress(result.count)
+            position = result.position
     return applied
 
 
