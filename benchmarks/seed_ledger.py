@@ -15,10 +15,10 @@ import uuid
 from datetime import UTC, datetime
 
 from processor.batch import BatchContext, Intake, payload_hash, plan_batch
-from processor.intake import partition_for
 from processor.store import BatchPosition, PostgresEventStore, PublishedMark
 from schemas.commands import Command, CommandType
 from wallet.db import create_pool
+from wallet.kafka import partition_for
 from wallet.settings import load_settings
 
 TOPIC = "seed.commands"

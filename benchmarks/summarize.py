@@ -22,6 +22,13 @@ def main() -> None:
         f" p50 {median('latency_p50_ms'):,.0f} ms, p99 {median('latency_p99_ms'):,.0f} ms,"
         f" batch mean {median('batch_mean'):,.0f} (each run: {each} commands/s)"
     )
+    if all(r.get("ceiling_commands_per_s") for r in runs):
+        ratios = [r["commands_per_s"] / r["ceiling_commands_per_s"] for r in runs]
+        print(
+            f"  ceiling (raw COPY of the same rows): median {median('ceiling_commands_per_s'):,.0f}"
+            f" commands/s; end-to-end / ceiling in each run:"
+            f" {', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

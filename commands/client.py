@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from aiokafka.errors import KafkaError
 from schemas.commands import Command
 from schemas.replies import Reply
 from wallet.errors import BrokerUnavailableError, ReplyTimeoutError, WalletError
-from wallet.kafka import make_consumer, make_producer
+from wallet.kafka import RecordBatches, make_consumer, make_producer
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.client")
@@ -35,6 +36,8 @@ class WalletClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._partition_counts: dict[str, int] = {}
+        self._deliveries: list[asyncio.Future[Any]] = []  # batch sends not yet flushed
 
     async def __aenter__(self) -> WalletClient:
         await self.start()
@@ -114,12 +117,34 @@ class WalletClient:
     ) -> asyncio.Future[dict[str, Any]]:
         """Publish bytes as they are (for other producers' payloads and hostile-input tests)."""
         assert self._producer is not None, "client not started"
+        future = self._expect(command_id)
+        await self._producer.send(self._settings.commands_topic, value, key)
+        return future
+
+    async def publish_many(
+        self, records: Sequence[tuple[bytes, bytes, str]]
+    ) -> list[asyncio.Future[dict[str, Any]]]:
+        """Publish encoded commands `(key, value, command_id)` in record batches.
+
+        Far cheaper per command than `publish_raw` (one future per batch, not per message):
+        the load generator's way. `flush` waits for their delivery and raises its errors.
+        """
+        assert self._producer is not None, "client not started"
+        futures = [self._expect(command_id) for _, _, command_id in records]
+        batches = RecordBatches(self._producer, self._partition_counts)
+        for key, value, _ in records:
+            await batches.add(self._settings.commands_topic, key, value)
+        # Keep only deliveries still running or failed: the list stays as long as what is in flight.
+        self._deliveries = [d for d in self._deliveries if not d.done() or d.exception()]
+        self._deliveries.extend(await batches.send())
+        return futures
+
+    def _expect(self, command_id: str | None) -> asyncio.Future[dict[str, Any]]:
         if len(self._pending) >= PENDING_MAX:
             raise WalletError("too many commands awaiting replies", pending=len(self._pending))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if command_id is not None:
             self._pending[command_id] = future
-        await self._producer.send(self._settings.commands_topic, value, key)
         return future
 
     async def broker_reachable(self) -> bool:
@@ -134,6 +159,8 @@ class WalletClient:
     async def flush(self) -> None:
         assert self._producer is not None
         await asyncio.wait_for(self._producer.flush(), self._timeout_s)
+        deliveries, self._deliveries = self._deliveries, []
+        await asyncio.wait_for(asyncio.gather(*deliveries), self._timeout_s)
 
     async def request(self, command: Command, timeout_s: float = 10.0) -> Reply:
         """Publish and wait for the reply, up to `timeout_s`."""

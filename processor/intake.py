@@ -8,17 +8,13 @@ two different balances for one user; it is refused instead of processed.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-
-from aiokafka.partitioner import murmur2
 
 from processor.batch import Intake, payload_hash
 from schemas.codec import DecodeFailure, Envelope, decode_command
 from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
-
-KEY_HASH_CACHE_MAX = 65_536
+from wallet.kafka import partition_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,18 +22,6 @@ class IntakeRules:
     partitions: int
     command_bytes_max: int
     forbidden_reply_topics: frozenset[str]
-
-
-@functools.lru_cache(maxsize=KEY_HASH_CACHE_MAX)
-def key_hash(key: bytes) -> int:
-    """Kafka's default partitioner hash (murmur2, positive). Cached: aiokafka's is pure Python
-    and a hot user's key is hashed for every command, reply and event."""
-    return murmur2(key) & 0x7FFFFFFF
-
-
-def partition_for(user_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for this user id key."""
-    return key_hash(user_id.encode("utf-8")) % partitions
 
 
 def admit(
@@ -55,12 +39,6 @@ def admit(
 def _misrouted(
     rules: IntakeRules, command: Command, partition: int, key: bytes | None
 ) -> DecodeFailure | None:
-    envelope = Envelope(
-        command_id=command.command_id,
-        reply_to=command.reply_to,
-        user_id=command.user_id,
-        idempotency_key=command.idempotency_key,
-    )
     if command.reply_to in rules.forbidden_reply_topics:
         reason = f"reply_to {command.reply_to!r} is one of the wallet's own input topics"
         return DecodeFailure(
@@ -68,12 +46,21 @@ def _misrouted(
         )
     if key != command.user_id.encode("utf-8"):
         reason = "the message key must be the user id (UTF-8)"
-        return DecodeFailure(DecodeErrorCode.KEY_MISMATCH, reason, envelope)
+        return DecodeFailure(DecodeErrorCode.KEY_MISMATCH, reason, _envelope(command))
     expected = partition_for(command.user_id, rules.partitions)
     if expected != partition:
         reason = (
             f"user {command.user_id!r} belongs on partition {expected} (murmur2), not {partition}; "
             "use the default (murmur2) partitioner"
         )
-        return DecodeFailure(DecodeErrorCode.WRONG_PARTITION, reason, envelope)
+        return DecodeFailure(DecodeErrorCode.WRONG_PARTITION, reason, _envelope(command))
     return None
+
+
+def _envelope(command: Command) -> Envelope:
+    return Envelope(
+        command_id=command.command_id,
+        reply_to=command.reply_to,
+        user_id=command.user_id,
+        idempotency_key=command.idempotency_key,
+    )

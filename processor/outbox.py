@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from processor.intake import key_hash
 from processor.store import EventStore, OutboxMessage, PublishedMark
+from wallet.kafka import RecordBatches
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.outbox")
@@ -100,23 +99,23 @@ class OutboxPublisher:
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
     async def _publish(self, jobs: list[PublishJob]) -> None:
-        futures = []
+        batches = RecordBatches(self._producer, self._partition_counts)
         marks: dict[tuple[str, int], PublishedMark] = {}
         for job in jobs:
             for m in job.messages:
                 topic = m.reply_topic
                 if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
-                    futures.append(await self._send(topic, m.reply_value, m.key))
+                    await batches.add(topic, m.key, m.reply_value)
                 if m.event_value is not None:
-                    futures.append(await self._send(self._events_topic, m.event_value, m.key))
+                    await batches.add(self._events_topic, m.key, m.event_value)
                 if m.dlq_value is not None:
-                    futures.append(await self._send(self._dlq_topic, m.dlq_value, m.key))
+                    await batches.add(self._dlq_topic, m.key, m.dlq_value)
             last = job.messages[-1]
             # Jobs of one partition are queued in order, so the last one's mark is the highest.
             marks[(job.topic, job.partition)] = PublishedMark(
                 job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
             )
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await batches.send())
         await self._store.mark_published(list(marks.values()))
         await self._prune(marks)
 
@@ -131,16 +130,6 @@ class OutboxPublisher:
         deleted = await self._store.prune_outbox(pending, self._keep_rows, PRUNE_ROWS_MAX)
         if deleted:
             log.debug("outbox pruned", rows=deleted)
-
-    async def _send(self, topic: str, value: bytes, key: bytes | None) -> asyncio.Future[Any]:
-        """Send with the partition chosen here, as the default partitioner would, but with the
-        cached hash (the producer's own partitioner re-hashes every message in Python)."""
-        partitions = self._partition_counts.get(topic)
-        if partitions is None:
-            partitions = len(await self._producer.partitions_for(topic))
-            self._partition_counts[topic] = partitions
-        partition = key_hash(key) % partitions if key is not None else None
-        return await self._producer.send(topic, value, key, partition=partition)
 
     async def _reply_topic_exists(self, topic: str) -> bool:
         """A reply addressed to a topic that does not exist is dropped, not retried forever.

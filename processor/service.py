@@ -14,17 +14,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from processor.batch import AccountKey, IdempotencyId, StoredResult
+from processor.decide import AccountState
 from processor.intake import IntakeRules
 from processor.outbox import OutboxPublisher, PublishJob
 from processor.store import EventStore, PostgresEventStore, StaleOffsetError
-from processor.worker import AssetCatalog, PartitionWorker, WorkerConfig
+from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
 from wallet.errors import FencedError
 from wallet.kafka import make_consumer, make_producer
 from wallet.settings import Settings
@@ -120,35 +122,84 @@ class Processor:
         async with self._lock:
             await self._resync_stale()
             await self._check_log_ends()
-            await asyncio.gather(*(self._run_batch(tp, recs) for tp, recs in fetched.items()))
+            await self._run_batches(fetched)
         await self._commit_lag_offsets()
 
-    async def _run_batch(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> None:
-        worker = self._workers.get(tp)
-        if worker is None or tp in self._stale or not records:
-            return
-        reason = worker.log_replaced(records)
-        if reason is not None:
-            await self._reset(tp, reason, self._highwater(tp))
-            return
+    async def _run_batches(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        admitted = []
+        for tp, records in fetched.items():
+            worker = self._workers.get(tp)
+            if worker is None or tp in self._stale or not records:
+                continue
+            reason = worker.log_replaced(records)
+            if reason is not None:
+                await self._reset(tp, reason, self._highwater(tp))
+                continue
+            batch = worker.admit(records)
+            if batch is not None:
+                admitted.append(batch)
+        # Healthy partitions share one transaction; a partition whose batch failed recently is
+        # committed alone, so one poisoned partition never holds up the others.
+        together = [b for b in admitted if b.worker.tp not in self._failures]
+        groups = [[b] for b in admitted if b.worker.tp in self._failures]
+        if together:
+            groups.append(together)
+        await asyncio.gather(*(self._commit(group) for group in groups))
+
+    async def _commit(self, group: list[Admitted]) -> None:
+        """Look up, plan and commit a group of partitions' batches in one transaction."""
         try:
-            messages = await worker.process(records)
-        except StaleOffsetError as exc:
-            log.warning("stored offset moved; resyncing", partition=tp.partition, error=str(exc))
-            self._mark_stale(tp, failed=False)
-            return
-        except FencedError as exc:
-            log.error("fenced: partition has a newer owner", partition=tp.partition, error=str(exc))
-            self._drop(tp)
+            (known, loaded), assets = await asyncio.gather(
+                self._lookups(group), self._assets.cover({a for b in group for a in b.assets})
+            )
+            plans = [b.worker.plan(b, known, loaded, assets) for b in group]
+            await self._store.commit_batches(
+                [(b.position, p) for b, p in zip(group, plans, strict=True)]
+            )
+        except FencedError as exc:  # StaleOffsetError included: its partition is resynced
+            self._refused(group, exc)
             return
         except _BATCH_ERRORS as exc:
-            failures = self._mark_stale(tp, failed=True)
-            log.error("batch failed; will retry from the stored offset", partition=tp.partition,
+            failures = max(self._mark_stale(b.worker.tp, failed=True) for b in group)
+            partitions = [b.worker.tp.partition for b in group]
+            log.error("batch failed; will retry from the stored offset", partitions=partitions,
                       failures_in_a_row=failures, error=repr(exc))  # fmt: skip
             return
-        self._failures.pop(tp, None)
         assert self._publisher is not None
-        await self._publisher.submit(PublishJob(tp.topic, tp.partition, worker.epoch, messages))
+        for b, plan in zip(group, plans, strict=True):
+            self._failures.pop(b.worker.tp, None)
+            messages = b.worker.committed(b, plan)
+            await self._publisher.submit(PublishJob(b.worker.tp.topic, b.worker.tp.partition,
+                                                    b.worker.epoch, messages))  # fmt: skip
+
+    async def _lookups(
+        self, group: list[Admitted]
+    ) -> tuple[dict[IdempotencyId, StoredResult], dict[AccountKey, AccountState]]:
+        return await asyncio.gather(
+            self._store.find_processed([i for b in group for i in b.ids]),
+            self._store.load_accounts([k for b in group for k in b.uncached]),
+        )
+
+    def _refused(self, group: list[Admitted], exc: FencedError) -> None:
+        """The store refused one partition's batch, so the whole group rolled back."""
+        topic, partition = exc.data.get("topic"), exc.data.get("partition")
+        assert isinstance(topic, str) and isinstance(partition, int), exc.data
+        refused = TopicPartition(topic, partition)
+        if isinstance(exc, StaleOffsetError):
+            log.warning(
+                "stored offset moved; resyncing", partition=refused.partition, error=str(exc)
+            )
+        else:
+            log.error(
+                "fenced: partition has a newer owner", partition=refused.partition, error=str(exc)
+            )
+            self._drop(refused)
+        # The others were fine but were rolled back with it: refetch them from storage.
+        for b in group:
+            if b.worker.tp != refused:
+                self._mark_stale(b.worker.tp, failed=False)
+        if isinstance(exc, StaleOffsetError):
+            self._mark_stale(refused, failed=False)
 
     def _mark_stale(self, tp: TopicPartition, failed: bool) -> int:
         """Stop using fetched records for `tp` until its position is reloaded from storage.

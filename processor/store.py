@@ -99,6 +99,8 @@ class EventStore(Protocol):
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
+    async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None: ...
+
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]: ...
@@ -262,38 +264,62 @@ class PostgresEventStore:
         }
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
-        """Write a batch's rows and advance the partition's offset, all or nothing.
+        """Write one partition's batch and advance its offset, all or nothing."""
+        await self.commit_batches([(position, plan)])
 
-        Why the offset update comes first and names the epoch and the expected offset: it takes
-        the partition row's lock, so a new owner's claim (which bumps the epoch under the same
-        lock) either happened before, and this batch is refused here, or waits until this
-        transaction ends, and then reads the offset this batch stored. Naming the expected
-        offset also refuses a batch that does not start where the last commit ended.
+    async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
+        """Write several partitions' batches and advance their offsets, all or nothing.
+
+        Why the offset update comes first and names each epoch and expected offset: it takes
+        the partition rows' locks, so a new owner's claim (which bumps the epoch under the same
+        lock) either happened before, and this commit is refused here, or waits until this
+        transaction ends, and then reads the offsets it stored. Naming the expected offset also
+        refuses a batch that does not start where the last commit ended.
+
+        Why one transaction for many partitions: at low load a step holds a few commands per
+        partition, and a transaction each (with its lookups, copies and commit) made the step,
+        and so every reply, tens of milliseconds slower. Two zombie owners updating the same
+        two rows in opposite orders could deadlock; PostgreSQL breaks it, one side's commit
+        fails and is retried, and the fenced one is refused on retry.
         """
-        assert position.first_offset < position.next_offset, position
+        assert batches, "nothing to commit"
+        for position, _ in batches:
+            assert position.first_offset < position.next_offset, position
+        positions = [position for position, _ in batches]
         async with self._pool.acquire() as conn, conn.transaction():
-            moved = await conn.fetchval(
+            moved = await conn.fetch(
                 """
-                UPDATE partition_state
-                   SET next_offset = $5, last_fingerprint = $6, updated_at = now()
-                 WHERE topic = $1 AND partition = $2 AND owner_epoch = $3 AND generation = $7
-                   AND next_offset = $4
-                RETURNING 1
+                UPDATE partition_state AS s
+                   SET next_offset = k.next_offset, last_fingerprint = k.fingerprint,
+                       updated_at = now()
+                  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                              $6::bigint[], $7::bytea[])
+                       AS k(topic, partition, epoch, generation, first_offset, next_offset,
+                            fingerprint)
+                 WHERE s.topic = k.topic AND s.partition = k.partition AND s.owner_epoch = k.epoch
+                   AND s.generation = k.generation AND s.next_offset = k.first_offset
+                RETURNING s.topic, s.partition
                 """,
-                position.topic,
-                position.partition,
-                position.epoch,
-                position.first_offset,
-                position.next_offset,
-                position.last_fingerprint,
-                position.generation,
+                [p.topic for p in positions],
+                [p.partition for p in positions],
+                [p.epoch for p in positions],
+                [p.generation for p in positions],
+                [p.first_offset for p in positions],
+                [p.next_offset for p in positions],
+                [p.last_fingerprint for p in positions],
                 timeout=self._timeout_s,
             )
-            if moved is None:
-                await self._raise_fenced(conn, position)
-            await self._copy(conn, "processed_commands", PROCESSED_COLUMNS, plan.processed_rows)
-            await self._copy(conn, "ledger_entries", ENTRY_COLUMNS, plan.entry_rows)
-            await self._copy(conn, "outbox", OUTBOX_COLUMNS, plan.outbox_rows)
+            if len(moved) != len(positions):
+                done = {(r["topic"], r["partition"]) for r in moved}
+                refused = next(p for p in positions if (p.topic, p.partition) not in done)
+                await self._raise_fenced(conn, refused)
+            plans = [plan for _, plan in batches]
+            await self._copy(conn, "processed_commands", PROCESSED_COLUMNS,
+                             [row for plan in plans for row in plan.processed_rows])  # fmt: skip
+            await self._copy(conn, "ledger_entries", ENTRY_COLUMNS,
+                             [row for plan in plans for row in plan.entry_rows])  # fmt: skip
+            await self._copy(conn, "outbox", OUTBOX_COLUMNS,
+                             [row for plan in plans for row in plan.outbox_rows])  # fmt: skip
 
     async def _copy(
         self,

@@ -10,14 +10,22 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from processor.batch import AccountKey, BatchContext, BatchPlan, Intake, plan_batch
+from processor.batch import (
+    AccountKey,
+    BatchContext,
+    BatchPlan,
+    IdempotencyId,
+    Intake,
+    StoredResult,
+    plan_batch,
+)
 from processor.decide import AccountState
 from processor.intake import IntakeRules, admit
 from processor.store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
@@ -49,6 +57,19 @@ class AssetCatalog:
         if not codes <= self.codes:
             self.codes = await self._store.load_assets()
         return self.codes
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """One partition's fetched batch, decoded, with what its plan must look up first."""
+
+    worker: PartitionWorker
+    intakes: list[Intake]
+    ids: list[IdempotencyId]  # idempotency records to look up
+    keys: set[AccountKey]  # accounts the batch touches
+    uncached: list[AccountKey]  # of those, the ones to load
+    assets: set[str]
+    position: BatchPosition
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +146,20 @@ class PartitionWorker:
             return f"record {first.offset} is not the record processed at that offset"
         return None
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> list[OutboxMessage]:
-        """Decide and commit one fetched batch; return what the outbox must publish."""
+    def admit(self, records: Sequence[ConsumerRecord]) -> Admitted | None:
+        """Decode the fetched records not processed yet; None when there are none."""
         if self._verify_fingerprint is not None:
             assert self.log_replaced(records) is None, "caller must check log_replaced first"
             self._verify_fingerprint = None
             records = records[1:]
         records = [r for r in records if r.offset >= self.next_offset]
         if not records:
-            return []
+            return None
         intakes = [
             admit(self._config.rules, self.tp.partition, r.offset, r.key, r.value) for r in records
         ]
-        plan = await self._plan(intakes)
+        commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
+        keys = {(c.user_id, c.asset) for c in commands}
         position = BatchPosition(
             topic=self.tp.topic,
             partition=self.tp.partition,
@@ -147,31 +169,48 @@ class PartitionWorker:
             next_offset=records[-1].offset + 1,
             last_fingerprint=fingerprint(records[-1]),
         )
-        await self._store.commit_batch(position, plan)
-        self._remember(plan)
-        self.next_offset = position.next_offset
-        log.debug(
-            "batch committed", partition=self.tp.partition, size=len(records), **plan.outcomes
+        return Admitted(
+            worker=self,
+            intakes=intakes,
+            ids=list({(c.user_id, c.idempotency_key) for c in commands}),
+            keys=keys,
+            uncached=[k for k in keys if k not in self._accounts],
+            assets={c.asset for c in commands},
+            position=position,
         )
-        return [_message(row) for row in plan.outbox_rows]
 
-    async def _plan(self, intakes: list[Intake]) -> BatchPlan:
-        commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
-        ids = list({(c.user_id, c.idempotency_key) for c in commands})
-        known = await self._store.find_processed(ids)
-        keys = {(c.user_id, c.asset) for c in commands}
-        missing = [k for k in keys if k not in self._accounts]
-        # Committed state, safe to cache before this batch commits.
-        self._accounts.update(await self._store.load_accounts(missing))
-        accounts = {k: self._accounts[k] for k in keys if k in self._accounts}
-        assets = await self._assets.cover({c.asset for c in commands})
+    def plan(
+        self,
+        batch: Admitted,
+        known: Mapping[IdempotencyId, StoredResult],
+        loaded: Mapping[AccountKey, AccountState],
+        assets: frozenset[str],
+    ) -> BatchPlan:
+        """Decide the batch; `known` and `loaded` may hold other partitions' rows too."""
+        assert batch.worker is self and batch.position.first_offset == self.next_offset
+        # Loaded rows are committed state, safe to cache before this batch commits.
+        self._accounts.update((k, loaded[k]) for k in batch.uncached if k in loaded)
+        accounts = {k: self._accounts[k] for k in batch.keys if k in self._accounts}
+        mine = {i: known[i] for i in batch.ids if i in known}
         ctx = BatchContext(
             topic=self.tp.topic,
             partition=self.tp.partition,
             generation=self.generation,
             processed_at=datetime.now(UTC),
         )
-        return plan_batch(ctx, intakes, known, accounts, assets)
+        return plan_batch(ctx, batch.intakes, mine, accounts, assets)
+
+    def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
+        """The batch is stored: move on, and return what the outbox must publish."""
+        self._remember(plan)
+        self.next_offset = batch.position.next_offset
+        log.debug(
+            "batch committed",
+            partition=self.tp.partition,
+            size=len(batch.intakes),
+            **plan.outcomes,
+        )
+        return [_message(row) for row in plan.outbox_rows]
 
     def _remember(self, plan: BatchPlan) -> None:
         for key, state in plan.accounts.items():

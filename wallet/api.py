@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
@@ -117,7 +118,24 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         limit_concurrency=1024,
     )
     server = _Server(config)
-    serving = asyncio.create_task(server.serve())
+    sockets = (
+        [_reusable_socket(settings.api_host, settings.api_port)]
+        if settings.api_reuse_port
+        else None
+    )
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
     server.should_exit = True
     await serving
+
+
+def _reusable_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other `wallet api` processes may bind too (SO_REUSEPORT): the kernel
+    spreads connections over them, one process per core. Off by default, so that a second
+    server started by mistake fails loudly instead of silently sharing the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

@@ -19,9 +19,13 @@ from typing import Any
 
 from commands.client import WalletClient
 from schemas.commands import Command, CommandType
+from wallet.ceiling import copy_ceiling
 from wallet.settings import Settings
 
 _MIX = [CommandType.TOP_UP] * 5 + [CommandType.BONUS] + [CommandType.SPEND] * 4
+# Commands go out in record batches of at most this many; paced runs send what is due each tick.
+PUBLISH_CHUNK_MAX = 1_000
+PACE_TICK_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class BenchResult:
     outcomes: dict[str, int]
     batch_mean: float
     batch_max: int
+    ceiling_commands_per_s: float | None = None  # raw COPY of the same rows (wallet.ceiling)
 
     def lines(self) -> list[str]:
         return [
@@ -44,6 +49,17 @@ class BenchResult:
             f"batch size (commands per transaction): mean {self.batch_mean:.0f},"
             f" max {self.batch_max}",
             "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
+            *self._ceiling_lines(),
+        ]
+
+    def _ceiling_lines(self) -> list[str]:
+        if self.ceiling_commands_per_s is None:
+            return []
+        ratio = self.commands_per_s / self.ceiling_commands_per_s
+        return [
+            f"ceiling: raw COPY of the same rows, same PostgreSQL, one connection:"
+            f" {self.ceiling_commands_per_s:,.0f} commands/s",
+            f"end-to-end / ceiling: {ratio:.2f}",
         ]
 
 
@@ -72,6 +88,7 @@ async def run_bench(
     rate_per_s: float | None = None,
     asset: str = "GOLD",
     timeout_s: float = 600.0,
+    ceiling: bool = True,
 ) -> BenchResult:
     commands = build_commands(count, users, asset, seed=count * 31 + users)
     encoded = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in commands]
@@ -80,21 +97,25 @@ async def run_bench(
     replies: list[dict[str, Any]] = []
     async with WalletClient(settings) as client:
         start = time.perf_counter()
-        futures = []
-        for i, (key, value, command_id) in enumerate(encoded):
-            if rate_per_s:
-                delay = start + i / rate_per_s - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            sent[i] = time.perf_counter()
-            future = await client.publish_raw(key, value, command_id)
-            future.add_done_callback(_stamp(received, i))
-            futures.append(future)
+        futures: list[asyncio.Future[dict[str, Any]]] = []
+        while len(futures) < count:
+            due = count if not rate_per_s else int((time.perf_counter() - start) * rate_per_s) + 1
+            due = min(due, count, len(futures) + PUBLISH_CHUNK_MAX)
+            if due <= len(futures):
+                await asyncio.sleep(PACE_TICK_S)
+                continue
+            chunk = await client.publish_many(encoded[len(futures) : due])
+            now = time.perf_counter()
+            for i, future in enumerate(chunk, start=len(futures)):
+                sent[i] = now
+                future.add_done_callback(_stamp(received, i))
+            futures.extend(chunk)
         await client.flush()
         replies = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
     elapsed = max(received) - start
     latencies = sorted((r - s) * 1000 for r, s in zip(received, sent, strict=True))
     batches = Counter(r["processed_at"] for r in replies)
+    ceiling_per_s = (await copy_ceiling(settings, commands)).commands_per_s if ceiling else None
     return BenchResult(
         commands=count,
         users=users,
@@ -105,6 +126,7 @@ async def run_bench(
         outcomes=dict(Counter(_outcome(r) for r in replies)),
         batch_mean=statistics.fmean(batches.values()),
         batch_max=max(batches.values()),
+        ceiling_commands_per_s=ceiling_per_s,
     )
 
 

@@ -177,11 +177,18 @@ def schema(name: str | None, write: bool) -> None:
 @click.option("--hot", is_flag=True, help="All commands for one user (one partition).")
 @click.option("--rate", type=float, help="Pace at this many commands/s (default: flat out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(count: int, users: int, hot: bool, rate: float | None, as_json: bool) -> None:
+@click.option(
+    "--ceiling/--no-ceiling",
+    default=True,
+    help="Also time a raw COPY of the same rows into scratch tables (the machine's ceiling).",
+)
+def bench(
+    count: int, users: int, hot: bool, rate: float | None, as_json: bool, ceiling: bool
+) -> None:
     """Load the running stack and report commands/s and reply latency."""
     from wallet.bench import run_bench
 
-    result = _run(run_bench(_settings(), count, 1 if hot else users, rate))
+    result = _run(run_bench(_settings(), count, 1 if hot else users, rate, ceiling=ceiling))
     if as_json:
         click.echo(orjson.dumps(result.__dict__).decode())
     else:

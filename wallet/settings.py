@@ -62,6 +62,7 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
+    api_reuse_port: bool = False  # let several `wallet api` processes share the port
     api_reply_timeout_ms: int = Field(5_000, ge=10, le=60_000)
     api_body_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
 

@@ -164,6 +164,50 @@ class TestOutboxWatermark:
         assert new.epoch > old.epoch
 
 
+def _on(partition: int, position: BatchPosition) -> BatchPosition:
+    return BatchPosition(TOPIC, partition, position.epoch, 0, position.first_offset,
+                         position.next_offset, b"fp")  # fmt: skip
+
+
+class TestManyPartitionsInOneCommit:
+    async def test_commits_every_partition_together(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """One commit of two partitions' batches stores both batches and both offsets."""
+        one = await store.claim_partition(TOPIC, 1, "owner")
+        two = await store.claim_partition(TOPIC, 2, "owner")
+        await store.commit_batches([
+            (_on(1, _position(one.epoch, 0, 1)), _plan(0, 10, user="ann")),
+            (_on(2, _position(two.epoch, 0, 3)), _plan(2, 20, user="bob")),
+        ])  # fmt: skip
+        offsets = await fetch(stack, "SELECT partition, next_offset FROM partition_state"
+                                     " WHERE topic = $1 ORDER BY 1", TOPIC)  # fmt: skip
+        assert [(r["partition"], r["next_offset"]) for r in offsets] == [(1, 1), (2, 3)]
+        assert await store.load_accounts([("ann", "GOLD"), ("bob", "GOLD")]) == {
+            ("ann", "GOLD"): AccountState(10, 1),
+            ("bob", "GOLD"): AccountState(20, 1),
+        }
+
+    async def test_one_fenced_partition_rolls_back_all(
+        self, store: PostgresEventStore, stack: Settings
+    ) -> None:
+        """If one partition has a newer owner, no batch of the commit is stored, and the error
+        names that partition."""
+        one = await store.claim_partition(TOPIC, 1, "owner")
+        two = await store.claim_partition(TOPIC, 2, "owner")
+        await store.claim_partition(TOPIC, 2, "usurper")
+        with pytest.raises(FencedError) as caught:
+            await store.commit_batches([
+                (_on(1, _position(one.epoch, 0, 1)), _plan(0, 10, user="ann")),
+                (_on(2, _position(two.epoch, 0, 1)), _plan(0, 20, user="bob")),
+            ])  # fmt: skip
+        assert caught.value.data["partition"] == 2
+        assert not isinstance(caught.value, StaleOffsetError)
+        assert await store.load_accounts([("ann", "GOLD"), ("bob", "GOLD")]) == {}
+        left = await fetch(stack, "SELECT count(*) AS n FROM outbox")
+        assert left[0]["n"] == 0
+
+
 class TestOutboxPruning:
     async def test_keeps_the_newest_published_rows_and_never_unpublished_ones(
         self, store: PostgresEventStore, stack: Settings

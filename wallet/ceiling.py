@@ -1,0 +1,97 @@
+"""The machine's ceiling for the write path: a raw COPY of the rows the service would write.
+
+`wallet bench` runs this after its end-to-end run, on the same commands, so the two figures
+come from one run on one machine and their ratio says how close the service is to what
+PostgreSQL alone can take. The rows are planned by the processor's own pure planner (before the
+clock starts), then copied in batches of the service's size, one transaction each, with
+durable commits, on one connection, into scratch tables shaped like the real ones (same
+columns, constraints and indexes; not the ledger's check triggers). The scratch schema is
+dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from processor.batch import BatchContext, BatchPlan, Intake, payload_hash, plan_batch
+from processor.decide import AccountState
+from processor.store import ENTRY_COLUMNS, OUTBOX_COLUMNS, PROCESSED_COLUMNS
+from schemas.commands import Command
+from wallet.db import Conn, connection
+from wallet.kafka import partition_for
+from wallet.settings import Settings
+
+_TOPIC = "bench.ceiling"
+_TABLES = (
+    ("processed_commands", PROCESSED_COLUMNS),
+    ("ledger_entries", ENTRY_COLUMNS),
+    ("outbox", OUTBOX_COLUMNS),
+)
+
+
+@dataclass(frozen=True)
+class CeilingResult:
+    commands: int
+    rows: int
+    transactions: int
+    seconds: float
+
+    @property
+    def commands_per_s(self) -> float:
+        return self.commands / self.seconds
+
+
+def plan_rows(commands: list[Command], partitions: int, batch_size: int) -> list[BatchPlan]:
+    """The batches the processor would commit for these commands, per partition, in order."""
+    by_partition: dict[int, list[Command]] = {}
+    for command in commands:
+        by_partition.setdefault(partition_for(command.user_id, partitions), []).append(command)
+    plans = []
+    for partition, mine in sorted(by_partition.items()):
+        accounts: dict[tuple[str, str], AccountState] = {}
+        for first in range(0, len(mine), batch_size):
+            chunk = mine[first : first + batch_size]
+            intakes = [
+                Intake(first + i, c.user_id.encode(), None, c, payload_hash(c))
+                for i, c in enumerate(chunk)
+            ]
+            ctx = BatchContext(_TOPIC, partition, 0, datetime.now(UTC))
+            plan = plan_batch(ctx, intakes, {}, accounts, frozenset({c.asset for c in chunk}))
+            accounts.update(plan.accounts)
+            plans.append(plan)
+    return plans
+
+
+async def copy_ceiling(settings: Settings, commands: list[Command]) -> CeilingResult:
+    plans = plan_rows(commands, settings.partitions, settings.batch_size_max)
+    schema = f"wallet_ceiling_{uuid.uuid4().hex[:8]}"
+    async with connection(settings) as conn:
+        await _create_scratch(conn, schema)
+        try:
+            start = time.perf_counter()
+            for plan in plans:
+                async with conn.transaction():
+                    for (table, columns), rows in zip(_TABLES, _rows(plan), strict=True):
+                        if rows:
+                            await conn.copy_records_to_table(
+                                table, schema_name=schema, records=rows, columns=columns
+                            )
+            seconds = time.perf_counter() - start
+        finally:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    row_count = sum(len(rows) for plan in plans for rows in _rows(plan))
+    return CeilingResult(len(commands), row_count, len(plans), seconds)
+
+
+def _rows(plan: BatchPlan) -> tuple[list[tuple[object, ...]], ...]:
+    return plan.processed_rows, plan.entry_rows, plan.outbox_rows
+
+
+async def _create_scratch(conn: Conn, schema: str) -> None:
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    for table, _ in _TABLES:
+        # INCLUDING ALL: defaults, identity, constraints and indexes; triggers are never copied.
+        await conn.execute(f"CREATE TABLE {schema}.{table} (LIKE {table} INCLUDING ALL)")
