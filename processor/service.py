@@ -51,7 +51,9 @@ class Processor:
         forbidden = {settings.commands_topic, settings.events_topic, settings.dlq_topic}
         self._config = WorkerConfig(
             owner=owner or owner_name(),
-            balance_cache_max=settings.balance_cache_max,
+            # The setting bounds the whole process: a process that owns every partition holds
+            # at most that many accounts (about 350 bytes each), fewer partitions fewer.
+            balance_cache_max=max(1, settings.balance_cache_max // settings.partitions),
             rules=IntakeRules(
                 partitions=settings.partitions,
                 command_bytes_max=settings.command_bytes_max,

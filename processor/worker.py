@@ -75,7 +75,7 @@ class Admitted:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     owner: str
-    balance_cache_max: int
+    balance_cache_max: int  # accounts cached by this partition's worker
     rules: IntakeRules
 
 
