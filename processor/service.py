@@ -94,16 +94,42 @@ class Processor:
         await asyncio.wait_for(consumer.start(), join_timeout_s)
         log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
         try:
-            while not stop.is_set():
-                await self._step(consumer)
+            await self._until_stopped(consumer, stop, timeout_s)
         finally:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._publisher.drain(), timeout_s)
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
-            await consumer.stop()
-            await producer.stop()
+            # Bounded too: a broker that does not answer must not keep the process from exiting.
+            for client in (consumer, producer):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.stop(), timeout_s)
             log.info("processor stopped", owner=self.owner)
+
+    async def _until_stopped(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, timeout_s: float
+    ) -> None:
+        """Step until `stop` is set.
+
+        A step still waiting when it is set (on a full outbox queue while the broker is away,
+        say) gets `timeout_s` to finish and is then cancelled. Nothing is lost by that: what it
+        did not commit, the partition's next owner fetches again from the stored offset, and
+        what it committed but did not publish is republished from the outbox.
+        """
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                step = asyncio.ensure_future(self._step(consumer))
+                await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if step.done():
+                    await step  # raises what the step raised
+                    continue
+                try:
+                    await asyncio.wait_for(step, timeout_s)
+                except TimeoutError:
+                    log.error("a step did not finish after stop; cancelled", owner=self.owner)
+        finally:
+            stopping.cancel()
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         try:

@@ -172,3 +172,35 @@ class TestOutboxBound:
         assert [r.balance for r in replies] == list(range(1, 41))
         left = await fetch(stack, "SELECT count(*) AS n FROM outbox")
         assert left[0]["n"] < 20, left[0]["n"]
+
+
+class TestStopping:
+    async def test_stops_in_bounded_time_while_a_commit_is_blocked(self, stack: Settings) -> None:
+        """A processor whose batch commit waits on a lock still stops soon after it is asked
+        to, and the command it was committing is processed once by the next processor."""
+        # The commit may wait two minutes on the database; the stop must not wait that long.
+        slow = stack.model_copy(update={"db_timeout_ms": 120_000})
+        assert stack.database_url
+        locker = await asyncpg.connect(stack.database_url)
+        try:
+            async with client_for(stack) as client:
+                async with running_processor(slow) as processor:
+                    warm = await client.publish(command("top_up", "warm", 1))
+                    await asyncio.wait_for(warm, 60)  # partitions claimed, a batch committed
+                    tx = locker.transaction()
+                    await tx.start()
+                    await locker.execute("SELECT * FROM partition_state FOR UPDATE")
+                    pending = await client.publish(command("top_up", "stuck", 9))
+                    await asyncio.sleep(2.0)  # its commit now waits on the lock
+                    started = asyncio.get_running_loop().time()
+                    assert processor.owner
+                # running_processor has set stop and waited for the processor to end
+                stopped_s = asyncio.get_running_loop().time() - started
+                await tx.rollback()
+                assert stopped_s < 25.0  # kafka_timeout_ms (10 s) for the step, then exit
+                async with running_processor(stack):
+                    reply = await asyncio.wait_for(pending, 60)
+        finally:
+            await locker.close()
+        assert reply["status"] == "accepted" and reply["balance"] == 9
+        assert await balance(stack, "stuck") == 9

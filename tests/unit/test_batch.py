@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.batch import ENTRY_AMOUNT, BatchContext, Intake, payload_hash, plan_batch
 from processor.intake import IntakeRules, admit
@@ -75,3 +77,41 @@ class TestIntake:
         rules = IntakeRules(12, 65536, frozenset({"wallet.commands"}))
         refused = admit(rules, partition_for("u", 12), 0, b"u", cmd.encode())
         assert refused.admitted.code == "forbidden_reply_topic"  # type: ignore[union-attr]
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["top_up", "bonus", "spend"]),
+        st.sampled_from(["ann", "bob", "cy"]),
+        st.integers(1, 50),
+        st.integers(0, 12),  # idempotency keys repeat often
+    ),
+    max_size=60,
+)
+
+
+class TestAgainstAModel:
+    @given(steps=_STEPS)
+    @settings(max_examples=300, deadline=None)
+    def test_balances_follow_a_plain_model(self, steps: list[tuple[str, str, int, int]]) -> None:
+        """For any sequence of valid commands, repeated keys included, the planned balances
+        equal a plain model (a key's first use decides; spends never overdraw), and no entry
+        leaves a balance below zero."""
+        commands = [command(t, user, amount, key=f"k{key}") for t, user, amount, key in steps]
+        plan = plan_batch(CTX, _items(*commands), {}, {}, ASSETS)
+        model: dict[str, int] = {}
+        used: set[tuple[str, int]] = set()
+        for t, user, amount, key in steps:
+            if (user, key) in used:
+                continue
+            used.add((user, key))
+            balance = model.get(user, 0)
+            if t != "spend":
+                model[user] = balance + amount
+            elif amount <= balance:
+                model[user] = balance - amount
+        for user in ("ann", "bob", "cy"):
+            planned = plan.accounts.get((user, "GOLD"))
+            assert (planned.balance if planned else 0) == model.get(user, 0)
+        assert all(row[6] >= 0 for row in plan.entry_rows if row[6] is not None)  # type: ignore[operator]
+        assert len(plan.processed_rows) == len(used)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.codec import DecodeFailure, decode_command
 from schemas.commands import Command
 from tests.integration.helpers import command
+
+_FIELDS = sorted(json.loads(command("top_up", "u", 5).encode()))
 
 
 def _with(**changes: object) -> bytes:
@@ -55,3 +59,29 @@ class TestDecode:
     def test_contract_violations(self, changes: dict[str, object]) -> None:
         """Unknown fields, long keys, bad enums, naive times and big metadata are refused."""
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner),
+    max_leaves=20,
+)
+
+
+class TestAnyInput:
+    @given(raw=st.binary(max_size=2_048))
+    @settings(max_examples=500, deadline=None)
+    def test_any_bytes_decode_or_fail_typed(self, raw: bytes) -> None:
+        """For any byte string the decoder returns a command or a typed failure, never raises."""
+        assert isinstance(decode_command(raw, bytes_max=1_024), Command | DecodeFailure)
+
+    @given(doc=_JSON, changes=st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=4))
+    @settings(max_examples=500, deadline=None)
+    def test_any_json_and_damaged_commands_decode_or_fail_typed(
+        self, doc: object, changes: dict[str, object]
+    ) -> None:
+        """Arbitrary JSON, and valid commands with fields replaced by arbitrary JSON, decode to
+        a command or a typed failure."""
+        for value in (doc, {**json.loads(_with()), **changes}):
+            raw = json.dumps(value).encode()
+            assert isinstance(decode_command(raw, bytes_max=65_536), Command | DecodeFailure)
