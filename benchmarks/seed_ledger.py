@@ -14,7 +14,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from processor.batch import BatchContext, Intake, payload_hash, plan_batch
+from processor.batch import BatchContext, decoded_intakes, plan_batch
 from processor.store import BatchPosition, PostgresEventStore, PublishedMark
 from schemas.commands import Command, CommandType
 from wallet.db import create_pool
@@ -59,8 +59,7 @@ async def seed(commands: int, users: int, partitions: int) -> None:
 async def _write(
     store: PostgresEventStore, epoch: int, partition: int, first: int, batch: list[Command]
 ) -> None:
-    items = [Intake(first + i, c.user_id.encode(), None, c, payload_hash(c))
-             for i, c in enumerate(batch)]  # fmt: skip
+    items = decoded_intakes(batch, first)
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in batch}))
     ctx = BatchContext(TOPIC, partition, 0, datetime.now(UTC))
     plan = plan_batch(ctx, items, {}, accounts, frozenset({"GOLD"}))

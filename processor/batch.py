@@ -93,6 +93,15 @@ def payload_hash(command: Command) -> bytes:
     return hashlib.blake2b(material, digest_size=16).digest()
 
 
+def decoded_intakes(commands: Sequence[Command], first_offset: int) -> list[Intake]:
+    """Intakes for commands already decoded, at consecutive offsets (raw values not kept):
+    for writers that plan without a broker, such as seeding and the bench's COPY ceiling."""
+    return [
+        Intake(first_offset + i, c.user_id.encode(), None, c, payload_hash(c))
+        for i, c in enumerate(commands)
+    ]
+
+
 def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
     return uuid.uuid5(_TRANSACTION_NAMESPACE, f"{user_id}\x00{idempotency_key}")
 

@@ -31,6 +31,17 @@ OUTBOX_COLUMNS = (
     "topic", "partition", "generation", "source_offset", "message_key", "reply_topic",
     "reply_value", "event_value", "dlq_value", "created_at",
 )  # fmt: skip
+# The tables a batch writes, in the order it writes them (entries need their commands first).
+BATCH_TABLES = (
+    ("processed_commands", PROCESSED_COLUMNS),
+    ("ledger_entries", ENTRY_COLUMNS),
+    ("outbox", OUTBOX_COLUMNS),
+)
+
+
+def batch_rows(plan: BatchPlan) -> tuple[list[tuple[object, ...]], ...]:
+    """A plan's rows for each of BATCH_TABLES, in the same order."""
+    return plan.processed_rows, plan.entry_rows, plan.outbox_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,13 +324,9 @@ class PostgresEventStore:
                 done = {(r["topic"], r["partition"]) for r in moved}
                 refused = next(p for p in positions if (p.topic, p.partition) not in done)
                 await self._raise_fenced(conn, refused)
-            plans = [plan for _, plan in batches]
-            await self._copy(conn, "processed_commands", PROCESSED_COLUMNS,
-                             [row for plan in plans for row in plan.processed_rows])  # fmt: skip
-            await self._copy(conn, "ledger_entries", ENTRY_COLUMNS,
-                             [row for plan in plans for row in plan.entry_rows])  # fmt: skip
-            await self._copy(conn, "outbox", OUTBOX_COLUMNS,
-                             [row for plan in plans for row in plan.outbox_rows])  # fmt: skip
+            rows = [batch_rows(plan) for _, plan in batches]
+            for index, (table, columns) in enumerate(BATCH_TABLES):
+                await self._copy(conn, table, columns, [r for per in rows for r in per[index]])
 
     async def _copy(
         self,

@@ -16,20 +16,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from processor.batch import BatchContext, BatchPlan, Intake, payload_hash, plan_batch
+from processor.batch import BatchContext, BatchPlan, decoded_intakes, plan_batch
 from processor.decide import AccountState
-from processor.store import ENTRY_COLUMNS, OUTBOX_COLUMNS, PROCESSED_COLUMNS
+from processor.store import BATCH_TABLES, batch_rows
 from schemas.commands import Command
 from wallet.db import Conn, connection
 from wallet.kafka import partition_for
 from wallet.settings import Settings
 
 _TOPIC = "bench.ceiling"
-_TABLES = (
-    ("processed_commands", PROCESSED_COLUMNS),
-    ("ledger_entries", ENTRY_COLUMNS),
-    ("outbox", OUTBOX_COLUMNS),
-)
 
 
 @dataclass(frozen=True)
@@ -54,10 +49,7 @@ def plan_rows(commands: list[Command], partitions: int, batch_size: int) -> list
         accounts: dict[tuple[str, str], AccountState] = {}
         for first in range(0, len(mine), batch_size):
             chunk = mine[first : first + batch_size]
-            intakes = [
-                Intake(first + i, c.user_id.encode(), None, c, payload_hash(c))
-                for i, c in enumerate(chunk)
-            ]
+            intakes = decoded_intakes(chunk, first)
             ctx = BatchContext(_TOPIC, partition, 0, datetime.now(UTC))
             plan = plan_batch(ctx, intakes, {}, accounts, frozenset({c.asset for c in chunk}))
             accounts.update(plan.accounts)
@@ -74,7 +66,7 @@ async def copy_ceiling(settings: Settings, commands: list[Command]) -> CeilingRe
             start = time.perf_counter()
             for plan in plans:
                 async with conn.transaction():
-                    for (table, columns), rows in zip(_TABLES, _rows(plan), strict=True):
+                    for (table, columns), rows in zip(BATCH_TABLES, batch_rows(plan), strict=True):
                         if rows:
                             await conn.copy_records_to_table(
                                 table, schema_name=schema, records=rows, columns=columns
@@ -82,16 +74,12 @@ async def copy_ceiling(settings: Settings, commands: list[Command]) -> CeilingRe
             seconds = time.perf_counter() - start
         finally:
             await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-    row_count = sum(len(rows) for plan in plans for rows in _rows(plan))
+    row_count = sum(len(rows) for plan in plans for rows in batch_rows(plan))
     return CeilingResult(len(commands), row_count, len(plans), seconds)
-
-
-def _rows(plan: BatchPlan) -> tuple[list[tuple[object, ...]], ...]:
-    return plan.processed_rows, plan.entry_rows, plan.outbox_rows
 
 
 async def _create_scratch(conn: Conn, schema: str) -> None:
     await conn.execute(f"CREATE SCHEMA {schema}")
-    for table, _ in _TABLES:
+    for table, _ in BATCH_TABLES:
         # INCLUDING ALL: defaults, identity, constraints and indexes; triggers are never copied.
         await conn.execute(f"CREATE TABLE {schema}.{table} (LIKE {table} INCLUDING ALL)")
