@@ -29,7 +29,10 @@ Description = Annotated[
     str, StringConstraints(max_length=512, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
 ]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=256)] | int | bool | None
+# Integers are bounded to 64 bits: orjson (and so the ledger's JSON and every reply) cannot
+# encode larger ones, and a command that cannot be encoded must be refused, not crash the worker.
+MetadataInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MetadataValue = Annotated[str, StringConstraints(max_length=256)] | MetadataInt | bool | None
 
 
 class CommandType(StrEnum):

@@ -54,10 +54,12 @@ class TestDecode:
         "changes",
         [{"extra": 1}, {"idempotency_key": "k" * 129}, {"type": "steal"}, {"asset": "gold"},
          {"user_id": ""}, {"sent_at": "2026-01-01T00:00:00"},
-         {"metadata": {str(i): i for i in range(17)}}],
+         {"metadata": {str(i): i for i in range(17)}}, {"metadata": {"k": 2**63}},
+         {"metadata": {"k": -(2**63) - 1}}],
     )  # fmt: skip
     def test_contract_violations(self, changes: dict[str, object]) -> None:
-        """Unknown fields, long keys, bad enums, naive times and big metadata are refused."""
+        """Unknown fields, long keys, bad enums, naive times, big metadata and metadata integers
+        past 64 bits (which JSON encoders refuse) are refused."""
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
 
 
