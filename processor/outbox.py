@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.store import EventStore, OutboxMessage, PublishedMark
+from wallet.db import RETRIABLE_DB_ERRORS
 from wallet.kafka import RecordBatches
 from wallet.settings import Settings
 
@@ -93,7 +94,9 @@ class OutboxPublisher:
             try:
                 await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
                 return
-            except (KafkaError, TimeoutError, OSError) as exc:
+            except (KafkaError, *RETRIABLE_DB_ERRORS) as exc:
+                # A database error too: marking what was published failed, so it is published
+                # again on the retry (replies and events are at-least-once; readers dedupe).
                 log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)

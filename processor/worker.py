@@ -140,8 +140,7 @@ class PartitionWorker:
         if self._verify_fingerprint is None:
             return None
         first = records[0]
-        if first.offset != self.next_offset - 1:
-            return f"record {self.next_offset - 1} is gone (first fetched: {first.offset})"
+        assert first.offset == self.fetch_from, "caller passes records from fetch_from on"
         if fingerprint(first) != self._verify_fingerprint:
             return f"record {first.offset} is not the record processed at that offset"
         return None
@@ -155,6 +154,8 @@ class PartitionWorker:
         records = [r for r in records if r.offset >= self.next_offset]
         if not records:
             return None
+        # A batch covers its records and everything between: it must start at our position.
+        assert records[0].offset == self.next_offset, (records[0].offset, self.next_offset)
         intakes = [
             admit(self._config.rules, self.tp.partition, r.offset, r.key, r.value) for r in records
         ]

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from projections import queries
 from projections.projector import lag_seconds
 from schemas.commands import AssetCode
+from wallet.db import RETRIABLE_DB_ERRORS
 
 router = APIRouter(tags=["queries"])
 UserPath = Annotated[
@@ -76,7 +77,7 @@ async def ready(request: Request) -> JSONResponse:
         async with asyncio.timeout(READY_TIMEOUT_S), _pool(request).acquire() as conn:
             checks["postgres"] = "ok"
             checks["projectorLagSeconds"] = round(await lag_seconds(conn), 3)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except RETRIABLE_DB_ERRORS as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     checks["kafka"] = "ok" if await request.app.state.client.broker_reachable() else "unreachable"
     ok = checks["postgres"] == "ok" and checks["kafka"] == "ok"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from wallet.db import Conn, create_pool
+from wallet.db import RETRIABLE_DB_ERRORS, Conn, create_pool
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.projector")
@@ -28,7 +28,7 @@ BATCH_ENTRIES_MAX = 20_000
 IDLE_SLEEP_S = 0.05
 PARTITIONS_REFRESH_S = 5.0
 BACKOFF_MAX_S = 5.0
-_RETRIABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_RETRIABLE = RETRIABLE_DB_ERRORS
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
+from wallet.kafka import ensure_topics
 from wallet.settings import Settings
-from wallet.stack import Services, embedded_services, prepare
+from wallet.stack import Services, embedded_services, ensure_database, prepare
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +42,23 @@ async def stack(services: Services) -> AsyncIterator[Settings]:
     server_url = services.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{server_url}/postgres", timeout=10)
     await admin.execute(f'CREATE DATABASE "{name}"')
+    settings = _test_settings(f"{server_url}/{name}", services.kafka_bootstrap)
+    await prepare(settings)
+    try:
+        yield settings
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+        await _delete_topics(settings)
+
+
+def _test_settings(database_url: str, kafka_bootstrap: str) -> Settings:
+    """A test's settings: its own topic names, small timeouts so faults are noticed quickly."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = Settings(
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=f"{server_url}/{name}",
-        kafka_bootstrap=services.kafka_bootstrap,
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
         commands_topic=f"{prefix}.wallet.commands",
         replies_topic=f"{prefix}.wallet.replies",
         events_topic=f"{prefix}.wallet.events",
@@ -56,13 +70,41 @@ async def stack(services: Services) -> AsyncIterator[Settings]:
         heartbeat_interval_ms=500,
         db_timeout_ms=15_000,
     )
-    await prepare(settings)
+
+
+def _embedded_only(variable: str) -> None:
+    if os.environ.get(variable):
+        pytest.skip(f"stops and restarts an embedded server; not run with {variable} set")
+
+
+@pytest.fixture
+async def own_broker(stack: Settings) -> AsyncIterator[tuple[EmbeddedBroker, Settings]]:
+    """A private embedded broker this test may stop, pause and restart."""
+    _embedded_only("WALLET_KAFKA_BOOTSTRAP")
+    broker = EmbeddedBroker(Path(tempfile.mkdtemp(prefix="wallet-broker-")) / "broker.log")
+    settings = stack.model_copy(update={"kafka_bootstrap": broker.start()})
+    await ensure_topics(settings)
     try:
-        yield settings
+        yield broker, settings
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+        broker.stop()
+
+
+@pytest.fixture
+async def own_postgres(services: Services) -> AsyncIterator[tuple[EmbeddedPostgres, Settings]]:
+    """A private embedded PostgreSQL server this test may stop and restart (same port, same
+    data), with the shared broker."""
+    _embedded_only("WALLET_DATABASE_URL")
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="wallet-pg-")) / "pg", durable=False)
+    database_url = server.start().rsplit("/", 1)[0] + "/wallet"
+    try:
+        await ensure_database(database_url, timeout_s=10)
+        settings = _test_settings(database_url, services.kafka_bootstrap)
+        await prepare(settings)
+        yield server, settings
         await _delete_topics(settings)
+    finally:
+        server.stop()
 
 
 async def _delete_topics(settings: Settings) -> None:

@@ -11,6 +11,18 @@ from asyncpg.pool import PoolConnectionProxy
 
 from wallet.settings import Settings
 
+# Errors of a database call that trying again later may cure: the server gone or restarting, a
+# timeout, a statement refused (its transaction rolled back whole). InternalClientError is
+# asyncpg losing track of a connection the server dropped mid-operation (asyncpg issue #1069):
+# seen here when PostgreSQL was stopped under load; uncaught, it killed the processor.
+RETRIABLE_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
 # What query helpers accept: a plain connection or one borrowed from a pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 

@@ -33,14 +33,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WalletProcess:
     """`wallet ROLE` in its own process, in an empty folder (no stack.env to pick up)."""
 
-    def __init__(self, settings: Settings, role: str = "processor") -> None:
+    def __init__(
+        self, settings: Settings, role: str = "processor", env: dict[str, str] | None = None
+    ) -> None:
         self._cwd = Path(tempfile.mkdtemp(prefix=f"wallet-{role}-"))
         self.log_path = self._cwd / f"{role}.log"
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "wallet", role],
                 cwd=self._cwd,
-                env=settings_env(settings),
+                env=settings_env(settings) | (env or {}),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -50,8 +52,31 @@ class WalletProcess:
         self.proc.kill()
         self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes mid-whatever, as in a long GC pause or a VM stall."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> None:
+        self.resume()  # a stopped process cannot act on SIGTERM
         stop_process(self.proc, signal.SIGTERM)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def run_wallet(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`wallet ARGS` to completion, as an operator types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

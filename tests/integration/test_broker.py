@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -14,20 +11,6 @@ from tests.integration.helpers import balance, client_for, command, fetch, runni
 from wallet.devstack import EmbeddedBroker
 from wallet.kafka import ensure_topics, make_consumer
 from wallet.settings import Settings
-
-
-@pytest.fixture
-async def own_broker(stack: Settings) -> AsyncIterator[tuple[EmbeddedBroker, Settings]]:
-    """A private embedded broker this test may restart."""
-    if not stack.kafka_bootstrap or "WALLET_KAFKA_BOOTSTRAP" in __import__("os").environ:
-        pytest.skip("restarts an embedded broker; not run against an external one")
-    broker = EmbeddedBroker(Path(tempfile.mkdtemp()) / "broker.log")
-    settings = stack.model_copy(update={"kafka_bootstrap": broker.start()})
-    await ensure_topics(settings)
-    try:
-        yield broker, settings
-    finally:
-        broker.stop()
 
 
 class TestTansuCompatibility:

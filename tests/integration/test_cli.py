@@ -7,19 +7,9 @@ import subprocess
 import sys
 
 from tests.integration.helpers import client_for, command, running_processor
+from tests.integration.processes import run_wallet as _wallet
 from tests.integration.processes import settings_env
 from wallet.settings import Settings
-
-
-def _wallet(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 class TestAssets:

@@ -1,0 +1,174 @@
+"""Load for the fault tests, and the audit every one of them ends with.
+
+A workload has an exact model: opening top-ups, then small top-ups and spends that can never
+overdraw, plus overdraft attempts that must always be refused whatever the order. `Load`
+publishes it at a steady pace while a test does damage, re-sends what went unanswered (as a
+game server does after its reply timeout, same idempotency key), and `account` then checks
+every command: exactly one recorded outcome, the right one, at least one reply, balances equal
+to the model, and `wallet verify` clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from commands.client import WalletClient
+from schemas.commands import AMOUNT_MAX, Command
+from tests.integration.helpers import command, fetch
+from tests.integration.processes import run_wallet
+from wallet.errors import WalletError
+from wallet.settings import Settings
+
+CHUNK_SIZE = 50
+SEND_TIMEOUT_S = 15.0
+SEND_ATTEMPTS_MAX = 120
+OVERDRAFT_EVERY = 25
+
+
+@dataclass
+class Workload:
+    commands: list[Command]
+    balances: dict[str, int]  # each user's GOLD balance once every command is applied
+    refused: set[str] = field(default_factory=set)  # command ids that must be rejected
+
+
+def workload(count: int, users: int, seed: int, reply_to: str) -> Workload:
+    """`count` commands over `users` users; every OVERDRAFT_EVERY-th one an overdraft."""
+    rng = random.Random(seed)
+    names = [f"player-{seed}-{i}" for i in range(users)]
+    work = Workload([command("top_up", u, 1000, reply_to=reply_to) for u in names],
+                    dict.fromkeys(names, 1000))  # fmt: skip
+    while len(work.commands) < count:
+        user = rng.choice(names)
+        if len(work.commands) % OVERDRAFT_EVERY == 0:  # more than all users ever hold
+            overdraft = command("spend", user, AMOUNT_MAX, reply_to=reply_to)
+            work.refused.add(str(overdraft.command_id))
+            work.commands.append(overdraft)
+        elif rng.random() < 0.5:
+            amount = rng.randint(1, 10)
+            work.commands.append(command("top_up", user, amount, reply_to=reply_to))
+            work.balances[user] += amount
+        else:
+            work.commands.append(command("spend", user, 1, reply_to=reply_to))
+            work.balances[user] -= 1
+    return work
+
+
+class Load:
+    """Publishes a workload at `rate_per_s` in the background and keeps each first reply."""
+
+    def __init__(self, client: WalletClient, work: Workload, rate_per_s: float) -> None:
+        self._client = client
+        self._work = work
+        self._rate_per_s = rate_per_s
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.resent = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._publish_all(), name="fault-load")
+
+    def answered(self) -> int:
+        return sum(f.done() for f in self._futures.values())
+
+    async def wait_answered(self, count: int, timeout_s: float) -> None:
+        """Wait until `count` commands have their reply (the load is under way)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if self.answered() >= count:
+                    return
+                await asyncio.sleep(0.05)
+
+    async def _publish_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        commands = self._work.commands
+        for start in range(0, len(commands), CHUNK_SIZE):
+            chunk = commands[start : start + CHUNK_SIZE]
+            await self._send(chunk)
+            self.published = start + len(chunk)
+            delay_s = started_s + self.published / self._rate_per_s - loop.time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+
+    async def _send(self, chunk: list[Command]) -> None:
+        """Publish until the broker takes it (it may be down or restarting meanwhile)."""
+        records = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in chunk]
+        for _ in range(SEND_ATTEMPTS_MAX):
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    futures = await self._client.publish_many(records)
+                    await self._client.flush()
+            except (KafkaError, TimeoutError, WalletError):
+                await asyncio.sleep(0.5)
+                continue
+            for c, future in zip(chunk, futures, strict=True):
+                self._futures[str(c.command_id)] = future
+            return
+        raise AssertionError("the broker refused the load for too long")
+
+    async def settle(self, timeout_s: float, resend_after_s: float | None = None) -> dict[str, Any]:
+        """Wait for every reply; re-send the unanswered after `resend_after_s` without progress."""
+        assert self._task is not None
+        await asyncio.wait_for(self._task, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + timeout_s
+        progress, progress_s = -1, loop.time()
+        while unanswered := [
+            c for c in self._work.commands if not self._futures[str(c.command_id)].done()
+        ]:
+            assert loop.time() < deadline_s, f"{len(unanswered)} commands never answered"
+            if len(unanswered) != progress:
+                progress, progress_s = len(unanswered), loop.time()
+            elif resend_after_s is not None and loop.time() - progress_s > resend_after_s:
+                for start in range(0, len(unanswered), CHUNK_SIZE):
+                    await self._send(unanswered[start : start + CHUNK_SIZE])
+                self.resent += len(unanswered)
+                progress_s = loop.time()
+            await asyncio.sleep(0.1)
+        return {cid: f.result() for cid, f in self._futures.items()}
+
+
+@dataclass(frozen=True)
+class Audit:
+    commands: int
+    accepted: int
+    rejected: int
+    replies: int
+    resent: int
+
+    def line(self, fault: str) -> str:
+        return (
+            f"fault audit | {fault} | {self.commands} commands | {self.accepted} accepted, "
+            f"{self.rejected} rejected | {self.replies} replied | {self.resent} re-sent | "
+            "wallet verify clean"
+        )
+
+
+async def account(settings: Settings, work: Workload, load: Load, replies: dict[str, Any]) -> Audit:
+    """Every command exactly once in the ledger (or once refused), replied, and verify clean."""
+    rows = await fetch(settings, "SELECT user_id, idempotency_key, status FROM processed_commands")
+    outcome = {(r["user_id"], r["idempotency_key"]): r["status"] for r in rows}
+    assert len(rows) == len(work.commands), "a command was recorded twice or one is extra"
+    for c in work.commands:
+        want = "rejected" if str(c.command_id) in work.refused else "accepted"
+        assert outcome.get((c.user_id, c.idempotency_key)) == want, c
+        assert replies[str(c.command_id)]["status"] == want, replies[str(c.command_id)]
+    accepted = len(work.commands) - len(work.refused)
+    entries = await fetch(settings, "SELECT count(*) AS n FROM ledger_entries")
+    assert entries[0]["n"] == 2 * accepted, "ledger entries do not match accepted commands"
+    latest = await fetch(
+        settings,
+        "SELECT DISTINCT ON (user_id) user_id, balance_after FROM ledger_entries"
+        " WHERE account_kind = 'user' ORDER BY user_id, version DESC",
+    )
+    assert {r["user_id"]: r["balance_after"] for r in latest} == work.balances
+    verified = await asyncio.to_thread(run_wallet, settings, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return Audit(len(work.commands), accepted, len(work.refused), len(replies), load.resent)

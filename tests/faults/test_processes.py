@@ -1,0 +1,153 @@
+"""Faults in the wallet's own processes, under load: kill -9 (processor, relay, projector),
+a processor frozen past its session timeout (a zombie), members joining and leaving."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tests.faults.load import Load, account, workload
+from tests.integration.helpers import client_for, fetch, wait_projected
+from tests.integration.processes import WalletProcess
+from wallet.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+_BACKLOG_SQL = """
+SELECT count(*) AS n FROM outbox o LEFT JOIN outbox_positions p USING (topic, partition)
+ WHERE (o.generation, o.source_offset)
+       >= (coalesce(p.published_generation, 0), coalesce(p.published_offset, 0))"""
+
+
+class TestProcessorKills:
+    async def test_twenty_kill_9s_among_three_processors(self, stack: Settings) -> None:
+        """kill -9 of a random processor 20 times under load: every command once, all replied."""
+        work = workload(12_000, 300, seed=1, reply_to=stack.replies_topic)
+        rng = random.Random(11)
+        procs = [WalletProcess(stack) for _ in range(3)]
+        try:
+            async with client_for(stack) as client:
+                load = Load(client, work, rate_per_s=400)
+                load.start()
+                await load.wait_answered(500, timeout_s=120)
+                for _ in range(20):
+                    await asyncio.sleep(rng.uniform(0.2, 1.8))
+                    victim = rng.randrange(len(procs))
+                    procs[victim].kill()
+                    procs[victim] = WalletProcess(stack)
+                assert load.published < len(work.commands), "the kills came after the load"
+                replies = await load.settle(timeout_s=300)
+        finally:
+            for proc in procs:
+                proc.stop()
+        audit = await account(stack, work, load, replies)
+        print(audit.line("kill -9 of a processor, 20 times, 3 processors"))
+
+    async def test_relay_killed_with_replies_unpublished(self, stack: Settings) -> None:
+        """kill -9 while committed replies wait in the outbox; the successor publishes them."""
+        work = workload(6_000, 200, seed=2, reply_to=stack.replies_topic)
+        first = WalletProcess(stack)
+        second = None
+        try:
+            async with client_for(stack) as client:
+                load = Load(client, work, rate_per_s=500)
+                load.start()
+                await load.wait_answered(300, timeout_s=120)
+                backlog = await _wait_backlog(stack, timeout_s=30)
+                first.kill()
+                second = WalletProcess(stack)
+                replies = await load.settle(timeout_s=240)
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
+        audit = await account(stack, work, load, replies)
+        print(audit.line(f"kill -9 of the relay with {backlog} replies unpublished"))
+
+
+async def _wait_backlog(settings: Settings, timeout_s: float) -> int:
+    """Poll until the outbox holds committed rows the relay has not published yet."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            rows = await fetch(settings, _BACKLOG_SQL)
+            if rows[0]["n"] > 0:
+                return int(rows[0]["n"])
+            await asyncio.sleep(0.002)
+
+
+class TestZombie:
+    async def test_frozen_past_session_timeout_then_thawed(self, stack: Settings) -> None:
+        """A processor frozen (SIGSTOP) past its session loses its partitions; thawed, it is
+        fenced and the ledger stays exact."""
+        work = workload(8_000, 200, seed=3, reply_to=stack.replies_topic)
+        procs = [WalletProcess(stack), WalletProcess(stack)]
+        try:
+            async with client_for(stack) as client:
+                load = Load(client, work, rate_per_s=400)
+                load.start()
+                await load.wait_answered(500, timeout_s=120)
+                procs[0].pause()
+                await asyncio.sleep(stack.session_timeout_ms / 1000 + 4)
+                procs[0].resume()
+                replies = await load.settle(timeout_s=240)
+                assert procs[0].alive(), "the thawed processor died instead of rejoining"
+        finally:
+            for proc in procs:
+                proc.stop()
+        owners = await fetch(stack, "SELECT max(owner_epoch) AS e FROM partition_state")
+        assert owners[0]["e"] >= 2, "the frozen member's partitions were never taken over"
+        audit = await account(stack, work, load, replies)
+        print(audit.line("processor frozen past its session timeout, then thawed"))
+
+
+class TestScaleOut:
+    async def test_two_then_three_processors_one_killed(self, stack: Settings) -> None:
+        """Members join and die while commands flow; every effect happens once."""
+        work = workload(8_000, 300, seed=4, reply_to=stack.replies_topic)
+        procs = [WalletProcess(stack), WalletProcess(stack)]
+        try:
+            async with client_for(stack) as client:
+                load = Load(client, work, rate_per_s=400)
+                load.start()
+                await load.wait_answered(1_000, timeout_s=120)
+                procs.append(WalletProcess(stack))  # a third member joins mid-flow
+                await load.wait_answered(3_000, timeout_s=120)
+                procs[0].kill()  # one member dies mid-flow
+                replies = await load.settle(timeout_s=240)
+        finally:
+            for proc in procs:
+                proc.stop()
+        audit = await account(stack, work, load, replies)
+        print(audit.line("a third processor joins, then one is killed"))
+
+
+class TestProjectorKills:
+    async def test_projector_killed_mid_batch_three_times(self, stack: Settings) -> None:
+        """A projector killed -9 three times while it catches up under load ends equal to the
+        ledger (`wallet verify` compares every projected balance)."""
+        work = workload(8_000, 2_000, seed=5, reply_to=stack.replies_topic)
+        rng = random.Random(5)
+        processor = WalletProcess(stack)
+        projector = None
+        try:
+            async with client_for(stack) as client:
+                load = Load(client, work, rate_per_s=500)
+                load.start()
+                await load.wait_answered(3_000, timeout_s=120)  # a backlog to project
+                for _ in range(3):
+                    projector = WalletProcess(stack, "projector")
+                    await asyncio.sleep(rng.uniform(1.5, 3.0))
+                    projector.kill()
+                projector = WalletProcess(stack, "projector")
+                replies = await load.settle(timeout_s=240)
+                await wait_projected(stack, timeout_s=120)
+        finally:
+            processor.stop()
+            if projector is not None:
+                projector.stop()
+        checkpoints = await fetch(stack, "SELECT count(*) AS n FROM projection_checkpoints")
+        assert checkpoints[0]["n"] == stack.partitions
+        audit = await account(stack, work, load, replies)
+        print(audit.line("kill -9 of the projector, 3 times, mid-batch"))
