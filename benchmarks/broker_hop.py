@@ -18,14 +18,16 @@ import uuid
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from wallet.kafka import RecordBatches, make_consumer, make_producer
+from wallet.kafka import RecordBatches, make_consumer, make_producer, security_options
 from wallet.settings import load_settings
 
 
 async def hop(rate: float, records: int) -> list[float]:
     settings = load_settings()
     topic = f"bench.hop.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **security_options(settings)
+    )
     await admin.start()
     await admin.create_topics([NewTopic(topic, settings.partitions, 1)])
     producer, consumer = make_producer(settings), make_consumer(settings, group_id=None)

@@ -12,10 +12,13 @@ from fastapi.responses import JSONResponse
 
 from projections import queries
 from projections.projector import lag_seconds
+from projections.verify import verify
 from schemas.commands import AssetCode
 from wallet.db import RETRIABLE_DB_ERRORS
 
-router = APIRouter(tags=["queries"])
+router = APIRouter(tags=["queries"])  # needs the wallets:read scope
+probes = APIRouter(tags=["probes"])  # open: load balancers and orchestrators call these
+ops = APIRouter(prefix="/ops", tags=["ops"])  # needs the ops scope
 UserPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 ]
@@ -53,7 +56,8 @@ async def get_history(
     request: Request,
     asset: Annotated[AssetCode | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=queries.HISTORY_LIMIT_MAX)] = 20,
-    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^[0-9]+$")] = None,
+    # 18 digits at most: a cursor is an entry id, and every 18-digit number fits in bigint
+    cursor: Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]+$")] = None,
 ) -> dict[str, Any]:
     """A user's transactions, newest first; pass `nextCursor` back as `cursor` for more."""
     async with _pool(request).acquire() as conn:
@@ -63,13 +67,13 @@ async def get_history(
     return {"items": items, "nextCursor": str(next_cursor) if next_cursor else None}
 
 
-@router.get("/health")
+@probes.get("/health")
 async def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@probes.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Readiness: PostgreSQL and Kafka reachable, and how far the projector lags."""
     checks: dict[str, Any] = {}
@@ -82,3 +86,16 @@ async def ready(request: Request) -> JSONResponse:
     checks["kafka"] = "ok" if await request.app.state.client.broker_reachable() else "unreachable"
     ok = checks["postgres"] == "ok" and checks["kafka"] == "ok"
     return JSONResponse({"status": "ready" if ok else "not ready", **checks}, 200 if ok else 503)
+
+
+@ops.get("/audit")
+async def audit(request: Request) -> dict[str, Any]:
+    """`wallet verify` over HTTP: every integrity check of the ledger and the projection."""
+    async with _pool(request).acquire() as conn:
+        results = await verify(conn)
+    return {
+        "ok": all(r.ok for r in results),
+        "checks": [
+            {"name": r.name, "problems": r.problems, "examples": r.examples} for r in results
+        ],
+    }

@@ -10,16 +10,20 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import asyncpg
 import uvicorn
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import gateway
 from commands.client import WalletClient
 from projections import http
+from wallet.apikeys import KeyVerifier
 from wallet.db import create_pool
 from wallet.errors import WalletError
 from wallet.settings import Settings
@@ -77,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, size_max=settings.db_pool_size_max)
+        app.state.keys = KeyVerifier(app.state.pool, settings.api_key_cache_ttl_ms)
         app.state.client = WalletClient(settings)
         app.state.reply_timeout_s = settings.api_reply_timeout_ms / 1000
         await app.state.client.start()
@@ -87,17 +92,47 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="Dino Wallet", version="1", lifespan=lifespan)
-    app.include_router(gateway.router)
-    app.include_router(http.router)
+    app.include_router(gateway.router, dependencies=[require_scope("commands:write")])
+    app.include_router(http.router, dependencies=[require_scope("wallets:read")])
+    app.include_router(http.ops, dependencies=[require_scope("ops")])
+    app.include_router(http.probes)
     app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
 
     @app.exception_handler(WalletError)
     @app.exception_handler(KafkaError)
     @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.InternalClientError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"service unavailable: {type(exc).__name__}"}, 503)
 
     return app
+
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
+
+
+def require_scope(scope: str) -> Any:
+    """A dependency refusing requests without a valid key (401) or without `scope` (403)."""
+
+    async def check(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
+    ) -> None:
+        if credentials is None:
+            raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)",
+                                headers=_CHALLENGE)  # fmt: skip
+        scopes = await request.app.state.keys.scopes(credentials.credentials)
+        if scopes is None:
+            raise HTTPException(401, "the API key is not valid", headers=_CHALLENGE)
+        if scope not in scopes:
+            raise HTTPException(403, f"the API key does not have the {scope} scope")
+
+    return Depends(check)
 
 
 class _Server(uvicorn.Server):

@@ -238,6 +238,69 @@ def assets_add(code: str, name: str) -> None:
     click.echo(f"{code}: {_run(go())}")
 
 
+@main.group()
+def keys() -> None:
+    """Create, list or revoke API keys for the HTTP API."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice(["commands:write", "wallets:read", "ops"]),
+              help="Repeat for several: commands:write, wallets:read, ops.")  # fmt: skip
+def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it: it is shown this once, only its hash is stored."""
+    import asyncpg
+
+    from wallet.apikeys import create_key
+    from wallet.db import connection
+
+    async def go() -> str:
+        async with connection(_settings()) as conn:
+            return await create_key(conn, name, list(scopes))
+
+    try:
+        key = _run(go())
+    except asyncpg.UniqueViolationError:
+        raise click.ClickException(f"a live key is already called {name!r}") from None
+    except asyncpg.CheckViolationError:
+        raise click.ClickException("a key name has 1 to 100 characters") from None
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, name, scopes, created, revoked (never the key itself)."""
+    from wallet.apikeys import list_keys
+    from wallet.db import connection
+
+    async def go() -> list[Any]:
+        async with connection(_settings()) as conn:
+            return await list_keys(conn)
+
+    for k in _run(go()):
+        revoked = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
+        click.echo(f"{k.key_id}  {k.name:<20} {','.join(k.scopes):<40} "
+                   f"{k.created_at:%Y-%m-%d %H:%M}  {revoked}")  # fmt: skip
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Revoke the live key called NAME (API processes stop accepting it within
+    WALLET_API_KEY_CACHE_TTL_MS)."""
+    from wallet.apikeys import revoke_key
+    from wallet.db import connection
+
+    async def go() -> bool:
+        async with connection(_settings()) as conn:
+            return await revoke_key(conn, name)
+
+    if not _run(go()):
+        raise click.ClickException(f"no live key is called {name!r}")
+    click.echo(f"{name}: revoked")
+
+
 @main.command()
 def projector() -> None:
     """Run the projection worker (balances and system totals)."""

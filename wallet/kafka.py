@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -92,7 +93,28 @@ def _common(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": bootstrap,
         "request_timeout_ms": settings.kafka_timeout_ms,
         "client_id": "dino-wallet",
+        **security_options(settings),
     }
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka's TLS and SASL options from the settings (every client gets the same)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        key_password = settings.kafka_ssl_key_password
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+            password=key_password.get_secret_value() if key_password else None,
+        )
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        assert settings.kafka_sasl_password is not None  # the settings validate this
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

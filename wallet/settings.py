@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import (
@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     consumer_group: str = Field("wallet-processor", min_length=1, max_length=200)
     # Idempotent producers need InitProducerId, which the embedded broker does not answer.
     producer_idempotence: bool = True
+    # Kafka security, passed to every Kafka client the service and the CLI create.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = Field(None, min_length=1, max_length=256)
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # the system's trust store when unset
+    kafka_ssl_certfile: Path | None = None  # a client certificate (mutual TLS)
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
 
     batch_size_max: int = Field(2000, ge=1, le=50_000)
     fetch_wait_ms: int = Field(20, ge=0, le=5_000)
@@ -65,6 +74,9 @@ class Settings(BaseSettings):
     api_reuse_port: bool = False  # let several `wallet api` processes share the port
     api_reply_timeout_ms: int = Field(5_000, ge=10, le=60_000)
     api_body_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    # How long a checked API key is trusted without asking PostgreSQL again: a revoked key
+    # stops working within this time.
+    api_key_cache_ttl_ms: int = Field(5_000, ge=0, le=300_000)
 
     data_dir: Path = Path(".wallet")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -91,7 +103,20 @@ class Settings(BaseSettings):
             raise ValueError("the commands, replies, events and DLQ topics must all differ")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        self._check_kafka_security()
         return self
+
+    def _check_kafka_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        tls_files = [self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile]
+        if any(tls_files) and not protocol.endswith("SSL"):
+            raise ValueError("KAFKA_SSL_* files need KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
 
     def require_services(self) -> tuple[str, str]:
         """Return (database_url, kafka_bootstrap) or explain how to get them."""

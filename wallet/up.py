@@ -16,6 +16,8 @@ from processor.service import run_processor
 from projections.projector import run_projector
 from schemas.commands import CommandType, new_command
 from wallet.api import serve
+from wallet.apikeys import SCOPES, create_key, revoke_key
+from wallet.db import connection
 from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
 from wallet.settings import STACK_ENV_FILE, Settings
 from wallet.stack import embedded_services, ensure_database, prepare, write_stack_env
@@ -23,6 +25,8 @@ from wallet.stack import embedded_services, ensure_database, prepare, write_stac
 log = structlog.get_logger("wallet.up")
 SMOKE_USER = "demo-player"
 SMOKE_KEY = "wallet-up-welcome-bonus"  # fixed: a second `wallet up` shows a duplicate reply
+DEV_KEY_NAME = "dev"
+DEV_KEY_FILE = STACK_ENV_FILE.parent / "dev-api-key"
 
 
 async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) -> None:
@@ -42,13 +46,14 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
         await prepare(effective)
         if services.embedded:
             write_stack_env(services)
+        api_key = await _dev_key(effective) if EmbeddedPostgres in kinds else None
         roles = [
             asyncio.create_task(run_processor(effective, stop), name="processor"),
             asyncio.create_task(run_projector(effective, stop), name="projector"),
             asyncio.create_task(serve(effective, stop), name="api"),
         ]
         try:
-            _banner(effective, bool(services.embedded))
+            _banner(effective, bool(services.embedded), api_key)
             await _smoke(effective)
             click.echo("\nRunning. Press Ctrl-C to stop.")
             await asyncio.wait(
@@ -58,12 +63,24 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
             stop.set()
             await asyncio.gather(*roles)
             if services.embedded:
-                with contextlib.suppress(FileNotFoundError):
-                    STACK_ENV_FILE.unlink()
+                for path in (STACK_ENV_FILE, DEV_KEY_FILE):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
     click.echo("Stopped.")
 
 
-def _banner(settings: Settings, embedded: bool) -> None:
+async def _dev_key(settings: Settings) -> str:
+    """A development API key with every scope, replacing the previous one (embedded stack only:
+    never minted on someone's real database). Written to DEV_KEY_FILE for scripts."""
+    async with connection(settings) as conn:
+        await revoke_key(conn, DEV_KEY_NAME)
+        key = await create_key(conn, DEV_KEY_NAME, list(SCOPES))
+    DEV_KEY_FILE.touch(mode=0o600)
+    DEV_KEY_FILE.write_text(key + "\n")
+    return key
+
+
+def _banner(settings: Settings, embedded: bool, api_key: str | None) -> None:
     click.echo("")
     click.echo("Dino Wallet is up.")
     click.echo(f"  PostgreSQL : {settings.database_url}")
@@ -73,13 +90,19 @@ def _banner(settings: Settings, embedded: bool) -> None:
     click.echo(f"  events     : {settings.events_topic}")
     click.echo(f"  dead letter: {settings.dlq_topic}")
     click.echo(f"  HTTP API   : http://{settings.api_host}:{settings.api_port} (docs: /docs)")
+    if api_key:
+        click.echo(f"  API key    : {api_key}")
+        click.echo(f"               (development key, every scope; also in {DEV_KEY_FILE})")
+    else:
+        click.echo("  API key    : create one with `wallet keys create NAME --scope ...`")
     if embedded:
         click.echo(f"  (embedded services; other terminals find them through {STACK_ENV_FILE})")
     click.echo("Try, in another terminal:")
     click.echo("  .venv/bin/wallet send top-up --user alice --asset GOLD --amount 100")
     click.echo("  .venv/bin/wallet send spend --user alice --asset GOLD --amount 30")
     click.echo("  .venv/bin/wallet balance alice ; .venv/bin/wallet history alice")
-    click.echo(f"  curl http://{settings.api_host}:{settings.api_port}/wallet/alice/balance")
+    click.echo(f'  curl -H "Authorization: Bearer $(cat {DEV_KEY_FILE})" '
+               f"http://{settings.api_host}:{settings.api_port}/wallet/alice/balance")  # fmt: skip
     click.echo("  .venv/bin/wallet bench --commands 100000 --users 10000")
 
 
