@@ -6,6 +6,7 @@ lock; each file runs in its own transaction with its row in `schema_migrations`.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import asyncpg
@@ -51,3 +52,36 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
     return applied
+
+
+# What the service (processors, projector, API, operator commands) may do to each table. The
+# ledger tables get SELECT and INSERT only: UPDATE, DELETE and TRUNCATE are refused twice, by
+# privilege and by the append-only triggers, and a role that does not own the tables cannot
+# disable those triggers either. Migrations run as the owner; the service should not.
+SERVICE_GRANTS = {
+    "processed_commands": "SELECT, INSERT",
+    "ledger_entries": "SELECT, INSERT",
+    "partition_resets": "SELECT, INSERT",
+    "assets": "SELECT, INSERT",
+    "schema_migrations": "SELECT",
+    "partition_state": "SELECT, INSERT, UPDATE",
+    "outbox_positions": "SELECT, INSERT, UPDATE",
+    "api_keys": "SELECT, INSERT, UPDATE",
+    "outbox": "SELECT, INSERT, DELETE",
+    "balances": "SELECT, INSERT, UPDATE, DELETE",
+    "system_totals": "SELECT, INSERT, UPDATE, DELETE",
+    "balances_replay": "SELECT, INSERT, UPDATE, DELETE, TRUNCATE",
+    "system_totals_replay": "SELECT, INSERT, UPDATE, DELETE, TRUNCATE",
+    "projection_checkpoints": "SELECT, INSERT, UPDATE, DELETE",
+}
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+async def grant_service_role(conn: asyncpg.Connection, role: str) -> None:
+    """Give an existing role exactly what the service needs on this database's tables."""
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(f"not a plain role name: {role!r}")
+    async with conn.transaction():
+        for table, privileges in SERVICE_GRANTS.items():
+            await conn.execute(f"GRANT {privileges} ON {table} TO {role}")
+        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")

@@ -150,7 +150,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",
-        limit_concurrency=1024,
+        limit_concurrency=settings.api_concurrency_max,
     )
     server = _Server(config)
     sockets = (

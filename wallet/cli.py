@@ -89,6 +89,27 @@ def migrate() -> None:
 
 
 @main.command()
+@click.argument("role")
+def grant(role: str) -> None:
+    """Grant ROLE (an existing database role) what the service needs and no more: the ledger
+    tables insert-only. Run the service as ROLE, migrations as the tables' owner."""
+    import asyncpg
+
+    from processor.schema_migrations import grant_service_role
+    from wallet.db import connection
+
+    async def go() -> None:
+        async with connection(_settings()) as conn:
+            await grant_service_role(conn, role)
+
+    try:
+        _run(go())
+    except (ValueError, asyncpg.UndefinedObjectError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{role}: granted")
+
+
+@main.command()
 def topics() -> None:
     """Create the topics if missing (partition count from WALLET_PARTITIONS)."""
     from wallet.kafka import ensure_topics

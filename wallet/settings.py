@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     api_reuse_port: bool = False  # let several `wallet api` processes share the port
     api_reply_timeout_ms: int = Field(5_000, ge=10, le=60_000)
     api_body_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    # Connections or requests one API process serves at once; past it, 503 at once instead of
+    # an unbounded queue. (Each HTTP/1.1 connection carries one request at a time.)
+    api_concurrency_max: int = Field(1024, ge=1, le=100_000)
     # How long a checked API key is trusted without asking PostgreSQL again: a revoked key
     # stops working within this time.
     api_key_cache_ttl_ms: int = Field(5_000, ge=0, le=300_000)

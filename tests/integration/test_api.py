@@ -240,6 +240,36 @@ class TestBadInput:
         assert (await fetch(stack, "SELECT count(*) AS n FROM processed_commands"))[0]["n"] == 0
 
 
+class TestConcurrencyLimit:
+    async def test_requests_past_the_limit_get_503_at_once(self, stack: Settings) -> None:
+        """With every slot held by a write awaiting its reply, more requests get 503, not a
+        queue."""
+        settings = stack.model_copy(update={"api_port": free_port(), "api_concurrency_max": 4,
+                                            "api_reply_timeout_ms": 3000})  # fmt: skip
+        key = await new_key(stack, "busy", ["commands:write"])
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(settings, stop))  # no processor: replies never come
+        base = f"http://127.0.0.1:{settings.api_port}"
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as probe:
+                await _wait_up(probe)
+            clients = [httpx.AsyncClient(base_url=base, timeout=30, headers=_bearer(key))
+                       for _ in range(8)]  # fmt: skip
+            holding = [asyncio.create_task(c.post("/wallet/topup", json=_body()))
+                       for c in clients[:3]]  # fmt: skip
+            await asyncio.sleep(0.5)  # three writes now wait for replies, holding their slots
+            late = await asyncio.gather(*(c.post("/wallet/topup", json=_body())
+                                          for c in clients[3:]))  # fmt: skip
+            held = await asyncio.gather(*holding)
+            for c in clients:
+                await c.aclose()
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, 30)
+        assert [r.status_code for r in held] == [202] * 3  # accepted for processing, reply late
+        assert [r.status_code for r in late] == [503] * 5
+
+
 def _json(body: Any) -> bytes:
     import json
 

@@ -55,11 +55,15 @@ class TestDecode:
         [{"extra": 1}, {"idempotency_key": "k" * 129}, {"type": "steal"}, {"asset": "gold"},
          {"user_id": ""}, {"sent_at": "2026-01-01T00:00:00"},
          {"metadata": {str(i): i for i in range(17)}}, {"metadata": {"k": 2**63}},
-         {"metadata": {"k": -(2**63) - 1}}],
+         {"metadata": {"k": -(2**63) - 1}}, {"metadata": {"k": "v" * 257}},
+         {"metadata": {"k" * 65: 1}}, {"metadata": {f"k{i}": "v" * 200 for i in range(12)}},
+         {"user_id": "u" * 129}, {"description": "d" * 513}, {"amount": 10**15 + 1},
+         {"amount": 0}],
     )  # fmt: skip
     def test_contract_violations(self, changes: dict[str, object]) -> None:
-        """Unknown fields, long keys, bad enums, naive times, big metadata and metadata integers
-        past 64 bits (which JSON encoders refuse) are refused."""
+        """Unknown fields, long keys, bad enums, naive times, metadata past its limits (keys,
+        bytes, string and key lengths, integers past 64 bits, which JSON encoders refuse),
+        long ids and descriptions, amounts out of range: all refused."""
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
 
 
