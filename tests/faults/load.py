@@ -11,7 +11,9 @@ to the model, and `wallet verify` clean.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +21,8 @@ from aiokafka.errors import KafkaError
 
 from commands.client import WalletClient
 from schemas.commands import AMOUNT_MAX, Command
-from tests.integration.helpers import command, fetch
-from tests.integration.processes import run_wallet
+from tests.integration.helpers import client_for, command, fetch
+from tests.integration.processes import WalletProcess, run_wallet
 from wallet.errors import WalletError
 from wallet.settings import Settings
 
@@ -133,6 +135,27 @@ class Load:
                 progress_s = loop.time()
             await asyncio.sleep(0.1)
         return {cid: f.result() for cid, f in self._futures.items()}
+
+
+@contextlib.asynccontextmanager
+async def under_load(
+    settings: Settings,
+    work: Workload,
+    rate_per_s: float,
+    procs: list[WalletProcess],
+    answered_first: int = 500,
+) -> AsyncIterator[Load]:
+    """A load under way (its first replies in) for the body to damage; every process in
+    `procs` (as the list stands at the end: the body may replace some) stopped afterwards."""
+    try:
+        async with client_for(settings) as client:
+            load = Load(client, work, rate_per_s)
+            load.start()
+            await load.wait_answered(answered_first, timeout_s=120)
+            yield load
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 @dataclass(frozen=True)

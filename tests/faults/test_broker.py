@@ -14,8 +14,8 @@ import signal
 
 import pytest
 
-from tests.faults.load import Load, account, workload
-from tests.integration.helpers import client_for, fetch
+from tests.faults.load import account, under_load, workload
+from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.devstack import EmbeddedBroker
 from wallet.kafka import ensure_topics
@@ -32,20 +32,13 @@ class TestBrokerRestart:
         broker, settings = own_broker
         work = workload(6_000, 200, seed=8, reply_to=settings.replies_topic)
         procs = [WalletProcess(settings), WalletProcess(settings)]
-        try:
-            async with client_for(settings) as client:
-                load = Load(client, work, rate_per_s=300)
-                load.start()
-                await load.wait_answered(1_000, timeout_s=120)
-                broker.stop()
-                await asyncio.sleep(2)
-                broker.start()  # same port, empty logs
-                await ensure_topics(settings)
-                replies = await load.settle(timeout_s=240, resend_after_s=RESEND_AFTER_S)
+        async with under_load(settings, work, 300, procs, answered_first=1_000) as load:
+            broker.stop()
+            await asyncio.sleep(2)
+            broker.start()  # same port, empty logs
+            await ensure_topics(settings)
+            replies = await load.settle(timeout_s=240, resend_after_s=RESEND_AFTER_S)
             assert all(p.alive() for p in procs)
-        finally:
-            for proc in procs:
-                proc.stop()
         resets = await fetch(settings, "SELECT count(*) AS n FROM partition_resets")
         assert resets[0]["n"] >= 1, "no processor noticed the replaced log"
         audit = await account(settings, work, load, replies)
@@ -62,19 +55,13 @@ class TestBrokerStall:
         work = workload(6_000, 200, seed=9, reply_to=settings.replies_topic)
         procs = [WalletProcess(settings), WalletProcess(settings)]
         assert broker.proc is not None
-        try:
-            async with client_for(settings) as client:
-                load = Load(client, work, rate_per_s=300)
-                load.start()
-                await load.wait_answered(1_000, timeout_s=120)
-                broker.proc.send_signal(signal.SIGSTOP)
+        async with under_load(settings, work, 300, procs, answered_first=1_000) as load:
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
                 await asyncio.sleep(settings.session_timeout_ms / 1000 + 2)
+            finally:
                 broker.proc.send_signal(signal.SIGCONT)
-                replies = await load.settle(timeout_s=240, resend_after_s=RESEND_AFTER_S)
+            replies = await load.settle(timeout_s=240, resend_after_s=RESEND_AFTER_S)
             assert all(p.alive() for p in procs)
-        finally:
-            broker.proc.send_signal(signal.SIGCONT)
-            for proc in procs:
-                proc.stop()
         audit = await account(settings, work, load, replies)
         print(audit.line("broker frozen past the session timeout"))

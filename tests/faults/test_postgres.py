@@ -9,8 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.faults.load import Load, account, workload
-from tests.integration.helpers import client_for
+from tests.faults.load import account, under_load, workload
 from tests.integration.processes import WalletProcess
 from wallet.devstack import EmbeddedPostgres, free_port
 from wallet.settings import Settings
@@ -29,31 +28,20 @@ class TestPostgresOutage:
         server, settings = own_postgres
         work = workload(8_000, 300, seed=6, reply_to=settings.replies_topic)
         port = free_port()
-        procs = [WalletProcess(settings), WalletProcess(settings)]
         api = WalletProcess(settings, "api", env={"WALLET_API_PORT": str(port)})
-        try:
-            async with (
-                client_for(settings) as client,
-                httpx.AsyncClient(
-                    base_url=f"http://127.0.0.1:{port}", timeout=READY_ANSWER_S
-                ) as http,
-            ):
-                load = Load(client, work, rate_per_s=400)
-                load.start()
-                await load.wait_answered(500, timeout_s=120)
-                server.stop()
-                during = await _ready_codes(http, OUTAGE_S)
-                server.start()
-                replies = await load.settle(timeout_s=240)
-                after = (await http.get("/ready")).status_code
-            dead = [p.log()[-3000:] for p in [*procs, api] if not p.alive()]
+        procs = [WalletProcess(settings), WalletProcess(settings), api]
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=READY_ANSWER_S)
+        async with http, under_load(settings, work, 400, procs) as load:
+            server.stop()
+            during = await _ready_codes(http, OUTAGE_S)
+            server.start()
+            replies = await load.settle(timeout_s=240)
+            after = (await http.get("/ready")).status_code
+            dead = [p.log()[-3000:] for p in procs if not p.alive()]
             assert not dead, f"a process died instead of retrying: {dead}"
-        finally:
-            for proc in [*procs, api]:
-                proc.stop()
         assert during and set(during) == {503}, during
         assert after == 200
-        assert any("batch failed" in p.log() or "could not claim" in p.log() for p in procs)
+        assert any("batch failed" in p.log() or "could not claim" in p.log() for p in procs[:2])
         audit = await account(settings, work, load, replies)
         print(audit.line(f"PostgreSQL stopped {OUTAGE_S:.0f} s; /ready {during[0]} meanwhile"))
 
@@ -94,20 +82,14 @@ class TestWriteErrors:
         logs each and retries with backoff, never skipping or half-writing a command."""
         work = workload(6_000, 200, seed=7, reply_to=stack.replies_topic)
         await _execute(stack, _FAULT_SQL)
-        processor = WalletProcess(stack)
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=400)
-                load.start()
-                await load.wait_answered(500, timeout_s=120)
-                for sqlstate in ("53100", "23514"):  # disk_full, check_violation
-                    await _execute(stack, f"INSERT INTO fault_switch VALUES ('{sqlstate}')")
-                    await asyncio.sleep(4)
-                    await _execute(stack, "DELETE FROM fault_switch")
-                replies = await load.settle(timeout_s=240)
-        finally:
-            processor.stop()
-        log = processor.log()
+        procs = [WalletProcess(stack)]
+        async with under_load(stack, work, 400, procs) as load:
+            for sqlstate in ("53100", "23514"):  # disk_full, check_violation
+                await _execute(stack, f"INSERT INTO fault_switch VALUES ('{sqlstate}')")
+                await asyncio.sleep(4)
+                await _execute(stack, "DELETE FROM fault_switch")
+            replies = await load.settle(timeout_s=240)
+        log = procs[0].log()
         for error in ("DiskFullError", "CheckViolationError"):
             assert "batch failed; will retry from the stored offset" in log and error in log
         audit = await account(stack, work, load, replies)

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from tests.faults.load import Load, account, workload
-from tests.integration.helpers import client_for, fetch, wait_projected
+from tests.faults.load import account, under_load, workload
+from tests.integration.helpers import fetch, wait_projected
 from tests.integration.processes import WalletProcess
 from wallet.settings import Settings
 
@@ -27,42 +27,26 @@ class TestProcessorKills:
         work = workload(12_000, 300, seed=1, reply_to=stack.replies_topic)
         rng = random.Random(11)
         procs = [WalletProcess(stack) for _ in range(3)]
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=400)
-                load.start()
-                await load.wait_answered(500, timeout_s=120)
-                for _ in range(20):
-                    await asyncio.sleep(rng.uniform(0.2, 1.8))
-                    victim = rng.randrange(len(procs))
-                    procs[victim].kill()
-                    procs[victim] = WalletProcess(stack)
-                assert load.published < len(work.commands), "the kills came after the load"
-                replies = await load.settle(timeout_s=300)
-        finally:
-            for proc in procs:
-                proc.stop()
+        async with under_load(stack, work, 400, procs) as load:
+            for _ in range(20):
+                await asyncio.sleep(rng.uniform(0.2, 1.8))
+                victim = rng.randrange(len(procs))
+                procs[victim].kill()
+                procs[victim] = WalletProcess(stack)
+            assert load.published < len(work.commands), "the kills came after the load"
+            replies = await load.settle(timeout_s=300)
         audit = await account(stack, work, load, replies)
         print(audit.line("kill -9 of a processor, 20 times, 3 processors"))
 
     async def test_relay_killed_with_replies_unpublished(self, stack: Settings) -> None:
         """kill -9 while committed replies wait in the outbox; the successor publishes them."""
         work = workload(6_000, 200, seed=2, reply_to=stack.replies_topic)
-        first = WalletProcess(stack)
-        second = None
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=500)
-                load.start()
-                await load.wait_answered(300, timeout_s=120)
-                backlog = await _wait_backlog(stack, timeout_s=30)
-                first.kill()
-                second = WalletProcess(stack)
-                replies = await load.settle(timeout_s=240)
-        finally:
-            first.stop()
-            if second is not None:
-                second.stop()
+        procs = [WalletProcess(stack)]
+        async with under_load(stack, work, 500, procs, answered_first=300) as load:
+            backlog = await _wait_backlog(stack, timeout_s=30)
+            procs[0].kill()
+            procs.append(WalletProcess(stack))
+            replies = await load.settle(timeout_s=240)
         audit = await account(stack, work, load, replies)
         print(audit.line(f"kill -9 of the relay with {backlog} replies unpublished"))
 
@@ -83,19 +67,12 @@ class TestZombie:
         fenced and the ledger stays exact."""
         work = workload(8_000, 200, seed=3, reply_to=stack.replies_topic)
         procs = [WalletProcess(stack), WalletProcess(stack)]
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=400)
-                load.start()
-                await load.wait_answered(500, timeout_s=120)
-                procs[0].pause()
-                await asyncio.sleep(stack.session_timeout_ms / 1000 + 4)
-                procs[0].resume()
-                replies = await load.settle(timeout_s=240)
-                assert procs[0].alive(), "the thawed processor died instead of rejoining"
-        finally:
-            for proc in procs:
-                proc.stop()
+        async with under_load(stack, work, 400, procs) as load:
+            procs[0].pause()
+            await asyncio.sleep(stack.session_timeout_ms / 1000 + 4)
+            procs[0].resume()
+            replies = await load.settle(timeout_s=240)
+            assert procs[0].alive(), "the thawed processor died instead of rejoining"
         owners = await fetch(stack, "SELECT max(owner_epoch) AS e FROM partition_state")
         assert owners[0]["e"] >= 2, "the frozen member's partitions were never taken over"
         audit = await account(stack, work, load, replies)
@@ -107,18 +84,11 @@ class TestScaleOut:
         """Members join and die while commands flow; every effect happens once."""
         work = workload(8_000, 300, seed=4, reply_to=stack.replies_topic)
         procs = [WalletProcess(stack), WalletProcess(stack)]
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=400)
-                load.start()
-                await load.wait_answered(1_000, timeout_s=120)
-                procs.append(WalletProcess(stack))  # a third member joins mid-flow
-                await load.wait_answered(3_000, timeout_s=120)
-                procs[0].kill()  # one member dies mid-flow
-                replies = await load.settle(timeout_s=240)
-        finally:
-            for proc in procs:
-                proc.stop()
+        async with under_load(stack, work, 400, procs, answered_first=1_000) as load:
+            procs.append(WalletProcess(stack))  # a third member joins mid-flow
+            await load.wait_answered(3_000, timeout_s=120)
+            procs[0].kill()  # one member dies mid-flow
+            replies = await load.settle(timeout_s=240)
         audit = await account(stack, work, load, replies)
         print(audit.line("a third processor joins, then one is killed"))
 
@@ -129,24 +99,15 @@ class TestProjectorKills:
         ledger (`wallet verify` compares every projected balance)."""
         work = workload(8_000, 2_000, seed=5, reply_to=stack.replies_topic)
         rng = random.Random(5)
-        processor = WalletProcess(stack)
-        projector = None
-        try:
-            async with client_for(stack) as client:
-                load = Load(client, work, rate_per_s=500)
-                load.start()
-                await load.wait_answered(3_000, timeout_s=120)  # a backlog to project
-                for _ in range(3):
-                    projector = WalletProcess(stack, "projector")
-                    await asyncio.sleep(rng.uniform(1.5, 3.0))
-                    projector.kill()
-                projector = WalletProcess(stack, "projector")
-                replies = await load.settle(timeout_s=240)
-                await wait_projected(stack, timeout_s=120)
-        finally:
-            processor.stop()
-            if projector is not None:
-                projector.stop()
+        procs = [WalletProcess(stack)]
+        async with under_load(stack, work, 500, procs, answered_first=3_000) as load:
+            for _ in range(3):  # a backlog to project: the projector starts late
+                procs.append(WalletProcess(stack, "projector"))
+                await asyncio.sleep(rng.uniform(1.5, 3.0))
+                procs[-1].kill()
+            procs.append(WalletProcess(stack, "projector"))
+            replies = await load.settle(timeout_s=240)
+            await wait_projected(stack, timeout_s=120)
         checkpoints = await fetch(stack, "SELECT count(*) AS n FROM projection_checkpoints")
         assert checkpoints[0]["n"] == stack.partitions
         audit = await account(stack, work, load, replies)

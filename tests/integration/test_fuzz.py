@@ -53,6 +53,13 @@ def _schemathesis(url: str, key: str, *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+def _cases(report: str) -> str:
+    """schemathesis's own count of the test cases it ran ("712 generated, 712 passed")."""
+    lines = report.splitlines()
+    found = [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if "Test cases:" in line]
+    return found[0] if found else "?"
+
+
 class TestFuzz:
     async def test_invalid_requests_are_4xx_and_write_nothing(
         self, served: tuple[str, str], stack: Settings
@@ -65,6 +72,7 @@ class TestFuzz:
         assert run.returncode == 0, run.stdout[-6000:]
         rows = await fetch(stack, "SELECT count(*) AS n FROM processed_commands")
         assert rows[0]["n"] == 0, "an invalid request was written"
+        print("fuzz | negative |", _cases(run.stdout), "| 0 commands written")
 
     async def test_valid_requests_never_make_a_server_error(self, served: tuple[str, str]) -> None:
         """Requests the schema allows: answered without a 5xx, each status one the spec lists."""
@@ -72,3 +80,4 @@ class TestFuzz:
         run = await asyncio.to_thread(_schemathesis, url, key, "--mode", "positive",
                                       "--checks", "not_a_server_error")  # fmt: skip
         assert run.returncode == 0, run.stdout[-6000:]
+        print("fuzz | positive |", _cases(run.stdout))
