@@ -216,8 +216,8 @@ class Processor:
         between the stored offset and them, or looked like a replaced log. The consumer's
         position is already past them, so it must be moved back, not just ignored.
 
-        This requires a commands topic without offset gaps (no compaction, no transactional
-        producers), which is what DESIGN.md specifies.
+        This requires a commands topic whose offsets have no gaps: no compaction, and no
+        transactional producers (their commit markers take offsets). The README says so.
         """
         assert self._consumer is not None
         log.info("records fetched before a seek dropped; fetching again",

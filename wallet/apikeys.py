@@ -3,7 +3,8 @@
 A key reads `dw_<key id>_<secret>`: the id (16 hex digits) finds the row, the secret (256 random
 bits) proves possession. Only SHA-256 of the secret is stored, and the check compares digests
 with `hmac.compare_digest`, in constant time; an unknown id is compared against a dummy digest,
-so a miss costs the same as a wrong secret.
+so the comparison runs either way. (Key ids are not secret: they name keys in `wallet keys
+list` and in logs.)
 """
 
 from __future__ import annotations
