@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.integration.processes import PROCESS_ROOT
 from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
 from wallet.kafka import ensure_topics
 from wallet.settings import Settings
@@ -25,14 +27,19 @@ from wallet.stack import Services, embedded_services, ensure_database, prepare
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     """PostgreSQL and a Kafka-protocol broker for the whole run."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wallet-test-"))
     base = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        data_dir=Path(tempfile.mkdtemp(prefix="wallet-test-")),
+        data_dir=data_dir,
         database_url=os.environ.get("WALLET_DATABASE_URL"),
         kafka_bootstrap=os.environ.get("WALLET_KAFKA_BOOTSTRAP"),
     )
-    with embedded_services(base, durable=False) as found:
-        yield found
+    try:
+        with embedded_services(base, durable=False) as found:
+            yield found
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(PROCESS_ROOT, ignore_errors=True)
 
 
 @pytest.fixture
@@ -81,13 +88,15 @@ def _embedded_only(variable: str) -> None:
 async def own_broker(stack: Settings) -> AsyncIterator[tuple[EmbeddedBroker, Settings]]:
     """A private embedded broker this test may stop, pause and restart."""
     _embedded_only("WALLET_KAFKA_BOOTSTRAP")
-    broker = EmbeddedBroker(Path(tempfile.mkdtemp(prefix="wallet-broker-")) / "broker.log")
-    settings = stack.model_copy(update={"kafka_bootstrap": broker.start()})
-    await ensure_topics(settings)
+    folder = Path(tempfile.mkdtemp(prefix="wallet-broker-"))
+    broker = EmbeddedBroker(folder / "broker.log")
     try:
+        settings = stack.model_copy(update={"kafka_bootstrap": broker.start()})
+        await ensure_topics(settings)
         yield broker, settings
     finally:
         broker.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -95,9 +104,10 @@ async def own_postgres(services: Services) -> AsyncIterator[tuple[EmbeddedPostgr
     """A private embedded PostgreSQL server this test may stop and restart (same port, same
     data), with the shared broker."""
     _embedded_only("WALLET_DATABASE_URL")
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="wallet-pg-")) / "pg", durable=False)
-    database_url = server.start().rsplit("/", 1)[0] + "/wallet"
+    folder = Path(tempfile.mkdtemp(prefix="wallet-pg-"))
+    server = EmbeddedPostgres(folder / "pg", durable=False)
     try:
+        database_url = server.start().rsplit("/", 1)[0] + "/wallet"
         await ensure_database(database_url, timeout_s=10)
         settings = _test_settings(database_url, services.kafka_bootstrap)
         await prepare(settings)
@@ -105,6 +115,7 @@ async def own_postgres(services: Services) -> AsyncIterator[tuple[EmbeddedPostgr
         await _delete_topics(settings)
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _delete_topics(settings: Settings) -> None:

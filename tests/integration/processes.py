@@ -12,6 +12,9 @@ from pathlib import Path
 from wallet.devstack import stop_process
 from wallet.settings import Settings
 
+# Every process's folder (its log) lives under this one, removed when the test session ends.
+PROCESS_ROOT = Path(tempfile.mkdtemp(prefix="wallet-procs-"))
+
 _PASSED_SETTINGS = [
     "database_url", "kafka_bootstrap", "commands_topic", "replies_topic", "events_topic",
     "dlq_topic", "partitions", "consumer_group", "producer_idempotence", "session_timeout_ms",
@@ -36,7 +39,7 @@ class WalletProcess:
     def __init__(
         self, settings: Settings, role: str = "processor", env: dict[str, str] | None = None
     ) -> None:
-        self._cwd = Path(tempfile.mkdtemp(prefix=f"wallet-{role}-"))
+        self._cwd = Path(tempfile.mkdtemp(prefix=f"{role}-", dir=PROCESS_ROOT))
         self.log_path = self._cwd / f"{role}.log"
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(

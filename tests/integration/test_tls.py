@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ def tls_server() -> Iterator[tuple[str, Path]]:
         yield server.start(), ca_file
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings(url: str) -> Settings:
@@ -62,11 +64,11 @@ class TestPostgresTls:
         assert row is not None and row["ssl"] is True and row["version"].startswith("TLS")
 
     async def test_a_certificate_from_another_ca_is_refused(
-        self, tls_server: tuple[str, Path]
+        self, tls_server: tuple[str, Path], tmp_path: Path
     ) -> None:
         """Verification is real: trusting a different CA, the connection fails."""
         url, _ = tls_server
-        other_ca = Path(tempfile.mkdtemp()) / "other.pem"
+        other_ca = tmp_path / "other.pem"
         trustme.CA().cert_pem.write_to_path(str(other_ca))
         with pytest.raises(ssl.SSLCertVerificationError):
             async with connection(_settings(f"{url}?sslmode=verify-full&sslrootcert={other_ca}")):
