@@ -8,6 +8,7 @@ fsync off for speed) whenever WALLET_DATABASE_URL / WALLET_KAFKA_BOOTSTRAP are n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -15,8 +16,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from wallet.errors import DevStackError
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 _PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+_PR_SET_PDEATHSIG = 1
 
 
 def postgres_bin_dir() -> Path:
@@ -45,6 +49,19 @@ def _as_user(user: str | None) -> dict[str, Any]:
     if user is None:
         return {}
     return {"user": user, "group": user, "extra_groups": []}
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn: the server gets `sig` when the process that started it dies, even by
+    kill -9, so no embedded server outlives a killed `wallet up` or test run (Linux only;
+    elsewhere the servers are stopped the ordinary way only)."""
+    if sys.platform != "linux":
+        return None
+
+    def set_parent_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+    return set_parent_death_signal
 
 
 def free_port() -> int:
@@ -96,8 +113,9 @@ class EmbeddedBroker:
         argv += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent(signal.SIGTERM),
+            )  # fmt: skip
         wait_for_port(self.port, self.proc, self.log_path)
         return self.bootstrap
 
@@ -150,7 +168,8 @@ class EmbeddedPostgres:
         log_path = self.data_dir.parent / "postgres.log"
         with log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True, **_as_user(user))  # fmt: skip
+                                         start_new_session=True, **_as_user(user),
+                                         preexec_fn=_die_with_parent(signal.SIGINT))  # fmt: skip
         wait_for_port(self.port, self.proc, log_path)
         self._wait_ready(bin_dir / "pg_isready")
         return self.url

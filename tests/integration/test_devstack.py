@@ -1,0 +1,51 @@
+"""The embedded development stack: no server outlives the process that started it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_STARTER = """
+import sys, time
+from pathlib import Path
+from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
+folder = Path(sys.argv[1])
+broker, pg = EmbeddedBroker(folder / "broker.log"), EmbeddedPostgres(folder / "pg", durable=False)
+broker.start()
+pg.start()
+print(broker.proc.pid, pg.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+class TestNoOrphans:
+    def test_servers_stop_when_their_starter_is_killed(self, tmp_path: Path) -> None:
+        """kill -9 of the process that started the embedded PostgreSQL and broker stops both
+        (a killed `wallet up` or test run leaves no server behind)."""
+        starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path)],
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert starter.stdout is not None
+            pids = [int(p) for p in starter.stdout.readline().split()]
+        finally:
+            starter.kill()
+            starter.wait(10)
+        assert len(pids) == 2, "the starter did not start both servers"
+        deadline_s = time.monotonic() + 15
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline_s:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in pids), "a server outlived its starter"
