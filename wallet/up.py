@@ -75,6 +75,7 @@ async def _dev_key(settings: Settings) -> str:
     async with connection(settings) as conn:
         await revoke_key(conn, DEV_KEY_NAME)
         key = await create_key(conn, DEV_KEY_NAME, list(SCOPES))
+    DEV_KEY_FILE.unlink(missing_ok=True)  # created afresh: private from its first byte
     DEV_KEY_FILE.touch(mode=0o600)
     DEV_KEY_FILE.write_text(key + "\n")
     return key
