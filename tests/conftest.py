@@ -24,6 +24,11 @@ from wallet.settings import Settings
 from wallet.stack import Services, embedded_services, ensure_database, prepare
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the processes' folders, whichever tests ran (unit-only runs included)."""
+    shutil.rmtree(PROCESS_ROOT, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     """PostgreSQL and a Kafka-protocol broker for the whole run."""
@@ -39,7 +44,6 @@ def services() -> Iterator[Services]:
             yield found
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-        shutil.rmtree(PROCESS_ROOT, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ folder = Path(sys.argv[1])
 broker, pg = EmbeddedBroker(folder / "broker.log"), EmbeddedPostgres(folder / "pg", durable=False)
 broker.start()
 pg.start()
-print(broker.proc.pid, pg.proc.pid, flush=True)
+print(broker.proc.pid, pg.proc.pid, pg._socket_dir, flush=True)
 time.sleep(600)
 """
 
@@ -40,10 +41,12 @@ class TestNoOrphans:
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
             assert starter.stdout is not None
-            pids = [int(p) for p in starter.stdout.readline().split()]
+            *started, socket_dir = starter.stdout.readline().split()
+            pids = [int(p) for p in started]
         finally:
             starter.kill()
             starter.wait(10)
+        shutil.rmtree(socket_dir, ignore_errors=True)  # its owner died before removing it
         assert len(pids) == 2, "the starter did not start both servers"
         deadline_s = time.monotonic() + 15
         while any(_running(pid) for pid in pids) and time.monotonic() < deadline_s:
