@@ -34,9 +34,6 @@ from wallet.settings import Settings
 log = structlog.get_logger("wallet.processor")
 _LAG_COMMIT_INTERVAL_S = 1.0
 _RESYNC_BACKOFF_START_S = 0.1
-# Errors after which a batch is retried from the stored position (nothing was half-written:
-# the batch transaction rolled back, or committed and the resync finds the new offset).
-_BATCH_ERRORS = RETRIABLE_DB_ERRORS
 
 
 def owner_name() -> str:
@@ -238,7 +235,9 @@ class Processor:
         except FencedError as exc:  # StaleOffsetError included: its partition is resynced
             self._refused(group, exc)
             return
-        except _BATCH_ERRORS as exc:
+        except RETRIABLE_DB_ERRORS as exc:
+            # Retried from the stored position: nothing was half-written (the transaction
+            # rolled back, or it committed and the resync finds the new offset).
             failures = max(self._mark_stale(b.worker.tp, failed=True) for b in group)
             partitions = [b.worker.tp.partition for b in group]
             log.error("batch failed; will retry from the stored offset", partitions=partitions,
@@ -308,19 +307,21 @@ class Processor:
                 continue
             if await self._take_over(worker):
                 self._stale.pop(tp, None)
-            else:
-                self._mark_stale(tp, failed=True)  # back off: PostgreSQL may be down
 
     async def _take_over(self, worker: PartitionWorker) -> bool:
-        """Claim the partition, queue its unpublished outbox rows, seek to its position."""
+        """Claim the partition, queue its unpublished outbox rows, seek to its position.
+
+        On failure the partition stays stale with a growing backoff (PostgreSQL may be down:
+        retrying every step was seen at about 50 claims a second)."""
         assert self._consumer is not None and self._publisher is not None
         try:
             claim = await worker.take_over()
             after = (claim.published_generation, claim.published_offset)
             await self._publisher.submit_backlog(worker.tp.topic, worker.tp.partition,
                                                  claim.epoch, after)  # fmt: skip
-        except _BATCH_ERRORS as exc:
+        except RETRIABLE_DB_ERRORS as exc:
             log.error("could not claim partition", partition=worker.tp.partition, error=repr(exc))
+            self._mark_stale(worker.tp, failed=True)
             return False
         self._consumer.seek(worker.tp, worker.fetch_from)
         log.info("partition claimed", partition=worker.tp.partition, epoch=claim.epoch,
@@ -347,7 +348,7 @@ class Processor:
         except FencedError:
             self._drop(tp)
             return
-        except _BATCH_ERRORS as exc:
+        except RETRIABLE_DB_ERRORS as exc:
             log.error("could not record partition reset", partition=tp.partition, error=repr(exc))
             self._mark_stale(tp, failed=True)
             return
@@ -368,8 +369,7 @@ class Processor:
                 worker = PartitionWorker(tp, self._store, self._assets, self._config)
                 self._workers[tp] = worker
                 self._consumer.resume(tp)
-                if not await self._take_over(worker):
-                    self._mark_stale(tp, failed=True)
+                await self._take_over(worker)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         async with self._lock:

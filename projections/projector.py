@@ -28,7 +28,6 @@ BATCH_ENTRIES_MAX = 20_000
 IDLE_SLEEP_S = 0.05
 PARTITIONS_REFRESH_S = 5.0
 BACKOFF_MAX_S = 5.0
-_RETRIABLE = RETRIABLE_DB_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +171,7 @@ class Projector:
                     for partition in partitions:
                         applied += await self._step(conn, partition, positions)
                 backoff_s = IDLE_SLEEP_S
-            except _RETRIABLE as exc:
+            except RETRIABLE_DB_ERRORS as exc:
                 log.error("projection failed; retrying", error=repr(exc), backoff_s=backoff_s)
                 positions.clear()  # a commit whose answer was lost may have moved them
                 applied, backoff_s = 0, min(backoff_s * 2, BACKOFF_MAX_S)

@@ -8,7 +8,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -16,6 +16,9 @@ import orjson
 from wallet.errors import WalletError
 from wallet.logs import configure_logging
 from wallet.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported lazily below: every command pays for what it imports
+    import asyncpg
 
 T = TypeVar("T")
 
@@ -38,6 +41,17 @@ def _run(coro: Awaitable[T]) -> T:
             return runner.run(coro)  # type: ignore[arg-type]
     except WalletError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _on_db(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` on one short connection: an operator command's way to the database."""
+    from wallet.db import connection
+
+    async def go() -> T:
+        async with connection(_settings()) as conn:
+            return await work(conn)
+
+    return _run(go())
 
 
 def _run_role(role: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
@@ -78,13 +92,8 @@ def up() -> None:
 def migrate() -> None:
     """Apply the schema migrations that are missing (idempotent)."""
     from processor.schema_migrations import migrate as apply
-    from wallet.db import connection
 
-    async def go() -> list[str]:
-        async with connection(_settings()) as conn:
-            return await apply(conn)
-
-    applied = _run(go())
+    applied = _on_db(apply)
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -96,14 +105,9 @@ def grant(role: str) -> None:
     import asyncpg
 
     from processor.schema_migrations import grant_service_role
-    from wallet.db import connection
-
-    async def go() -> None:
-        async with connection(_settings()) as conn:
-            await grant_service_role(conn, role)
 
     try:
-        _run(go())
+        _on_db(lambda conn: grant_service_role(conn, role))
     except (ValueError, asyncpg.UndefinedObjectError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{role}: granted")
@@ -224,15 +228,8 @@ def assets() -> None:
 @assets.command("list")
 def assets_list() -> None:
     """Print every asset code and name."""
-    from wallet.db import connection
-
-    async def go() -> list[tuple[str, str]]:
-        async with connection(_settings()) as conn:
-            rows = await conn.fetch("SELECT code, name FROM assets ORDER BY code")
-        return [(r["code"], r["name"]) for r in rows]
-
-    for code, name in _run(go()):
-        click.echo(f"{code:<12} {name}")
+    for row in _on_db(lambda conn: conn.fetch("SELECT code, name FROM assets ORDER BY code")):
+        click.echo(f"{row['code']:<12} {row['name']}")
 
 
 @assets.command("add")
@@ -242,21 +239,12 @@ def assets_add(code: str, name: str) -> None:
     """Add an asset; processors see it on the next command that names it."""
     import asyncpg
 
-    from wallet.db import connection
-
-    async def go() -> str:
-        try:
-            async with connection(_settings()) as conn:
-                done = await conn.execute(
-                    "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING",
-                    code,
-                    name,
-                )
-        except asyncpg.CheckViolationError:
-            raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
-        return "added" if done.endswith(" 1") else "already exists"
-
-    click.echo(f"{code}: {_run(go())}")
+    insert = "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING"
+    try:
+        done = _on_db(lambda conn: conn.execute(insert, code, name))
+    except asyncpg.CheckViolationError:
+        raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
+    click.echo(f"{code}: " + ("added" if done.endswith(" 1") else "already exists"))
 
 
 @main.group()
@@ -274,14 +262,9 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     import asyncpg
 
     from wallet.apikeys import create_key
-    from wallet.db import connection
-
-    async def go() -> str:
-        async with connection(_settings()) as conn:
-            return await create_key(conn, name, list(scopes))
 
     try:
-        key = _run(go())
+        key = _on_db(lambda conn: create_key(conn, name, list(scopes)))
     except asyncpg.UniqueViolationError:
         raise click.ClickException(f"a live key is already called {name!r}") from None
     except asyncpg.CheckViolationError:
@@ -293,13 +276,8 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
 def keys_list() -> None:
     """Every key: id, name, scopes, created, revoked (never the key itself)."""
     from wallet.apikeys import list_keys
-    from wallet.db import connection
 
-    async def go() -> list[Any]:
-        async with connection(_settings()) as conn:
-            return await list_keys(conn)
-
-    for k in _run(go()):
+    for k in _on_db(list_keys):
         revoked = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
         click.echo(f"{k.key_id}  {k.name:<20} {','.join(k.scopes):<40} "
                    f"{k.created_at:%Y-%m-%d %H:%M}  {revoked}")  # fmt: skip
@@ -311,13 +289,8 @@ def keys_revoke(name: str) -> None:
     """Revoke the live key called NAME (API processes stop accepting it within
     WALLET_API_KEY_CACHE_TTL_MS)."""
     from wallet.apikeys import revoke_key
-    from wallet.db import connection
 
-    async def go() -> bool:
-        async with connection(_settings()) as conn:
-            return await revoke_key(conn, name)
-
-    if not _run(go()):
+    if not _on_db(lambda conn: revoke_key(conn, name)):
         raise click.ClickException(f"no live key is called {name!r}")
     click.echo(f"{name}: revoked")
 
