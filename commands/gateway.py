@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,7 @@ from schemas.commands import (
     UserId,
 )
 
+log = structlog.get_logger("wallet.gateway")
 router = APIRouter(prefix="/wallet", tags=["commands"])
 
 _REJECTION_STATUS = {"insufficient_funds": 402, "idempotency_key_reused": 409}
@@ -75,12 +77,19 @@ async def _write(kind: CommandType, body: WriteRequest, request: Request) -> JSO
         reply_to=client.reply_topic,
         sent_at=datetime.now(UTC),
     )
-    future = await client.publish(command)
-    try:
-        reply = await asyncio.wait_for(asyncio.shield(future), request.app.state.reply_timeout_s)
-    except TimeoutError:
-        late = {"status": "pending", "commandId": str(command.command_id)}
-        return JSONResponse(late, status_code=202)
+    # Every log line of this request's handling, ours or the client's, carries these two.
+    with structlog.contextvars.bound_contextvars(
+        command_id=str(command.command_id), user_id=command.user_id
+    ):
+        future = await client.publish(command)
+        log.debug("command published", type=kind.value)
+        try:
+            timeout_s = request.app.state.reply_timeout_s
+            reply = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            log.info("reply late; answered 202", timeout_s=timeout_s)
+            late = {"status": "pending", "commandId": str(command.command_id)}
+            return JSONResponse(late, status_code=202)
     return JSONResponse(_response(reply, body), status_code=_status_code(reply))
 
 

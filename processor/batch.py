@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -75,13 +76,21 @@ class BatchContext:
     processed_at: datetime
 
 
+class Outcome(NamedTuple):
+    """What became of one record: for metrics and its log line."""
+
+    type: str  # the command type, or "unknown" for a record that is not a command
+    outcome: str  # accepted, rejected, duplicate or dead_lettered
+    code: str  # the error code, "" when accepted
+
+
 @dataclass(slots=True)
 class BatchPlan:
     processed_rows: list[tuple[object, ...]] = field(default_factory=list)
     entry_rows: list[tuple[object, ...]] = field(default_factory=list)
     outbox_rows: list[tuple[object, ...]] = field(default_factory=list)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
-    outcomes: Counter[str] = field(default_factory=Counter)
+    decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
 
 
 def payload_hash(command: Command) -> bytes:
@@ -133,6 +142,7 @@ def plan_batch(
         result = _record(ctx, plan, item, command, account, decision)
         seen[(command.user_id, command.idempotency_key)] = result
     _assert_balanced(plan)
+    assert len(plan.decided) == len(items), "one outcome per record"
     return plan
 
 
@@ -192,7 +202,7 @@ def _record(
     )
     event = _event_bytes(ctx, command, tx_id, decision) if isinstance(decision, Accepted) else None
     _outbox(ctx, plan, item, command.reply_to, _reply_bytes(ctx, command, result, False), event)
-    plan.outcomes[result.status if tx_id else f"rejected:{error_code}"] += 1
+    plan.decided.append(Outcome(command.type.value, result.status, error_code or ""))
     return result
 
 
@@ -233,7 +243,7 @@ def _repeat(
     """A key seen before: the original outcome again, or a refusal if the payload differs."""
     if prior.payload_hash == item.payload_hash:
         reply = _reply_bytes(ctx, command, prior, True)
-        plan.outcomes["duplicate"] += 1
+        plan.decided.append(Outcome(command.type.value, "duplicate", ""))
     else:
         reused = StoredResult(
             payload_hash=b"",
@@ -247,7 +257,7 @@ def _repeat(
             amount=command.amount,
         )
         reply = _reply_bytes(ctx, command, reused, True)
-        plan.outcomes["rejected:idempotency_key_reused"] += 1
+        plan.decided.append(Outcome(command.type.value, "rejected", reused.error_code or ""))
     _outbox(ctx, plan, item, command.reply_to, reply, None)
 
 
@@ -275,7 +285,7 @@ def _refuse(ctx: BatchContext, plan: BatchPlan, item: Intake, failure: DecodeFai
                 "processed_at": ctx.processed_at,
             }
         )
-    plan.outcomes[f"invalid:{failure.code.value}"] += 1
+    plan.decided.append(Outcome("unknown", "dead_lettered", failure.code.value))
     plan.outbox_rows.append(
         (
             ctx.topic,
@@ -426,4 +436,5 @@ def _assert_balanced(plan: BatchPlan) -> None:
     for row in plan.entry_rows:
         totals[row[0]] += row[ENTRY_AMOUNT]  # type: ignore[operator]
     assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
-    assert len(plan.entry_rows) == 2 * plan.outcomes["accepted"]
+    accepted = sum(1 for d in plan.decided if d.outcome == "accepted")
+    assert len(plan.entry_rows) == 2 * accepted

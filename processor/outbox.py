@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.store import EventStore, OutboxMessage, PublishedMark
+from wallet import metrics
 from wallet.db import RETRIABLE_DB_ERRORS
 from wallet.kafka import RecordBatches
 from wallet.settings import Settings
@@ -57,6 +58,7 @@ class OutboxPublisher:
     async def submit(self, job: PublishJob) -> None:
         if job.messages:
             await self._queue.put(job)
+            metrics.OUTBOX_BACKLOG.inc(len(job.messages))
 
     async def drain(self) -> None:
         """Wait until every submitted job is published (or its partition was lost)."""
@@ -82,6 +84,7 @@ class OutboxPublisher:
                 jobs.append(self._queue.get_nowait())
             try:
                 await self._publish_until_done(jobs)
+                metrics.OUTBOX_BACKLOG.dec(sum(len(job.messages) for job in jobs))
             finally:
                 for _ in jobs:
                     self._queue.task_done()

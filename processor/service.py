@@ -14,18 +14,22 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from processor.batch import AccountKey, IdempotencyId, StoredResult
+from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
 from processor.decide import AccountState
 from processor.intake import IntakeRules
 from processor.outbox import OutboxPublisher, PublishJob
 from processor.store import EventStore, PostgresEventStore, StaleOffsetError
 from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
+from schemas.commands import Command
+from wallet import metrics
 from wallet.db import RETRIABLE_DB_ERRORS
 from wallet.errors import FencedError
 from wallet.kafka import make_consumer, make_producer
@@ -65,11 +69,18 @@ class Processor:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: OutboxPublisher | None = None
+        self._relay: asyncio.Task[None] | None = None
         self._last_lag_commit_s = 0.0
 
     @property
     def owner(self) -> str:
         return self._config.owner
+
+    def health(self) -> dict[str, Any] | None:
+        """For /health: None until the group is joined, or once the relay has died."""
+        if self._consumer is None or self._relay is None or self._relay.done():
+            return None
+        return {"owner": self.owner, "partitions": sorted(tp.partition for tp in self._workers)}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set, then leave the group cleanly."""
@@ -78,6 +89,7 @@ class Processor:
         await asyncio.wait_for(producer.start(), timeout_s)
         self._publisher = OutboxPublisher(producer, self._store, self._settings)
         relay = asyncio.create_task(self._publisher.run(), name="outbox-relay")
+        self._relay = relay
         consumer = make_consumer(
             self._settings,
             group_id=self._settings.consumer_group,
@@ -159,6 +171,7 @@ class Processor:
             await self._resync_stale()
             await self._check_log_ends()
             await self._run_batches(fetched)
+            self._observe_lag()
         await self._commit_lag_offsets()
 
     async def _run_batches(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -224,6 +237,7 @@ class Processor:
 
     async def _commit(self, group: list[Admitted]) -> None:
         """Look up, plan and commit a group of partitions' batches in one transaction."""
+        started_s = time.perf_counter()
         try:
             (known, loaded), assets = await asyncio.gather(
                 self._lookups(group), self._assets.cover({a for b in group for a in b.assets})
@@ -238,13 +252,16 @@ class Processor:
         except RETRIABLE_DB_ERRORS as exc:
             # Retried from the stored position: nothing was half-written (the transaction
             # rolled back, or it committed and the resync finds the new offset).
+            metrics.BATCH_FAILURES.inc()
             failures = max(self._mark_stale(b.worker.tp, failed=True) for b in group)
             partitions = [b.worker.tp.partition for b in group]
             log.error("batch failed; will retry from the stored offset", partitions=partitions,
                       failures_in_a_row=failures, error=repr(exc))  # fmt: skip
             return
         assert self._publisher is not None
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started_s)
         for b, plan in zip(group, plans, strict=True):
+            _observe(b, plan)
             self._failures.pop(b.worker.tp, None)
             messages = b.worker.committed(b, plan)
             await self._publisher.submit(PublishJob(b.worker.tp.topic, b.worker.tp.partition,
@@ -363,6 +380,7 @@ class Processor:
             self._consumer.pause(tp)
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        metrics.REBALANCES.labels("assigned").inc()
         async with self._lock:
             assert self._consumer is not None
             for tp in sorted(partitions):
@@ -372,9 +390,19 @@ class Processor:
                 await self._take_over(worker)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        metrics.REBALANCES.labels("revoked").inc()
         async with self._lock:
             for tp in partitions:
                 self._drop(tp)
+
+    def _observe_lag(self) -> None:
+        lags = {}
+        for tp, worker in self._workers.items():
+            highwater = self._highwater(tp)
+            if highwater is not None:
+                lags[tp.partition] = max(0, highwater - worker.next_offset)
+        metrics.CONSUMER_LAG.set_all(lags)
+        metrics.PARTITIONS_OWNED.set(len(self._workers))
 
     async def _commit_lag_offsets(self) -> None:
         """Kafka offsets are only for lag dashboards; the truth is in PostgreSQL (rule 4)."""
@@ -389,6 +417,21 @@ class Processor:
             await asyncio.wait_for(self._consumer.commit(offsets), 2.0)
         except (KafkaError, TimeoutError) as exc:
             log.debug("lag offset commit failed", error=repr(exc))
+
+
+def _observe(batch: Admitted, plan: BatchPlan) -> None:
+    """A committed batch's metrics (here at the edge: the planner stays pure)."""
+    metrics.BATCH_SIZE.observe(len(batch.intakes))
+    for outcome, count in Counter(plan.decided).items():
+        metrics.COMMANDS.labels(*outcome).inc(count)
+        if outcome.outcome == "dead_lettered":
+            metrics.DEAD_LETTERS.labels(outcome.code).inc(count)
+    now_s = time.time()
+    for intake in batch.intakes:
+        if isinstance(intake.admitted, Command):
+            # The producer's clock: a producer running ahead would give negative values.
+            sent_s = intake.admitted.sent_at.timestamp()
+            metrics.LATENCY_SECONDS.observe(max(0.0, now_s - sent_s))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -408,7 +451,7 @@ async def run_processor(settings: Settings, stop: asyncio.Event) -> None:
 
     pool = await create_pool(settings)
     try:
-        store = PostgresEventStore(pool, settings.db_timeout_ms / 1000)
-        await Processor(settings, store).run(stop)
+        processor = Processor(settings, PostgresEventStore(pool, settings.db_timeout_ms / 1000))
+        await metrics.beside(settings, "processor", processor.health, processor.run(stop))
     finally:
         await pool.close()

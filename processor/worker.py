@@ -23,6 +23,7 @@ from processor.batch import (
     BatchPlan,
     IdempotencyId,
     Intake,
+    Outcome,
     StoredResult,
     plan_batch,
 )
@@ -205,12 +206,7 @@ class PartitionWorker:
         """The batch is stored: move on, and return what the outbox must publish."""
         self._remember(plan)
         self.next_offset = batch.position.next_offset
-        log.debug(
-            "batch committed",
-            partition=self.tp.partition,
-            size=len(batch.intakes),
-            **plan.outcomes,
-        )
+        _log_outcomes(self.tp.partition, batch.intakes, plan.decided)
         return [_message(row) for row in plan.outbox_rows]
 
     def _remember(self, plan: BatchPlan) -> None:
@@ -219,6 +215,25 @@ class PartitionWorker:
             self._accounts.move_to_end(key)
         while len(self._accounts) > self._config.balance_cache_max:
             self._accounts.popitem(last=False)
+
+
+def _log_outcomes(partition: int, intakes: Sequence[Intake], decided: Sequence[Outcome]) -> None:
+    """One line per record with its command id, user id and partition bound: debug for a
+    command, warning for a dead letter (operators watch those). Never the payload or the
+    decoder's reason (it may quote the input); the dead-letter topic holds both."""
+    bound = log.bind(partition=partition)
+    for intake, outcome in zip(intakes, decided, strict=True):
+        if isinstance(intake.admitted, Command):
+            command = intake.admitted
+            bound.debug("command processed", command_id=str(command.command_id),
+                        user_id=command.user_id, offset=intake.offset, type=outcome.type,
+                        outcome=outcome.outcome, code=outcome.code or None)  # fmt: skip
+        else:
+            envelope = intake.admitted.envelope
+            command_id = str(envelope.command_id) if envelope.command_id else None
+            bound.warning("record dead-lettered", command_id=command_id,
+                          user_id=envelope.user_id, offset=intake.offset,
+                          code=outcome.code)  # fmt: skip
 
 
 def _message(row: tuple[object, ...]) -> OutboxMessage:

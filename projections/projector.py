@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
 
+from wallet import metrics
 from wallet.db import RETRIABLE_DB_ERRORS, Conn, create_pool
 from wallet.settings import Settings
 
@@ -28,6 +31,8 @@ BATCH_ENTRIES_MAX = 20_000
 IDLE_SLEEP_S = 0.05
 PARTITIONS_REFRESH_S = 5.0
 BACKOFF_MAX_S = 5.0
+LAG_REFRESH_S = 1.0
+HEALTHY_ROUND_S = 60.0  # > the longest round: a batch's statement under db_timeout_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,23 +134,28 @@ async def apply_next(
     return Applied(int(count), int(upto))
 
 
-async def lag_seconds(conn: Conn, target: Target = LIVE) -> float:
-    """Age of the oldest ledger entry not yet projected (0 when caught up)."""
-    age = await conn.fetchval(
+async def lag_by_partition(conn: Conn, target: Target = LIVE) -> dict[int, float]:
+    """Per partition, the age of its oldest ledger entry not yet projected (0 when caught up)."""
+    rows = await conn.fetch(
         """
-        SELECT coalesce(max(extract(epoch FROM now() - e.created_at)), 0)
+        SELECT p.partition, coalesce(extract(epoch FROM now() - e.created_at), 0) AS age_s
           FROM (SELECT DISTINCT partition FROM partition_state) p
           LEFT JOIN projection_checkpoints c
             ON c.projection = $1 AND c.partition = p.partition
-          CROSS JOIN LATERAL (
+          LEFT JOIN LATERAL (
                 SELECT created_at FROM ledger_entries
                  WHERE ledger_entries.partition = p.partition
                    AND ledger_entries.entry_id > coalesce(c.position, 0)
-                 ORDER BY ledger_entries.entry_id LIMIT 1) e
+                 ORDER BY ledger_entries.entry_id LIMIT 1) e ON true
         """,
         target.checkpoint,
     )
-    return float(age)
+    return {r["partition"]: float(r["age_s"]) for r in rows}
+
+
+async def lag_seconds(conn: Conn, target: Target = LIVE) -> float:
+    """Age of the oldest ledger entry not yet projected, over all partitions (0 when caught up)."""
+    return max((await lag_by_partition(conn, target)).values(), default=0.0)
 
 
 class Projector:
@@ -153,11 +163,20 @@ class Projector:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._looped_at_s: float | None = None  # monotonic time the last round ended
+        self._partitions: list[int] = []
+
+    def health(self) -> dict[str, Any] | None:
+        """For /health: None before the first round or when no round ended for a while (a
+        database outage does not count: failed rounds end too, with a backoff)."""
+        if self._looped_at_s is None or time.monotonic() - self._looped_at_s > HEALTHY_ROUND_S:
+            return None
+        return {"partitions": len(self._partitions)}
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("projector started")
         partitions: list[int] = []
-        refreshed_at = 0.0
+        refreshed_at = lag_at = 0.0
         loop = asyncio.get_running_loop()
         backoff_s = IDLE_SLEEP_S
         positions: dict[int, int] = {}  # partition -> our checkpoint, read once, then kept
@@ -170,11 +189,16 @@ class Projector:
                     applied = 0
                     for partition in partitions:
                         applied += await self._step(conn, partition, positions)
+                    if loop.time() - lag_at > LAG_REFRESH_S:
+                        metrics.PROJECTOR_LAG_SECONDS.set_all(await lag_by_partition(conn))
+                        lag_at = loop.time()
+                metrics.PROJECTED_ENTRIES.inc(applied)
                 backoff_s = IDLE_SLEEP_S
             except RETRIABLE_DB_ERRORS as exc:
                 log.error("projection failed; retrying", error=repr(exc), backoff_s=backoff_s)
                 positions.clear()  # a commit whose answer was lost may have moved them
                 applied, backoff_s = 0, min(backoff_s * 2, BACKOFF_MAX_S)
+            self._looped_at_s, self._partitions = time.monotonic(), partitions
             if applied == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff_s)
@@ -197,6 +221,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     """The `wallet projector` entry point's body."""
     pool = await create_pool(settings, size_max=2)
     try:
-        await Projector(pool).run(stop)
+        projector = Projector(pool)
+        await metrics.beside(settings, "projector", projector.health, projector.run(stop))
     finally:
         await pool.close()

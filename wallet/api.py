@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import uvicorn
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse
@@ -26,6 +25,8 @@ from projections import http
 from wallet.apikeys import KeyVerifier
 from wallet.db import create_pool
 from wallet.errors import WalletError
+from wallet.httpserver import run_server
+from wallet.metrics import RequestMetrics, exposition
 from wallet.settings import Settings
 
 
@@ -96,7 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.router, dependencies=[require_scope("wallets:read")])
     app.include_router(http.ops, dependencies=[require_scope("ops")])
     app.include_router(http.probes)
+    app.add_api_route("/metrics", exposition, include_in_schema=False)
     app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
+    app.add_middleware(RequestMetrics)  # outermost: it sees the 413 and 415 answers too
 
     @app.exception_handler(WalletError)
     @app.exception_handler(KafkaError)
@@ -135,33 +138,15 @@ def require_scope(scope: str) -> Any:
     return Depends(check)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the caller's stop event decides."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API until `stop` is set."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        limit_concurrency=settings.api_concurrency_max,
-    )
-    server = _Server(config)
     sockets = (
         [_reusable_socket(settings.api_host, settings.api_port)]
         if settings.api_reuse_port
         else None
     )
-    serving = asyncio.create_task(server.serve(sockets=sockets))
-    await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-    server.should_exit = True
-    await serving
+    await run_server(create_app(settings), settings.api_host, settings.api_port, stop,
+                     sockets=sockets, limit_concurrency=settings.api_concurrency_max)  # fmt: skip
 
 
 def _reusable_socket(host: str, port: int) -> socket.socket:

@@ -334,6 +334,42 @@ def replay(projection: str, from_scratch: bool, republish: bool, from_entry: int
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def status(as_json: bool) -> None:
+    """One screen for an operator: partitions and owners, lag, outbox backlog, projector
+    positions, dead letters, recent partition resets."""
+    from rich.console import Console
+
+    from wallet.status import gather, render
+
+    report = _run(gather(_settings()))
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        Console().print(render(report))
+
+
+@main.command()
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=3.0,
+              show_default=True)  # fmt: skip
+def healthcheck(timeout_s: float) -> None:
+    """Exit 0 when this machine's wallet role answers /health: on the metrics port when
+    WALLET_METRICS_PORT is set (processor, projector), else on the API port. The image's
+    HEALTHCHECK runs it."""
+    import urllib.error
+    import urllib.request
+
+    from wallet.metrics import health_url
+
+    url = health_url(_settings())
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            click.echo(response.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+
+
+@main.command()
 def verify() -> None:
     """Audit the ledger and the projection; exit 1 when anything is off."""
     from wallet.operations import run_verify

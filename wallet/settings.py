@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # stops working within this time.
     api_key_cache_ttl_ms: int = Field(5_000, ge=0, le=300_000)
 
+    # `wallet processor` and `wallet projector` serve /metrics and /health here; 0 = off (the
+    # API serves /metrics on its own port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535)
+
     data_dir: Path = Path(".wallet")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -73,11 +73,13 @@ class WalletProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def run_wallet(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run_wallet(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`wallet ARGS` to completion, as an operator types it."""
     return subprocess.run(
         [sys.executable, "-m", "wallet", *args],
-        env=settings_env(settings),
+        env=settings_env(settings) | (env or {}),
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 
 import httpx
@@ -67,3 +68,34 @@ class TestProcessLogs:
         for secret in (MARKER, PASSWORD, key, key[20:]):
             assert secret not in logs, secret
         assert url not in logs
+
+
+class TestBoundContext:
+    async def test_each_record_s_lines_carry_command_id_user_id_and_partition(
+        self, stack: Settings
+    ) -> None:
+        """At debug level every command's line, and a dead letter's (warning), carries its
+        command id, user id and partition, read back from the process's JSON log."""
+        processor = WalletProcess(stack, env={"WALLET_LOG_LEVEL": "debug"})
+        sent = [command("top_up", "lia", 5), command("spend", "lia", 500)]  # accepted, rejected
+        broken = command("top_up", "lia", 1).model_dump(mode="json") | {"amount": "five"}
+        try:
+            async with client_for(stack) as client:
+                for c in sent:
+                    await client.request(c, timeout_s=60)
+                await client.publish_raw(b"lia", json.dumps(broken).encode())
+                await client.flush()
+                for _ in range(600):
+                    if '"record dead-lettered"' in processor.log():
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            processor.stop()
+        lines = [json.loads(line) for line in processor.log().splitlines() if line.startswith("{")]
+        about = [line for line in lines if "command_id" in line]
+        expected = {str(c.command_id) for c in sent} | {broken["command_id"]}
+        assert {line["command_id"] for line in about} == expected
+        for line in about:
+            assert line["user_id"] == "lia" and isinstance(line["partition"], int), line
+        dead = [line for line in about if line["event"] == "record dead-lettered"]
+        assert [(d["level"], d["code"]) for d in dead] == [("warning", "invalid_fields")]

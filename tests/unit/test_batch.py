@@ -57,6 +57,34 @@ class TestPlan:
         assert sum(row[ENTRY_AMOUNT] for row in plan.entry_rows) == 0
 
 
+class TestOutcomes:
+    def test_one_outcome_per_record_in_offset_order(self) -> None:
+        """Each record gets its type, outcome and error code, in order: what the metrics count
+        and the log lines say."""
+        first = command("top_up", "u", 10, key="a")
+        items = _items(
+            first,
+            command("spend", "u", 99),
+            command("top_up", "u", 11, key="a"),
+            first.model_copy(update={"command_id": command("bonus", "u", 1).command_id}),
+        )
+        broken = admit(
+            IntakeRules(partitions=1, command_bytes_max=1024, forbidden_reply_topics=frozenset()),
+            0,
+            4,
+            b"u",
+            b"{",
+        )
+        plan = plan_batch(CTX, [*items, broken], {}, {}, ASSETS)
+        assert [tuple(d) for d in plan.decided] == [
+            ("top_up", "accepted", ""),
+            ("spend", "rejected", "insufficient_funds"),
+            ("top_up", "rejected", "idempotency_key_reused"),
+            ("top_up", "duplicate", ""),
+            ("unknown", "dead_lettered", "not_json"),
+        ]  # fmt: skip
+
+
 class TestIntake:
     def test_wrong_partition_is_refused(self) -> None:
         """A command on a partition its user does not hash to is refused, not processed."""

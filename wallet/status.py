@@ -1,0 +1,206 @@
+"""`wallet status`: one screen for an operator, read from PostgreSQL (the truth: owners,
+positions, what is unpublished) and the broker (where each log ends, the dead-letter count).
+
+Gathering is I/O; `render` is a pure function of the gathered report, so what the screen says
+is tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from projections.projector import LIVE, lag_by_partition
+from wallet.db import Conn, connection
+from wallet.kafka import make_consumer
+from wallet.settings import Settings
+
+RECENT_ROWS_MAX = 5
+
+_PARTITIONS_SQL = """
+SELECT ps.partition, ps.owner, ps.owner_epoch, ps.generation, ps.next_offset, ps.updated_at,
+       (SELECT count(*) FROM outbox o
+         WHERE o.topic = ps.topic AND o.partition = ps.partition
+           AND (o.generation, o.source_offset)
+               >= (coalesce(op.published_generation, 0), coalesce(op.published_offset, 0))
+       ) AS unpublished,
+       pc.position AS projected_entry
+  FROM partition_state ps
+  LEFT JOIN outbox_positions op ON op.topic = ps.topic AND op.partition = ps.partition
+  LEFT JOIN projection_checkpoints pc ON pc.projection = $2 AND pc.partition = ps.partition
+ WHERE ps.topic = $1
+ ORDER BY ps.partition
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    partition: int
+    owner: str | None
+    epoch: int
+    generation: int
+    next_offset: int  # the next command offset to process (stored with the ledger)
+    log_end: int | None  # the commands log's end on the broker; None when it did not answer
+    unpublished: int  # committed outbox rows not yet published
+    projected_entry: int | None  # the projector's checkpoint (a ledger entry id)
+    projector_lag_s: float
+    updated_at: datetime
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.log_end is None else max(0, self.log_end - self.next_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    commands_topic: str
+    partitions: list[PartitionStatus]
+    dead_letters: int | None  # records in the dead-letter topic; None when the broker is away
+    broker_error: str | None
+    recent_resets: list[dict[str, Any]] = field(default_factory=list)
+    recent_dead_letters: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        for row, status in zip(data["partitions"], self.partitions, strict=True):
+            row["lag"] = status.lag
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2)
+
+
+async def gather(settings: Settings) -> StatusReport:
+    async with connection(settings) as conn:
+        rows = await conn.fetch(_PARTITIONS_SQL, settings.commands_topic, LIVE.checkpoint)
+        projector_lags = await lag_by_partition(conn)
+        resets = await _recent_resets(conn, settings.commands_topic)
+        dead = await _recent_dead_letters(conn, settings.commands_topic)
+    broker_error = None
+    try:
+        log_ends, dead_letters = await _broker_counts(settings)
+    except (KafkaError, TimeoutError) as exc:
+        log_ends, dead_letters, broker_error = {}, None, repr(exc)
+    partitions = [
+        PartitionStatus(
+            partition=r["partition"],
+            owner=r["owner"],
+            epoch=r["owner_epoch"],
+            generation=r["generation"],
+            next_offset=r["next_offset"],
+            log_end=log_ends.get(r["partition"]),
+            unpublished=r["unpublished"],
+            projected_entry=r["projected_entry"],
+            projector_lag_s=round(projector_lags.get(r["partition"], 0.0), 3),
+            updated_at=r["updated_at"],
+        )
+        for r in rows
+    ]
+    return StatusReport(
+        settings.commands_topic, partitions, dead_letters, broker_error, resets, dead
+    )
+
+
+async def _recent_resets(conn: Conn, topic: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT partition, old_generation AS old_gen, old_next_offset AS old_next,"
+        " log_end_offset AS log_end, reason, detected_at AS at"
+        " FROM partition_resets WHERE topic = $1 ORDER BY reset_id DESC LIMIT $2",
+        topic,
+        RECENT_ROWS_MAX,
+    )
+    return [dict(r) for r in rows]
+
+
+async def _recent_dead_letters(conn: Conn, topic: str) -> list[dict[str, Any]]:
+    """The latest dead letters still in the outbox (published rows are kept for a while)."""
+    rows = await conn.fetch(
+        "SELECT partition, source_offset, dlq_value, created_at FROM outbox"
+        " WHERE topic = $1 AND dlq_value IS NOT NULL ORDER BY created_at DESC LIMIT $2",
+        topic,
+        RECENT_ROWS_MAX,
+    )
+    recent = []
+    for r in rows:
+        letter = orjson.loads(r["dlq_value"])
+        recent.append({"partition": r["partition"], "offset": r["source_offset"],
+                       "code": letter.get("code"), "reason": letter.get("reason"),
+                       "at": r["created_at"]})  # fmt: skip
+    return recent
+
+
+async def _broker_counts(settings: Settings) -> tuple[dict[int, int], int]:
+    """(commands log end per partition, records in the dead-letter topic), from the broker."""
+    timeout_s = settings.kafka_timeout_ms / 1000
+    consumer = make_consumer(settings)
+    await asyncio.wait_for(consumer.start(), timeout_s)
+    try:
+        commands = _partitions(consumer, settings.commands_topic)
+        dlq = _partitions(consumer, settings.dlq_topic)
+        ends = await asyncio.wait_for(consumer.end_offsets(commands + dlq), timeout_s)
+        starts = await asyncio.wait_for(consumer.beginning_offsets(dlq), timeout_s)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.stop(), timeout_s)
+    log_ends = {tp.partition: ends[tp] for tp in commands}
+    return log_ends, sum(ends[tp] - starts[tp] for tp in dlq)
+
+
+def _partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+def render(report: StatusReport) -> RenderableType:
+    """The operator's screen: partitions, then totals, then what went wrong lately."""
+    table = Table(title=f"Partitions of {report.commands_topic}", title_justify="left")
+    # Short headers: the whole table fits 100 columns with a hostname:pid:id owner.
+    for column in ("part", "owner", "epoch", "gen", "next", "log end", "lag", "unpub",
+                   "projected", "proj lag s"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "owner" else "right")
+    for p in report.partitions:
+        table.add_row(
+            str(p.partition), p.owner or "-", str(p.epoch), str(p.generation),
+            str(p.next_offset), _or_dash(p.log_end), _or_dash(p.lag), str(p.unpublished),
+            _or_dash(p.projected_entry), f"{p.projector_lag_s:.3f}",
+        )  # fmt: skip
+    lags = [p.lag for p in report.partitions if p.lag is not None]
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("owners", str(len({p.owner for p in report.partitions if p.owner})))
+    summary.add_row("consumer lag", str(sum(lags)) if lags else "-")
+    summary.add_row("outbox backlog", str(sum(p.unpublished for p in report.partitions)))
+    projector_lag_s = max((p.projector_lag_s for p in report.partitions), default=0.0)
+    summary.add_row("projector lag", f"{projector_lag_s:.3f} s")
+    summary.add_row("dead letters", _or_dash(report.dead_letters))
+    if report.broker_error:
+        summary.add_row("broker", f"[red]did not answer: {report.broker_error}[/red]")
+    parts: list[RenderableType] = [table, summary]
+    parts.append(_recent("Recent partition resets", report.recent_resets))
+    parts.append(_recent("Recent dead letters", report.recent_dead_letters))
+    return Group(*parts)
+
+
+def _recent(title: str, rows: list[dict[str, Any]]) -> RenderableType:
+    if not rows:
+        return f"{title}: none"
+    table = Table(title=title, title_justify="left")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row.values()))
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
