@@ -49,6 +49,7 @@ class PartitionStatus:
     epoch: int
     generation: int
     next_offset: int  # the next command offset to process (stored with the ledger)
+    log_start: int | None  # the commands log's first offset still held (retention moves it)
     log_end: int | None  # the commands log's end on the broker; None when it did not answer
     unpublished: int  # committed outbox rows not yet published
     projected_entry: int | None  # the projector's checkpoint (a ledger entry id)
@@ -84,9 +85,9 @@ async def gather(settings: Settings) -> StatusReport:
         dead = await _recent_dead_letters(conn, settings.commands_topic)
     broker_error = None
     try:
-        log_ends, dead_letters = await _broker_counts(settings)
+        log_bounds, dead_letters = await _broker_counts(settings)
     except (KafkaError, TimeoutError) as exc:
-        log_ends, dead_letters, broker_error = {}, None, repr(exc)
+        log_bounds, dead_letters, broker_error = {}, None, repr(exc)
     partitions = [
         PartitionStatus(
             partition=r["partition"],
@@ -94,7 +95,8 @@ async def gather(settings: Settings) -> StatusReport:
             epoch=r["owner_epoch"],
             generation=r["generation"],
             next_offset=r["next_offset"],
-            log_end=log_ends.get(r["partition"]),
+            log_start=log_bounds.get(r["partition"], (None, None))[0],
+            log_end=log_bounds.get(r["partition"], (None, None))[1],
             unpublished=r["unpublished"],
             projected_entry=r["projected_entry"],
             projector_lag_s=round(projector_lags.get(r["partition"], 0.0), 3),
@@ -135,8 +137,8 @@ async def _recent_dead_letters(conn: Conn, topic: str) -> list[dict[str, Any]]:
     return recent
 
 
-async def _broker_counts(settings: Settings) -> tuple[dict[int, int], int]:
-    """(commands log end per partition, records in the dead-letter topic), from the broker."""
+async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]], int]:
+    """(the commands log's (start, end) per partition, records in the dead-letter topic)."""
     timeout_s = settings.kafka_timeout_ms / 1000
     consumer = make_consumer(settings)
     await asyncio.wait_for(consumer.start(), timeout_s)
@@ -144,12 +146,12 @@ async def _broker_counts(settings: Settings) -> tuple[dict[int, int], int]:
         commands = _partitions(consumer, settings.commands_topic)
         dlq = _partitions(consumer, settings.dlq_topic)
         ends = await asyncio.wait_for(consumer.end_offsets(commands + dlq), timeout_s)
-        starts = await asyncio.wait_for(consumer.beginning_offsets(dlq), timeout_s)
+        starts = await asyncio.wait_for(consumer.beginning_offsets(commands + dlq), timeout_s)
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.stop(), timeout_s)
-    log_ends = {tp.partition: ends[tp] for tp in commands}
-    return log_ends, sum(ends[tp] - starts[tp] for tp in dlq)
+    bounds = {tp.partition: (starts[tp], ends[tp]) for tp in commands}
+    return bounds, sum(ends[tp] - starts[tp] for tp in dlq)
 
 
 def _partitions(consumer: Any, topic: str) -> list[TopicPartition]:
@@ -159,15 +161,15 @@ def _partitions(consumer: Any, topic: str) -> list[TopicPartition]:
 def render(report: StatusReport) -> RenderableType:
     """The operator's screen: partitions, then totals, then what went wrong lately."""
     table = Table(title=f"Partitions of {report.commands_topic}", title_justify="left")
-    # Short headers: the whole table fits 100 columns with a hostname:pid:id owner.
-    for column in ("part", "owner", "epoch", "gen", "next", "log end", "lag", "unpub",
-                   "projected", "proj lag s"):  # fmt: skip
+    # Short headers: the whole table fits 110 columns with a hostname:pid:id owner.
+    for column in ("part", "owner", "epoch", "gen", "next", "log start", "log end", "lag",
+                   "unpub", "projected", "proj lag s"):  # fmt: skip
         table.add_column(column, justify="left" if column == "owner" else "right")
     for p in report.partitions:
         table.add_row(
             str(p.partition), p.owner or "-", str(p.epoch), str(p.generation),
-            str(p.next_offset), _or_dash(p.log_end), _or_dash(p.lag), str(p.unpublished),
-            _or_dash(p.projected_entry), f"{p.projector_lag_s:.3f}",
+            str(p.next_offset), _or_dash(p.log_start), _or_dash(p.log_end), _or_dash(p.lag),
+            str(p.unpublished), _or_dash(p.projected_entry), f"{p.projector_lag_s:.3f}",
         )  # fmt: skip
     lags = [p.lag for p in report.partitions if p.lag is not None]
     summary = Table.grid(padding=(0, 2))

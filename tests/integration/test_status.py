@@ -47,6 +47,7 @@ class TestStatus:
         assert [p["partition"] for p in partitions] == list(range(stack.partitions))
         assert {p["owner"] for p in partitions} == {processor.owner}
         assert [p["lag"] for p in partitions] == [0] * stack.partitions
+        assert [p["log_start"] for p in partitions] == [0] * stack.partitions
         assert sum(p["next_offset"] for p in partitions) == 9
         assert sum(p["unpublished"] for p in partitions) == 0
         assert any(p["projected_entry"] for p in partitions)
