@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -58,7 +59,9 @@ class PartitionStatus:
 
     @property
     def lag(self) -> int | None:
-        return None if self.log_end is None else max(0, self.log_end - self.next_offset)
+        """Negative when the log ends before the stored offset: it was replaced (the
+        processor resets such a partition, see the README), never a lag to hide."""
+        return None if self.log_end is None else self.log_end - self.next_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +148,8 @@ async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]]
     try:
         commands = _partitions(consumer, settings.commands_topic)
         dlq = _partitions(consumer, settings.dlq_topic)
-        ends = await asyncio.wait_for(consumer.end_offsets(commands + dlq), timeout_s)
         starts = await asyncio.wait_for(consumer.beginning_offsets(commands + dlq), timeout_s)
+        ends = await _log_ends(consumer, starts, timeout_s)
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.stop(), timeout_s)
@@ -154,7 +157,28 @@ async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]]
     return bounds, sum(ends[tp] - starts[tp] for tp in dlq)
 
 
-def _partitions(consumer: Any, topic: str) -> list[TopicPartition]:
+async def _log_ends(
+    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], timeout_s: float
+) -> dict[TopicPartition, int]:
+    """Where each log ends, from a fetch's high watermark.
+
+    Why not ListOffsets alone: the embedded broker answers "latest" with the last record
+    batch's base offset + 1, short of the end whenever that batch held several records (pinned
+    in tests/integration/test_broker.py). So ListOffsets is only where to fetch from; the
+    fetch's high watermark is the end on Kafka and Tansu alike.
+    """
+    tps = list(starts)
+    listed = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(listed[tp] - 1, starts[tp]))
+    deadline_s = time.monotonic() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in tps) and time.monotonic() < deadline_s:
+        await consumer.getmany(timeout_ms=200, max_records=1)
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
+
+
+def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
@@ -168,10 +192,10 @@ def render(report: StatusReport) -> RenderableType:
     for p in report.partitions:
         table.add_row(
             str(p.partition), p.owner or "-", str(p.epoch), str(p.generation),
-            str(p.next_offset), _or_dash(p.log_start), _or_dash(p.log_end), _or_dash(p.lag),
+            str(p.next_offset), _or_dash(p.log_start), _or_dash(p.log_end), _lag_cell(p.lag),
             str(p.unpublished), _or_dash(p.projected_entry), f"{p.projector_lag_s:.3f}",
         )  # fmt: skip
-    lags = [p.lag for p in report.partitions if p.lag is not None]
+    lags = [max(0, p.lag) for p in report.partitions if p.lag is not None]
     summary = Table.grid(padding=(0, 2))
     summary.add_row("owners", str(len({p.owner for p in report.partitions if p.owner})))
     summary.add_row("consumer lag", str(sum(lags)) if lags else "-")
@@ -202,6 +226,10 @@ def _cell(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     return str(value)
+
+
+def _lag_cell(lag: int | None) -> str:
+    return f"[red]{lag} (log replaced?)[/red]" if lag is not None and lag < 0 else _or_dash(lag)
 
 
 def _or_dash(value: int | None) -> str:

@@ -32,7 +32,8 @@ function buildCommand([type, userId, asset, amount, idempotencyKey]) {
 }
 
 // Start reading the replies at the end of the topic as it is *before* the command is sent,
-// so the reply cannot be missed and no older reply is read.
+// so the reply cannot be missed. (The embedded broker may answer a little short of the end;
+// the few older replies read then are skipped by their command_id.)
 async function watchReplies(kafka, commandId) {
   const admin = kafka.admin();
   await admin.connect();

@@ -11,7 +11,6 @@ from tests.integration.helpers import (
     command,
     running_processor,
     running_projector,
-    send_all,
     wait_projected,
 )
 from tests.integration.processes import run_wallet
@@ -37,7 +36,14 @@ class TestStatus:
         the projector's position, and the one dead letter with its reason code."""
         async with running_processor(stack) as processor, running_projector(stack):
             async with client_for(stack) as client:
-                await send_all(client, [command("top_up", f"s{i}", 10) for i in range(8)])
+                # In record batches of several records: the broker's ListOffsets is then short
+                # of the log's end (a Tansu fact), which the report must not show as the end.
+                commands = [command("top_up", f"s{i}", 10, reply_to=stack.replies_topic)
+                            for i in range(8)]  # fmt: skip
+                records = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in commands]
+                futures = await client.publish_many(records)
+                await client.flush()
+                await asyncio.wait_for(asyncio.gather(*futures), 60)
                 await client.publish_raw(b"s1", b"\xff not utf-8")
                 await client.flush()
             await wait_projected(stack)
@@ -47,6 +53,7 @@ class TestStatus:
         assert [p["partition"] for p in partitions] == list(range(stack.partitions))
         assert {p["owner"] for p in partitions} == {processor.owner}
         assert [p["lag"] for p in partitions] == [0] * stack.partitions
+        assert [p["log_end"] for p in partitions] == [p["next_offset"] for p in partitions]
         assert [p["log_start"] for p in partitions] == [0] * stack.partitions
         assert sum(p["next_offset"] for p in partitions) == 9
         assert sum(p["unpublished"] for p in partitions) == 0
