@@ -1,10 +1,9 @@
-"""Settings validation and the committed JSON Schemas."""
+"""Settings validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from schemas.export import CONTRACTS, render, schema_path
 from wallet.errors import ConfigError
 from wallet.settings import load_settings
 
@@ -25,10 +24,3 @@ class TestSettings:
         """The documented defaults hold."""
         settings = load_settings(_env_file=None)
         assert settings.commands_topic == "wallet.commands" and settings.partitions == 12
-
-
-class TestSchemaFiles:
-    @pytest.mark.parametrize("name", sorted(CONTRACTS))
-    def test_committed_schema_matches_the_model(self, name: str) -> None:
-        """The JSON Schema files in the repo are exactly what the models export."""
-        assert schema_path(name).read_bytes() == render(name), "run `wallet schema --write`"
