@@ -70,6 +70,7 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: OutboxPublisher | None = None
         self._relay: asyncio.Task[None] | None = None
+        self._joined = False  # the consumer has started: joined its group
         self._last_lag_commit_s = 0.0
 
     @property
@@ -78,7 +79,7 @@ class Processor:
 
     def health(self) -> dict[str, Any] | None:
         """For /health: None until the group is joined, or once the relay has died."""
-        if self._consumer is None or self._relay is None or self._relay.done():
+        if not self._joined or self._relay is None or self._relay.done():
             return None
         return {"owner": self.owner, "partitions": sorted(tp.partition for tp in self._workers)}
 
@@ -101,10 +102,12 @@ class Processor:
         # Joining waits for a dead member's session to expire and the group to rebalance.
         join_timeout_s = timeout_s + 4 * self._settings.session_timeout_ms / 1000
         await asyncio.wait_for(consumer.start(), join_timeout_s)
+        self._joined = True
         log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
         try:
             await self._until_stopped(consumer, stop, relay, timeout_s)
         finally:
+            self._joined = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._publisher.drain(), timeout_s)
             relay.cancel()

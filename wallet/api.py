@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from projections import http
 from wallet.apikeys import KeyVerifier
 from wallet.db import create_pool
 from wallet.errors import WalletError
-from wallet.httpserver import run_server
+from wallet.httpserver import listening_socket, run_server
 from wallet.metrics import RequestMetrics, exposition
 from wallet.settings import Settings
 
@@ -140,22 +139,7 @@ def require_scope(scope: str) -> Any:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the API until `stop` is set."""
-    sockets = (
-        [_reusable_socket(settings.api_host, settings.api_port)]
-        if settings.api_reuse_port
-        else None
-    )
-    await run_server(create_app(settings), settings.api_host, settings.api_port, stop,
-                     sockets=sockets, limit_concurrency=settings.api_concurrency_max)  # fmt: skip
-
-
-def _reusable_socket(host: str, port: int) -> socket.socket:
-    """A listening socket other `wallet api` processes may bind too (SO_REUSEPORT): the kernel
-    spreads connections over them, one process per core. Off by default, so that a second
-    server started by mistake fails loudly instead of silently sharing the port."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+    sock = listening_socket(settings.api_host, settings.api_port, "WALLET_API_PORT",
+                            reuse_port=settings.api_reuse_port)  # fmt: skip
+    await run_server(create_app(settings), sock, stop,
+                     limit_concurrency=settings.api_concurrency_max)  # fmt: skip

@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wallet.httpserver import run_server
+from wallet.errors import ConfigError
+from wallet.httpserver import listening_socket, run_server
 from wallet.settings import Settings
 
 disable_created_metrics()  # the *_created series only double a scrape's size for us
@@ -179,16 +180,18 @@ async def beside(
     work: Coroutine[Any, Any, None],
 ) -> None:  # fmt: skip
     """Run a role's `work` with its metrics server beside it (none when WALLET_METRICS_PORT is
-    0). The server stops when the work ends; a port already taken fails the process at start
-    (uvicorn exits), which is wanted: a worker nobody can watch should not run unnoticed."""
+    0). The server stops when the work ends. A port already taken is a ConfigError before the
+    work starts: a worker nobody can watch should not run unnoticed."""
     if settings.metrics_port == 0:
         await work
         return
+    try:
+        sock = listening_socket(settings.metrics_host, settings.metrics_port, "WALLET_METRICS_PORT")
+    except ConfigError:
+        work.close()  # never started: closed, so Python does not warn it was never awaited
+        raise
     done = asyncio.Event()
-    app = metrics_app(role, health)
-    server = asyncio.create_task(
-        run_server(app, settings.metrics_host, settings.metrics_port, done), name="metrics"
-    )
+    server = asyncio.create_task(run_server(metrics_app(role, health), sock, done), name="metrics")
     try:
         await work
     finally:

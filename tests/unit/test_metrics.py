@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from wallet.metrics import PartitionGauge, health_url, metrics_app
+from wallet.errors import ConfigError
+from wallet.metrics import PartitionGauge, beside, health_url, metrics_app
 from wallet.settings import Settings
 
 
@@ -45,3 +49,21 @@ class TestMetricsApp:
         assert ok.json() == {"status": "ok", "role": "processor", "partitions": [0, 1]}
         assert metrics.headers["content-type"].startswith("text/plain")
         assert "wallet_commands_total" in metrics.text
+
+
+class TestBeside:
+    async def test_a_taken_port_refuses_to_start_the_work(self) -> None:
+        """A metrics port already taken is a ConfigError naming the setting, before the role
+        does anything (not uvicorn's exit from inside a task)."""
+        started = []
+
+        async def work() -> None:
+            started.append(True)
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            settings = Settings(metrics_port=taken.getsockname()[1])
+            with pytest.raises(ConfigError, match="WALLET_METRICS_PORT"):
+                await beside(settings, "processor", dict, work())
+        assert started == []
