@@ -44,6 +44,17 @@ async def _scrape(port: int, until: str | None = None, timeout_s: float = 60.0) 
     raise AssertionError(f"no {until} on port {port}")
 
 
+async def _healthy(port: int, timeout_s: float = 60.0) -> None:
+    """Wait until the role's /health answers 200 (a processor: once it joined its group)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        for _ in range(int(timeout_s / 0.1)):
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"port {port} never became healthy")
+
+
 @contextlib.contextmanager
 def _role(settings: Settings, role: str, port: int, env: dict[str, str]) -> Iterator[WalletProcess]:
     process = WalletProcess(settings, role, env=env | {"WALLET_METRICS_PORT": str(port)})
@@ -60,7 +71,7 @@ class TestProcessorMetrics:
         owned partition is 0 afterwards and nothing is left to publish."""
         port = free_port()
         with _role(stack, "processor", port, {}):
-            await _scrape(port, until="wallet_partitions_owned")
+            await _healthy(port)
             async with client_for(stack) as client:
                 top_ups = [command("top_up", f"m{i}", 100, key=f"k{i}") for i in range(5)]
                 await send_all(client, top_ups)
@@ -141,7 +152,7 @@ class TestHealthcheck:
         nothing answers there."""
         port = free_port()
         with _role(stack, "processor", port, {}):
-            await _scrape(port, until="wallet_partitions_owned")
+            await _healthy(port)
             env = {"WALLET_METRICS_PORT": str(port)}
             healthy = await asyncio.to_thread(run_wallet, stack, "healthcheck", env=env)
         assert healthy.returncode == 0, healthy.stderr
