@@ -57,6 +57,19 @@ class PartitionStatus:
     projector_lag_s: float
     updated_at: datetime
 
+    @classmethod
+    def of(
+        cls, row: Any, log_bounds: tuple[int | None, int | None], projector_lag_s: float
+    ) -> PartitionStatus:
+        """One row of _PARTITIONS_SQL with what the broker and the projector add to it."""
+        return cls(
+            partition=row["partition"], owner=row["owner"], epoch=row["owner_epoch"],
+            generation=row["generation"], next_offset=row["next_offset"],
+            log_start=log_bounds[0], log_end=log_bounds[1], unpublished=row["unpublished"],
+            projected_entry=row["projected_entry"], projector_lag_s=round(projector_lag_s, 3),
+            updated_at=row["updated_at"],
+        )  # fmt: skip
+
     @property
     def lag(self) -> int | None:
         """Negative when the log ends before the stored offset: it was replaced (the
@@ -91,22 +104,11 @@ async def gather(settings: Settings) -> StatusReport:
         log_bounds, dead_letters = await _broker_counts(settings)
     except (KafkaError, TimeoutError) as exc:
         log_bounds, dead_letters, broker_error = {}, None, repr(exc)
-    partitions = [
-        PartitionStatus(
-            partition=r["partition"],
-            owner=r["owner"],
-            epoch=r["owner_epoch"],
-            generation=r["generation"],
-            next_offset=r["next_offset"],
-            log_start=log_bounds.get(r["partition"], (None, None))[0],
-            log_end=log_bounds.get(r["partition"], (None, None))[1],
-            unpublished=r["unpublished"],
-            projected_entry=r["projected_entry"],
-            projector_lag_s=round(projector_lags.get(r["partition"], 0.0), 3),
-            updated_at=r["updated_at"],
-        )
-        for r in rows
-    ]
+    partitions = []
+    for r in rows:
+        bounds = log_bounds.get(r["partition"], (None, None))
+        lag_s = projector_lags.get(r["partition"], 0.0)
+        partitions.append(PartitionStatus.of(r, bounds, lag_s))
     return StatusReport(
         settings.commands_topic, partitions, dead_letters, broker_error, resets, dead
     )
