@@ -8,20 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    IncompatibleBrokerVersion,
+    KafkaConnectionError,
+    UnsupportedVersionError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from wallet.errors import ConfigError
+from wallet.errors import BrokerUnavailableError, ConfigError
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.kafka")
+T = TypeVar("T")
 _TOPIC_EXISTS = 36
+_INVALID_REPLICATION_FACTOR = 38
+# UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE: what a broker answers for a topic created
+# a moment ago whose metadata has not reached it yet.
+_METADATA_PENDING = frozenset({3, 5})
+_METADATA_POLL_S = 0.1
 MESSAGE_BYTES_MAX = 2 * 1024 * 1024
 KEY_HASH_CACHE_MAX = 65_536
 
@@ -146,43 +160,295 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
     return AIOKafkaConsumer(*topics, **options)
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the service's topics if missing; refuse a commands topic of another size.
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as the settings want it."""
 
-    Why refuse: the partition count decides which partition owns a user. Changing it under a
-    running service would let two partitions own one user; see the resize procedure in the
-    README instead.
-    """
-    wanted = [
-        settings.commands_topic,
-        settings.replies_topic,
-        settings.events_topic,
-        settings.dlq_topic,
-    ]
-    admin = AIOKafkaAdminClient(**_common(settings))
-    await asyncio.wait_for(admin.start(), settings.kafka_timeout_ms / 1000)
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, settings.partitions, 1) for name in wanted],
-            timeout_ms=settings.kafka_timeout_ms,
+    name: str
+    name_setting: str  # the WALLET_* variable that names it
+    retention_ms: int
+    retention_setting: str
+    replication_factor: int
+    min_insync_replicas: int
+    partitions: int
+    commands: bool  # the commands topic: its partition count and clean-up policy are checked
+
+    @property
+    def configs(self) -> dict[str, str]:
+        """The topic configs it is created with."""
+        return {
+            "min.insync.replicas": str(self.min_insync_replicas),
+            "retention.ms": str(self.retention_ms),
+            # Never compacted: the processor checks that the last record it processed is still
+            # at its offset, and compaction would remove commands a restore must re-read.
+            "cleanup.policy": "delete",
+        }
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """One topic as the broker describes it."""
+
+    name: str
+    partitions: int
+    replicas: int  # the fewest brokers holding a replica of any one of its partitions
+    configs: Mapping[str, str]  # empty when the broker could not describe them
+
+
+@dataclass(frozen=True)
+class TopicProblem:
+    """A difference between a topic and the settings; fatal ones stop `wallet topics`."""
+
+    topic: str
+    what: str
+    actual: str
+    wanted: str
+    setting: str
+    fatal: bool
+    remedy: str
+
+    def __str__(self) -> str:
+        return (
+            f"topic {self.topic!r} has {self.what} {self.actual}, the settings want "
+            f"{self.wanted} ({self.setting}): {self.remedy}"
         )
-        created = [t for t, code, *_ in response.topic_errors if code == 0]
-        failed = [
-            (t, code) for t, code, *_ in response.topic_errors if code not in (0, _TOPIC_EXISTS)
-        ]
-        if failed:
-            raise ConfigError("topics could not be created", failed=failed)
-        described = await admin.describe_topics([settings.commands_topic])
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The four topics of the service, as the settings want them."""
+    roles = [
+        (settings.commands_topic, "COMMANDS", settings.commands_retention_ms),
+        (settings.replies_topic, "REPLIES", settings.replies_retention_ms),
+        (settings.events_topic, "EVENTS", settings.events_retention_ms),
+        (settings.dlq_topic, "DLQ", settings.dlq_retention_ms),
+    ]
+    return [
+        TopicSpec(
+            name=name,
+            name_setting=f"WALLET_{role}_TOPIC",
+            retention_ms=retention_ms,
+            retention_setting=f"WALLET_{role}_RETENTION_MS",
+            replication_factor=settings.topic_replication_factor,
+            min_insync_replicas=settings.topic_min_insync_replicas,
+            partitions=settings.partitions,
+            commands=role == "COMMANDS",
+        )
+        for name, role, retention_ms in roles
+    ]
+
+
+def topic_problems(described: TopicState, wanted: TopicSpec) -> list[TopicProblem]:
+    """How a topic differs from the settings. A config the broker did not report is not
+    checked. Fewer replicas or in-sync replicas than wanted, another partition count or
+    compaction on the commands topic are fatal; another retention is only reported: operators
+    may tune it on the topic."""
+    problems: list[TopicProblem] = []
+
+    def found(
+        what: str, actual: object, want: object, setting: str, remedy: str, fatal: bool = True
+    ) -> None:
+        problem = TopicProblem(wanted.name, what, str(actual), str(want), setting, fatal, remedy)
+        problems.append(problem)
+
+    if wanted.commands and described.partitions != wanted.partitions:
+        remedy = "it decides which partition owns a user; see 'Changing the partition count'"
+        found("partition count", described.partitions, wanted.partitions, "WALLET_PARTITIONS",
+              remedy + " in docs/operations.md")  # fmt: skip
+    if described.replicas < wanted.replication_factor:
+        remedy = "add replicas (kafka-reassign-partitions.sh) or lower the setting"
+        found("replication factor", described.replicas, wanted.replication_factor,
+              "WALLET_TOPIC_REPLICATION_FACTOR", remedy)  # fmt: skip
+    min_isr = _as_int(described.configs.get("min.insync.replicas"))
+    if min_isr is not None and min_isr < wanted.min_insync_replicas:
+        remedy = "raise it on the topic (kafka-configs.sh --alter) or lower the setting"
+        found("min.insync.replicas", min_isr, wanted.min_insync_replicas,
+              "WALLET_TOPIC_MIN_INSYNC_REPLICAS", remedy)  # fmt: skip
+    policy = described.configs.get("cleanup.policy", "")
+    if "compact" in policy:
+        remedy = (
+            "the processor checks that the last record it processed is still at its offset; "
+            "set cleanup.policy=delete on the topic or use a new topic"
+            if wanted.commands
+            else "compaction keeps only the latest record per key; left as it is"
+        )
+        found("cleanup.policy", policy, "delete", wanted.name_setting, remedy, wanted.commands)
+    retention = _as_int(described.configs.get("retention.ms"))
+    if retention is not None and retention != wanted.retention_ms:
+        remedy = "left as it is (operators may tune it on the topic)"
+        found("retention.ms", retention, wanted.retention_ms, wanted.retention_setting, remedy,
+              fatal=False)  # fmt: skip
+    return problems
+
+
+def _as_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the service's topics if missing, then check every one against the settings.
+
+    Why refuse a commands topic of another size: the partition count decides which partition
+    owns a user. Changing it under a running service would let two partitions own one user;
+    see the resize procedure in docs/operations.md instead. Why check existing topics: a topic
+    created by hand (or by an older version) with one replica or compaction would lose
+    commands without anyone noticing. Returns the names of the topics it created.
+    """
+    specs = topic_specs(settings)
+    admin = AIOKafkaAdminClient(**_common(settings))
+    try:
+        await _bounded(admin.start(), settings, "connect")
+        created = await _create_topics(admin, specs, settings)
+        described = await _describe_topics(admin, [spec.name for spec in specs], settings)
     finally:
         await admin.close()
-    count = len(described[0]["partitions"])
-    if count != settings.partitions:
-        raise ConfigError(
-            "the commands topic has a different partition count than WALLET_PARTITIONS",
-            topic=settings.commands_topic,
-            actual=count,
-            configured=settings.partitions,
-        )
     for name in created:
         log.info("topic created", topic=name, partitions=settings.partitions)
+    problems = [p for spec in specs for p in topic_problems(described[spec.name], spec)]
+    for problem in problems:
+        if not problem.fatal:
+            log.warning("topic differs from the settings", problem=str(problem))
+    fatal = [str(problem) for problem in problems if problem.fatal]
+    if fatal:
+        raise ConfigError("; ".join(fatal))
     return created
+
+
+async def _bounded(step: Awaitable[T], settings: Settings, what: str) -> T:
+    """One network step, bounded by WALLET_KAFKA_TIMEOUT_MS; an unreachable or silent broker
+    is a BrokerUnavailableError (one line from `wallet topics`, not a traceback)."""
+    try:
+        return await asyncio.wait_for(step, settings.kafka_timeout_ms / 1000)
+    except TimeoutError:
+        raise BrokerUnavailableError(
+            f"the broker did not answer in time ({what})", timeout_ms=settings.kafka_timeout_ms
+        ) from None
+    except KafkaConnectionError as exc:
+        raise BrokerUnavailableError(
+            f"the broker could not be reached ({what})", error=str(exc)
+        ) from None
+
+
+async def _create_topics(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], settings: Settings
+) -> list[str]:
+    """Create the topics that do not exist; return their names."""
+    new = [
+        NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs) for s in specs
+    ]
+    request = admin.create_topics(new, timeout_ms=settings.kafka_timeout_ms)
+    response = await _bounded(request, settings, "create topics")
+    created, failed = [], []
+    for topic, code, *message in response.topic_errors:  # the message from version 1 on
+        if code == 0:
+            created.append(topic)
+        elif code == _INVALID_REPLICATION_FACTOR:
+            raise ConfigError(
+                f"the brokers cannot hold {settings.topic_replication_factor} replicas of topic "
+                f"{topic!r}: lower WALLET_TOPIC_REPLICATION_FACTOR to at most the number of "
+                "brokers",
+                broker_says=message[0] if message else None,
+            )
+        elif code != _TOPIC_EXISTS:
+            failed.append((topic, code, *message))
+    if failed:
+        raise ConfigError("topics could not be created", failed=failed)
+    return created
+
+
+async def _describe_topics(
+    admin: AIOKafkaAdminClient, names: list[str], settings: Settings
+) -> dict[str, TopicState]:
+    """Each topic's partitions, replica count and configs, as the broker reports them."""
+    topics = await _bounded(_topic_metadata(admin, names), settings, "describe topics")
+    failed = [(t["topic"], t["error_code"]) for t in topics if t["error_code"]]
+    if failed:
+        raise ConfigError("the broker could not describe the topics", failed=failed)
+    configs = await _topic_configs(admin, names, settings)
+    return {
+        t["topic"]: TopicState(
+            name=t["topic"],
+            partitions=len(t["partitions"]),
+            # Distinct brokers: Tansu lists its one broker once per replica asked for.
+            replicas=min(len(set(p["replicas"])) for p in t["partitions"]),
+            configs=configs.get(t["topic"], {}),
+        )
+        for t in topics
+    }
+
+
+async def _topic_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> list[dict[str, Any]]:
+    """The topics' metadata, once every topic has partitions: a topic just created may not
+    yet be known to the broker that answers (the caller bounds the wait)."""
+    while True:
+        topics: list[dict[str, Any]] = await admin.describe_topics(names)
+        if not any(_metadata_pending(t) for t in topics):
+            return topics
+        await asyncio.sleep(_METADATA_POLL_S)
+
+
+def _metadata_pending(topic: dict[str, Any]) -> bool:
+    code = topic["error_code"]
+    return code in _METADATA_PENDING or (code == 0 and not topic["partitions"])
+
+
+async def _topic_configs(
+    admin: AIOKafkaAdminClient, names: list[str], settings: Settings
+) -> dict[str, dict[str, str]]:
+    """Each topic's configs. A broker that cannot describe them (an old or partial
+    Kafka-protocol broker) costs one warning line: only partitions and replicas are checked."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    try:
+        request = admin.describe_configs(resources)
+        responses = await _bounded(request, settings, "describe topic configs")
+    except (IncompatibleBrokerVersion, UnsupportedVersionError) as exc:
+        log.warning("the broker cannot describe topic configs: they are not checked",
+                    error=repr(exc))  # fmt: skip
+        return {}
+    configs: dict[str, dict[str, str]] = {}
+    failed: list[tuple[str, int, str]] = []
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            name, code = resource["resource_name"], resource["error_code"]
+            if code:
+                failed.append((name, code, resource["error_message"]))
+            else:
+                entries = resource["config_entries"]
+                configs[name] = {e["config_names"]: e["config_value"] for e in entries}
+    if failed:
+        log.warning("the broker could not describe some topic configs: they are not checked",
+                    failed=failed)  # fmt: skip
+    return configs
+
+
+async def wait_for_topics(settings: Settings, names: list[str]) -> None:
+    """Until every named topic has a leader for each partition in the cluster's metadata.
+
+    Why: Kafka answers CreateTopics once the controller has the topic, before every broker's
+    metadata shows it; a client started right after would find no such topic.
+    """
+    timeout_s = settings.kafka_timeout_ms / 1000
+    admin = AIOKafkaAdminClient(**_common(settings))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            described = await asyncio.wait_for(admin.describe_topics(names), timeout_s)
+            if all(_has_leaders(topic) for topic in described):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigError("topics did not get leaders in time", topics=names)
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+def _has_leaders(described: dict[str, Any]) -> bool:
+    partitions = described.get("partitions") or []
+    return (
+        described.get("error_code") == 0
+        and bool(partitions)
+        and all(p.get("leader", -1) >= 0 for p in partitions)
+    )

@@ -24,6 +24,8 @@ from schemas.topics import (
 from wallet.errors import ConfigError
 
 STACK_ENV_FILE = Path(".wallet") / "stack.env"
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 
 
 class Settings(BaseSettings):
@@ -69,6 +71,23 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
     retry_backoff_max_ms: int = Field(5_000, ge=10, le=300_000)
 
+    # The topics as `wallet topics` creates them. Production: replication 3 and min ISR 2, so
+    # that a write acknowledged by all in-sync replicas (producers use acks=all) survives the
+    # loss of a broker, and the topics stay writable while one broker is down.
+    topic_replication_factor: int = Field(1, ge=1, le=10)
+    topic_min_insync_replicas: int = Field(1, ge=1, le=10)
+    # Retention per topic, by its role. Commands: a restore re-reads from Kafka every command
+    # after the database snapshot, so keep them longer than the backup interval plus the time
+    # a restore takes. Bounded: once in the ledger, a command is needed for a restore only.
+    commands_retention_ms: int = Field(7 * DAY_MS, ge=HOUR_MS, le=365 * DAY_MS)
+    # Replies: read within seconds by whoever waits for them (the API, a game server).
+    replies_retention_ms: int = Field(DAY_MS, ge=60_000, le=30 * DAY_MS)
+    # Events: what downstream systems read at their own pace; -1 keeps them forever. Older
+    # ones can be published again from the ledger (`wallet replay --republish`).
+    events_retention_ms: int = Field(365 * DAY_MS, ge=-1, le=3650 * DAY_MS)
+    # Dead letters: kept until someone has looked at them; -1 keeps them forever.
+    dlq_retention_ms: int = Field(90 * DAY_MS, ge=-1, le=3650 * DAY_MS)
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     api_reuse_port: bool = False  # let several `wallet api` processes share the port
@@ -97,6 +116,13 @@ class Settings(BaseSettings):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
 
+    @field_validator("events_retention_ms", "dlq_retention_ms")
+    @classmethod
+    def _retention_or_forever(cls, value: int) -> int:
+        if value != -1 and value < HOUR_MS:
+            raise ValueError(f"must be -1 (keep forever) or at least an hour ({HOUR_MS} ms)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
@@ -111,6 +137,11 @@ class Settings(BaseSettings):
             raise ValueError("the commands, replies, events and DLQ topics must all differ")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            # Kafka would accept such a topic, and then refuse every acks=all write to it.
+            raise ValueError(
+                "WALLET_TOPIC_MIN_INSYNC_REPLICAS must be at most WALLET_TOPIC_REPLICATION_FACTOR"
+            )
         self._check_kafka_security()
         return self
 
