@@ -63,7 +63,8 @@ async def _write(
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in batch}))
     ctx = BatchContext(TOPIC, partition, 0, datetime.now(UTC))
     plan = plan_batch(ctx, items, {}, accounts, frozenset({"GOLD"}))
-    position = BatchPosition(TOPIC, partition, epoch, 0, first, first + len(batch), b"seed")
+    end = first + len(batch)
+    position = BatchPosition(TOPIC, partition, epoch, 0, first, end, end - 1, b"seed")
     await store.commit_batch(position, plan)
     # Seeded commands have no reply consumer; mark their outbox rows out, as the relay would.
     await store.mark_published([PublishedMark(TOPIC, partition, epoch, 0, first + len(batch))])

@@ -56,12 +56,19 @@ class WalletClient:
         except TimeoutError as exc:
             await self.stop()
             raise BrokerUnavailableError("broker did not answer", error=repr(exc)) from exc
+        except BaseException:
+            await self.stop()
+            raise
         self._listener = asyncio.create_task(self._dispatch(), name="reply-listener")
 
     async def _listen_from_end(self) -> None:
-        assert self._consumer is not None
-        await self._consumer.topics()
-        partitions = self._consumer.partitions_for_topic(self.reply_topic)
+        assert self._consumer is not None and self._producer is not None
+        # The producer's look-up asks the broker for this topic (the consumer's cached
+        # metadata only knows topics it has asked about, and it has asked about none).
+        try:
+            partitions = await self._producer.partitions_for(self.reply_topic)
+        except KafkaError:
+            partitions = set()
         if not partitions:
             raise WalletError(
                 "reply topic does not exist; run `wallet topics`", topic=self.reply_topic

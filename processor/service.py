@@ -66,6 +66,9 @@ class Processor:
         self._stale: dict[TopicPartition, float] = {}
         # partition -> batches failed in a row (reset by a commit): drives the backoff
         self._failures: dict[TopicPartition, int] = {}
+        # partition -> seeks made so far: a fetch's records are used only if no seek of their
+        # partition happened while the fetch was out (see _step)
+        self._seeks: Counter[TopicPartition] = Counter()
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: OutboxPublisher | None = None
@@ -155,10 +158,14 @@ class Processor:
             stopping.cancel()
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        seeks = self._seeks.copy()
         try:
             fetched = await consumer.getmany(
                 timeout_ms=self._settings.fetch_wait_ms, max_records=self._settings.batch_size_max
             )
+            # No await yields between the fetch and here (a valid position is returned at
+            # once), so these are the positions right after the fetched records.
+            positions = {tp: await consumer.position(tp) for tp in fetched}
         except OffsetOutOfRangeError as exc:
             async with self._lock:
                 for tp in exc.args[0] if exc.args else ():
@@ -173,25 +180,57 @@ class Processor:
         async with self._lock:
             await self._resync_stale()
             await self._check_log_ends()
-            await self._run_batches(fetched)
-            self._observe_lag()
+            fresh = {tp: r for tp, r in fetched.items() if seeks[tp] == self._seeks[tp]}
+            for tp in fetched.keys() - fresh.keys():
+                self._refetch(tp)
+            await self._run_batches(fresh, positions)
+            await self._observe_lag()
         await self._commit_lag_offsets()
 
-    async def _run_batches(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _refetch(self, tp: TopicPartition) -> None:
+        """Drop records a seek made stale, and fetch again from where the worker stands.
+
+        Why seek again: the fetch may have returned them after the seek (aiokafka checks they
+        start at the new position), and returning them moved the consumer past them.
+        """
+        worker = self._workers.get(tp)
+        if worker is not None and tp not in self._stale:
+            log.info("records fetched across a seek dropped; fetching again",
+                     partition=tp.partition, fetch_from=worker.fetch_from)  # fmt: skip
+            self._seek(tp, worker.fetch_from)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        """Every seek goes through here, so that _step knows which fetches it made stale."""
+        assert self._consumer is not None
+        self._seeks[tp] += 1
+        self._consumer.seek(tp, offset)
+
+    async def _run_batches(
+        self,
+        fetched: dict[TopicPartition, list[ConsumerRecord]],
+        positions: dict[TopicPartition, int],
+    ) -> None:
+        """Admit each partition's fetched records as a batch and commit them.
+
+        Why records fetched before a seek are dropped by seek count and not by offset: the
+        fetch that brought them was in flight while a claim, reset or retry moved the
+        partition (found by the PostgreSQL outage test: such records, taken as the next batch,
+        skipped every record between the stored offset and them). The consumer already
+        fetches from the new position, so dropping them is enough. An offset comparison
+        cannot tell them apart from a fetch that starts past a gap: on Kafka, transaction
+        markers, aborted records and compaction all leave offsets no consumer ever sees.
+        """
         admitted = []
         for tp, records in fetched.items():
             worker = self._workers.get(tp)
             if worker is None or tp in self._stale or not records:
                 continue
-            if records[0].offset != worker.fetch_from:
-                self._refetch(tp, worker, records[0].offset)
-                continue
-            records = self._in_order(tp, records)
+            records, position = self._in_order(tp, records, positions[tp])
             reason = worker.log_replaced(records)
             if reason is not None:
                 await self._reset(tp, reason, self._highwater(tp))
                 continue
-            batch = worker.admit(records)
+            batch = worker.admit(records, position)
             if batch is not None:
                 admitted.append(batch)
         # Healthy partitions share one transaction; a partition whose batch failed recently is
@@ -202,41 +241,25 @@ class Processor:
             groups.append(together)
         await asyncio.gather(*(self._commit(group) for group in groups))
 
-    def _in_order(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
-        """The records up to the first whose offset does not grow; fetch again after them.
+    def _in_order(
+        self, tp: TopicPartition, records: list[ConsumerRecord], position: int
+    ) -> tuple[list[ConsumerRecord], int]:
+        """The records up to the first whose offset does not grow, and the position after
+        them; the consumer fetches again after them.
 
-        Why: the embedded broker, restarted under load, once served a log holding offset 10
+        Why: the Tansu broker, restarted under load, once served a log holding offset 10
         twice (found by the broker restart test). Kafka never does; but a batch must cover
         an offset range once, so a broken log is cut where it breaks instead of crashing the
         processor on it over and over. What the broker lost that way, producers re-send.
         """
         for i in range(1, len(records)):
             if records[i].offset <= records[i - 1].offset:
-                assert self._consumer is not None
                 log.error("broker returned offsets out of order; fetching again after them",
                           partition=tp.partition, offset=records[i].offset,
                           after=records[i - 1].offset)  # fmt: skip
-                self._consumer.seek(tp, records[i - 1].offset + 1)
-                return records[:i]
-        return records
-
-    def _refetch(self, tp: TopicPartition, worker: PartitionWorker, first_offset: int) -> None:
-        """Drop records that do not start where the worker stands, and fetch again from there.
-
-        Why: the fetch that brought them was made before the partition's last seek (a claim
-        after an outage, a reset, an assignment while the fetch was in flight). Found by the
-        PostgreSQL outage test: such records, taken as the next batch, skipped every record
-        between the stored offset and them, or looked like a replaced log. The consumer's
-        position is already past them, so it must be moved back, not just ignored.
-
-        This requires a commands topic whose offsets have no gaps: no compaction, and no
-        transactional producers (their commit markers take offsets). The README says so.
-        """
-        assert self._consumer is not None
-        log.info("records fetched before a seek dropped; fetching again",
-                 partition=tp.partition, first_offset=first_offset,
-                 fetch_from=worker.fetch_from)  # fmt: skip
-        self._consumer.seek(tp, worker.fetch_from)
+                self._seek(tp, records[i - 1].offset + 1)
+                return records[:i], records[i - 1].offset + 1
+        return records, position
 
     async def _commit(self, group: list[Admitted]) -> None:
         """Look up, plan and commit a group of partitions' batches in one transaction."""
@@ -343,7 +366,7 @@ class Processor:
             log.error("could not claim partition", partition=worker.tp.partition, error=repr(exc))
             self._mark_stale(worker.tp, failed=True)
             return False
-        self._consumer.seek(worker.tp, worker.fetch_from)
+        self._seek(worker.tp, worker.fetch_from)
         log.info("partition claimed", partition=worker.tp.partition, epoch=claim.epoch,
                  next_offset=claim.next_offset, generation=claim.generation)  # fmt: skip
         return True
@@ -373,6 +396,7 @@ class Processor:
             self._mark_stale(tp, failed=True)
             return
         assert self._consumer is not None
+        self._seeks[tp] += 1
         await self._consumer.seek_to_beginning(tp)
 
     def _drop(self, tp: TopicPartition) -> None:
@@ -398,12 +422,20 @@ class Processor:
             for tp in partitions:
                 self._drop(tp)
 
-    def _observe_lag(self) -> None:
+    async def _observe_lag(self) -> None:
+        """Lag from the last stable offset (the end a read_committed consumer can reach) to
+        the consumer's position: a trailing transaction marker is no lag, though the stored
+        position only moves past it with the next batch."""
+        assert self._consumer is not None
         lags = {}
         for tp, worker in self._workers.items():
-            highwater = self._highwater(tp)
-            if highwater is not None:
-                lags[tp.partition] = max(0, highwater - worker.next_offset)
+            end = self._consumer.last_stable_offset(tp)
+            if end is None or tp in self._stale:
+                continue
+            position = worker.next_offset
+            with contextlib.suppress(KafkaError, TimeoutError):  # bounded: it waits if unset
+                position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
+            lags[tp.partition] = max(0, end - position)
         metrics.CONSUMER_LAG.set_all(lags)
         metrics.PARTITIONS_OWNED.set(len(self._workers))
 

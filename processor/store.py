@@ -51,6 +51,9 @@ class PartitionClaim:
     epoch: int
     generation: int
     next_offset: int
+    # The last processed record: where it is (before next_offset, with gaps between them on
+    # Kafka) and its fingerprint. None before the partition's first batch or after a reset.
+    last_offset: int | None
     last_fingerprint: bytes | None
     published_generation: int
     published_offset: int
@@ -65,7 +68,10 @@ class BatchPosition:
     epoch: int
     generation: int
     first_offset: int  # the partition's stored next_offset when the batch was fetched
-    next_offset: int  # one past the batch's last record
+    # The consumer's position after the batch: one past its last record, or further when the
+    # log holds offsets no consumer sees there (transaction markers, aborted records).
+    next_offset: int
+    last_offset: int  # the batch's last record
     last_fingerprint: bytes
 
 
@@ -149,7 +155,7 @@ class PostgresEventStore:
                    SET owner_epoch = partition_state.owner_epoch + 1, owner = EXCLUDED.owner,
                        updated_at = now()
                 RETURNING topic, partition, owner_epoch, generation, next_offset,
-                          last_fingerprint)
+                          last_offset, last_fingerprint)
             SELECT c.*, coalesce(o.published_generation, 0) AS published_generation,
                    coalesce(o.published_offset, 0) AS published_offset
               FROM claimed c LEFT JOIN outbox_positions o USING (topic, partition)
@@ -197,11 +203,11 @@ class PostgresEventStore:
                 """
                 WITH reset AS (
                     UPDATE partition_state
-                       SET generation = generation + 1, next_offset = 0, last_fingerprint = NULL,
-                           updated_at = now()
+                       SET generation = generation + 1, next_offset = 0, last_offset = NULL,
+                           last_fingerprint = NULL, updated_at = now()
                      WHERE topic = $1 AND partition = $2
                     RETURNING topic, partition, owner_epoch, generation, next_offset,
-                              last_fingerprint)
+                              last_offset, last_fingerprint)
                 SELECT r.*, coalesce(o.published_generation, 0) AS published_generation,
                        coalesce(o.published_offset, 0) AS published_offset
                   FROM reset r LEFT JOIN outbox_positions o USING (topic, partition)
@@ -295,18 +301,18 @@ class PostgresEventStore:
         """
         assert batches, "nothing to commit"
         for position, _ in batches:
-            assert position.first_offset < position.next_offset, position
+            assert position.first_offset <= position.last_offset < position.next_offset, position
         positions = [position for position, _ in batches]
         async with self._pool.acquire() as conn, conn.transaction():
             moved = await conn.fetch(
                 """
                 UPDATE partition_state AS s
-                   SET next_offset = k.next_offset, last_fingerprint = k.fingerprint,
-                       updated_at = now()
+                   SET next_offset = k.next_offset, last_offset = k.last_offset,
+                       last_fingerprint = k.fingerprint, updated_at = now()
                   FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
-                              $6::bigint[], $7::bytea[])
+                              $6::bigint[], $7::bigint[], $8::bytea[])
                        AS k(topic, partition, epoch, generation, first_offset, next_offset,
-                            fingerprint)
+                            last_offset, fingerprint)
                  WHERE s.topic = k.topic AND s.partition = k.partition AND s.owner_epoch = k.epoch
                    AND s.generation = k.generation AND s.next_offset = k.first_offset
                 RETURNING s.topic, s.partition
@@ -317,6 +323,7 @@ class PostgresEventStore:
                 [p.generation for p in positions],
                 [p.first_offset for p in positions],
                 [p.next_offset for p in positions],
+                [p.last_offset for p in positions],
                 [p.last_fingerprint for p in positions],
                 timeout=self._timeout_s,
             )
@@ -466,6 +473,7 @@ def _claim(row: asyncpg.Record) -> PartitionClaim:
         epoch=row["owner_epoch"],
         generation=row["generation"],
         next_offset=row["next_offset"],
+        last_offset=row["last_offset"],
         last_fingerprint=row["last_fingerprint"],
         published_generation=row["published_generation"],
         published_offset=row["published_offset"],

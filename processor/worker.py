@@ -92,7 +92,9 @@ class PartitionWorker:
         self._accounts: OrderedDict[AccountKey, AccountState] = OrderedDict()
         self.claim: PartitionClaim | None = None
         self.next_offset = 0
-        self._verify_fingerprint: bytes | None = None
+        # The last processed record, to re-read and check before trusting the log (a new
+        # owner's first fetch starts there); None once checked, or when nothing was processed.
+        self._verify: tuple[int, bytes] | None = None
 
     @property
     def epoch(self) -> int:
@@ -130,34 +132,49 @@ class PartitionWorker:
     def _adopt(self, claim: PartitionClaim) -> None:
         self._accounts.clear()
         self.next_offset = claim.next_offset
-        self._verify_fingerprint = claim.last_fingerprint if claim.next_offset > 0 else None
+        self._verify = None
+        if claim.last_offset is not None:
+            assert claim.last_fingerprint is not None and claim.last_offset < claim.next_offset
+            self._verify = (claim.last_offset, claim.last_fingerprint)
 
     @property
     def fetch_from(self) -> int:
-        """Where to seek: one record early when that record must be checked first."""
-        return self.next_offset - 1 if self._verify_fingerprint is not None else self.next_offset
+        """Where to seek: the last processed record when it must be checked first."""
+        return self._verify[0] if self._verify is not None else self.next_offset
 
     def log_replaced(self, records: Sequence[ConsumerRecord]) -> str | None:
-        """Why the fetched records show a replaced log, or None when they continue ours."""
-        if self._verify_fingerprint is None:
+        """Why the fetched records show a replaced log, or None when they continue ours.
+
+        The records come from a fetch that started at fetch_from. The first one a consumer
+        sees there must be the last record we processed: a committed record stays where it
+        was (read_committed never hid it from us, or we would not have processed it), so a
+        different record, or none until a later offset, means the log is not ours.
+        """
+        if self._verify is None:
             return None
+        offset, expected = self._verify
         first = records[0]
-        assert first.offset == self.fetch_from, "caller passes records from fetch_from on"
-        if fingerprint(first) != self._verify_fingerprint:
+        if first.offset != offset:
+            return f"record {offset} is gone: the log continues at {first.offset}"
+        if fingerprint(first) != expected:
             return f"record {first.offset} is not the record processed at that offset"
         return None
 
-    def admit(self, records: Sequence[ConsumerRecord]) -> Admitted | None:
-        """Decode the fetched records not processed yet; None when there are none."""
-        if self._verify_fingerprint is not None:
+    def admit(self, records: Sequence[ConsumerRecord], consumed_to: int) -> Admitted | None:
+        """Decode the fetched records not processed yet; None when there are none.
+
+        `records` come from one fetch that started at fetch_from, and `consumed_to` is the
+        consumer's position after them. Offsets may have gaps (transaction markers, aborted
+        records, compaction): the batch covers [next_offset, consumed_to) whatever they are.
+        """
+        if self._verify is not None:
             assert self.log_replaced(records) is None, "caller must check log_replaced first"
-            self._verify_fingerprint = None
+            self._verify = None
             records = records[1:]
         records = [r for r in records if r.offset >= self.next_offset]
         if not records:
             return None
-        # A batch covers its records and everything between: it must start at our position.
-        assert records[0].offset == self.next_offset, (records[0].offset, self.next_offset)
+        assert records[-1].offset < consumed_to, (records[-1].offset, consumed_to)
         intakes = [
             admit(self._config.rules, self.tp.partition, r.offset, r.key, r.value) for r in records
         ]
@@ -169,7 +186,8 @@ class PartitionWorker:
             epoch=self.epoch,
             generation=self.generation,
             first_offset=self.next_offset,
-            next_offset=records[-1].offset + 1,
+            next_offset=consumed_to,
+            last_offset=records[-1].offset,
             last_fingerprint=fingerprint(records[-1]),
         )
         return Admitted(

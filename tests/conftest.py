@@ -18,10 +18,20 @@ import asyncpg
 import pytest
 
 from tests.integration.processes import PROCESS_ROOT
-from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
+from wallet.devstack import EmbeddedPostgres, TansuBroker
+from wallet.embedded_kafka import KafkaCluster
 from wallet.kafka import ensure_topics
 from wallet.settings import Settings
-from wallet.stack import Services, embedded_services, ensure_database, prepare
+from wallet.stack import (
+    Services,
+    embedded_services,
+    ensure_database,
+    prepare,
+    start_broker,
+)
+
+# Which broker the session's services run on, in words: printed at the end of the run.
+_BROKER_USED: list[str] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -29,21 +39,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(PROCESS_ROOT, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def services() -> Iterator[Services]:
-    """PostgreSQL and a Kafka-protocol broker for the whole run."""
-    data_dir = Path(tempfile.mkdtemp(prefix="wallet-test-"))
-    base = Settings(
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which broker the integration tests ran on (none when only unit tests ran)."""
+    for broker in _BROKER_USED:
+        terminalreporter.write_line(f"broker used by this run: {broker}")
+
+
+def _base_settings(data_dir: Path) -> Settings:
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         data_dir=data_dir,
         database_url=os.environ.get("WALLET_DATABASE_URL"),
         kafka_bootstrap=os.environ.get("WALLET_KAFKA_BOOTSTRAP"),
+        embedded_broker=os.environ.get("WALLET_EMBEDDED_BROKER", "auto"),
     )
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    """PostgreSQL and a Kafka-protocol broker for the whole run: Apache Kafka wherever Java
+    17+ and Maven exist (required under CI), Tansu otherwise or when asked for."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wallet-test-"))
     try:
-        with embedded_services(base, durable=False) as found:
+        with embedded_services(_base_settings(data_dir), durable=False) as found:
+            _BROKER_USED.append(found.broker)
             yield found
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def on_tansu(services: Services) -> bool:
+    return services.on_tansu
 
 
 @pytest.fixture
@@ -53,7 +80,7 @@ async def stack(services: Services) -> AsyncIterator[Settings]:
     server_url = services.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{server_url}/postgres", timeout=10)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    settings = _test_settings(f"{server_url}/{name}", services.kafka_bootstrap)
+    settings = _test_settings(f"{server_url}/{name}", services)
     await prepare(settings)
     try:
         yield settings
@@ -63,20 +90,20 @@ async def stack(services: Services) -> AsyncIterator[Settings]:
         await _delete_topics(settings)
 
 
-def _test_settings(database_url: str, kafka_bootstrap: str) -> Settings:
+def _test_settings(database_url: str, services: Services) -> Settings:
     """A test's settings: its own topic names, small timeouts so faults are noticed quickly."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
-        kafka_bootstrap=kafka_bootstrap,
+        kafka_bootstrap=services.kafka_bootstrap,
         commands_topic=f"{prefix}.wallet.commands",
         replies_topic=f"{prefix}.wallet.replies",
         events_topic=f"{prefix}.wallet.events",
         dlq_topic=f"{prefix}.wallet.commands.dlq",
         consumer_group=f"{prefix}-processor",
         partitions=4,
-        producer_idempotence=bool(os.environ.get("WALLET_KAFKA_BOOTSTRAP")),
+        producer_idempotence=not services.on_tansu,
         session_timeout_ms=6000,
         heartbeat_interval_ms=500,
         db_timeout_ms=15_000,
@@ -89,11 +116,14 @@ def _embedded_only(variable: str) -> None:
 
 
 @pytest.fixture
-async def own_broker(stack: Settings) -> AsyncIterator[tuple[EmbeddedBroker, Settings]]:
-    """A private embedded broker this test may stop, pause and restart."""
+async def own_broker(
+    stack: Settings,
+) -> AsyncIterator[tuple[TansuBroker | KafkaCluster, Settings]]:
+    """A private embedded broker of the session's kind this test may stop, pause and restart
+    (Kafka restarts on its log folder; Tansu restarts empty)."""
     _embedded_only("WALLET_KAFKA_BOOTSTRAP")
     folder = Path(tempfile.mkdtemp(prefix="wallet-broker-"))
-    broker = EmbeddedBroker(folder / "broker.log")
+    broker = start_broker(_base_settings(folder), folder)
     try:
         settings = stack.model_copy(update={"kafka_bootstrap": broker.start()})
         await ensure_topics(settings)
@@ -113,7 +143,7 @@ async def own_postgres(services: Services) -> AsyncIterator[tuple[EmbeddedPostgr
     try:
         database_url = server.start().rsplit("/", 1)[0] + "/wallet"
         await ensure_database(database_url, timeout_s=10)
-        settings = _test_settings(database_url, services.kafka_bootstrap)
+        settings = _test_settings(database_url, services)
         await prepare(settings)
         yield server, settings
         await _delete_topics(settings)

@@ -79,11 +79,20 @@ def main() -> None:
 
 
 @main.command()
-def up() -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default=None,
+    help="Embedded broker when WALLET_KAFKA_BOOTSTRAP is unset: Apache Kafka (Java 17+ and "
+    "Maven), Tansu (no Java), or auto [default: WALLET_EMBEDDED_BROKER, else auto].",
+)
+def up(broker: str | None) -> None:
     """Run the whole stack on this machine (embedded PostgreSQL and broker when unset)."""
     from wallet.up import run_up
 
     settings = _settings().model_copy(update={"log_format": "console"})
+    if broker is not None:
+        settings = settings.model_copy(update={"embedded_broker": broker})
     configure_logging(settings.log_level, "console")
     _run(run_up(settings, _stop_event))
 

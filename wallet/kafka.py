@@ -155,6 +155,9 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         "fetch_max_wait_ms": max(settings.fetch_wait_ms, 5),
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        # Only what producers committed: a command a transactional producer aborted must never
+        # move money. Records of open transactions wait until their producer ends them.
+        "isolation_level": "read_committed",
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

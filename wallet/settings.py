@@ -43,8 +43,11 @@ class Settings(BaseSettings):
     dlq_topic: str = DEFAULT_DLQ_TOPIC
     partitions: int = Field(12, ge=1, le=1000)
     consumer_group: str = Field("wallet-processor", min_length=1, max_length=200)
-    # Idempotent producers need InitProducerId, which the embedded broker does not answer.
+    # Idempotent producers need InitProducerId, which the Tansu broker does not answer.
     producer_idempotence: bool = True
+    # The broker `wallet up` and the tests start when WALLET_KAFKA_BOOTSTRAP is unset: Apache
+    # Kafka (needs Java 17+ and Maven), Tansu (no Java), or auto: Kafka where it can run.
+    embedded_broker: Literal["auto", "kafka", "tansu"] = "auto"
     # Kafka security, passed to every Kafka client the service and the CLI create.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"

@@ -3,32 +3,79 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
+import click
 
 from processor.schema_migrations import migrate
 from wallet.db import connection
-from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
-from wallet.kafka import ensure_topics
+from wallet.devstack import EmbeddedPostgres, TansuBroker
+from wallet.embedded_kafka import KAFKA_VERSION, KafkaCluster, missing_tools
+from wallet.errors import DevStackError
+from wallet.kafka import ensure_topics, wait_for_topics
 from wallet.settings import STACK_ENV_FILE, Settings
 
 DATABASE_NAME = "wallet"
+
+
+Embedded = EmbeddedPostgres | TansuBroker | KafkaCluster
+BrokerKind = Literal["kafka", "tansu"]
 
 
 @dataclass
 class Services:
     database_url: str
     kafka_bootstrap: str
-    embedded: list[EmbeddedPostgres | EmbeddedBroker]
+    embedded: list[Embedded]
+
+    @property
+    def broker(self) -> str:
+        """Which broker these services use, in words (the test run prints it)."""
+        for service in self.embedded:
+            if isinstance(service, KafkaCluster):
+                return f"Apache Kafka {KAFKA_VERSION} (embedded, KRaft)"
+            if isinstance(service, TansuBroker):
+                return "Tansu (embedded, in memory)"
+        return f"external ({self.kafka_bootstrap})"
+
+    @property
+    def on_tansu(self) -> bool:
+        """Tansu cannot initialise idempotent producers: clients must not ask for them."""
+        return any(isinstance(s, TansuBroker) for s in self.embedded)
+
+
+def broker_kind(setting: str) -> BrokerKind:
+    """The embedded broker to run for WALLET_EMBEDDED_BROKER.
+
+    `auto` falls back to Tansu where Java or Maven is missing, saying so in one line; never
+    under CI, where a quiet fallback would hide that the suite did not run on Kafka.
+    """
+    if setting == "tansu":
+        return "tansu"
+    problem = missing_tools()
+    if problem is None:
+        return "kafka"
+    if setting == "kafka" or os.environ.get("CI"):
+        raise DevStackError(problem)
+    click.echo(f"{problem}; using the Tansu broker instead", err=True)
+    return "tansu"
+
+
+def start_broker(settings: Settings, data_dir: Path) -> TansuBroker | KafkaCluster:
+    if broker_kind(settings.embedded_broker) == "kafka":
+        return KafkaCluster(data_dir / "kafka")
+    return TansuBroker(data_dir / "broker.log")
 
 
 @contextlib.contextmanager
 def embedded_services(settings: Settings, durable: bool = True) -> Iterator[Services]:
     """Start the embedded PostgreSQL and/or broker for whatever the settings leave unset."""
-    started: list[EmbeddedPostgres | EmbeddedBroker] = []
+    started: list[Embedded] = []
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -39,7 +86,7 @@ def embedded_services(settings: Settings, durable: bool = True) -> Iterator[Serv
             database_url = pg.start().rsplit("/", 1)[0] + f"/{DATABASE_NAME}"
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
-            broker = EmbeddedBroker(data_dir / "broker.log")
+            broker = start_broker(settings, data_dir)
             started.append(broker)
             bootstrap = broker.start()
         yield Services(database_url, bootstrap, started)
@@ -67,6 +114,8 @@ async def prepare(settings: Settings) -> list[str]:
     async with connection(settings) as conn:
         applied = await migrate(conn)
     await ensure_topics(settings)
+    topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
+    await wait_for_topics(settings, [*topics, settings.dlq_topic])
     return applied
 
 
@@ -75,6 +124,6 @@ def write_stack_env(services: Services) -> Path:
     STACK_ENV_FILE.write_text(
         f"WALLET_DATABASE_URL={services.database_url}\n"
         f"WALLET_KAFKA_BOOTSTRAP={services.kafka_bootstrap}\n"
-        "WALLET_PRODUCER_IDEMPOTENCE=false\n"
+        + ("WALLET_PRODUCER_IDEMPOTENCE=false\n" if services.on_tansu else "")
     )
     return STACK_ENV_FILE

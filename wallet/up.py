@@ -18,9 +18,9 @@ from schemas.commands import CommandType, new_command
 from wallet.api import serve
 from wallet.apikeys import SCOPES, create_key, revoke_key
 from wallet.db import connection
-from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
+from wallet.devstack import EmbeddedPostgres
 from wallet.settings import STACK_ENV_FILE, Settings
-from wallet.stack import embedded_services, ensure_database, prepare, write_stack_env
+from wallet.stack import Services, embedded_services, ensure_database, prepare, write_stack_env
 
 log = structlog.get_logger("wallet.up")
 SMOKE_USER = "demo-player"
@@ -37,8 +37,7 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
             update={
                 "database_url": services.database_url,
                 "kafka_bootstrap": services.kafka_bootstrap,
-                "producer_idempotence": settings.producer_idempotence
-                and EmbeddedBroker not in kinds,
+                "producer_idempotence": settings.producer_idempotence and not services.on_tansu,
             }
         )
         if EmbeddedPostgres in kinds:
@@ -53,7 +52,7 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
             asyncio.create_task(serve(effective, stop), name="api"),
         ]
         try:
-            _banner(effective, bool(services.embedded), api_key)
+            _banner(effective, services, api_key)
             await _smoke(effective)
             click.echo("\nRunning. Press Ctrl-C to stop.")
             await asyncio.wait(
@@ -81,11 +80,11 @@ async def _dev_key(settings: Settings) -> str:
     return key
 
 
-def _banner(settings: Settings, embedded: bool, api_key: str | None) -> None:
+def _banner(settings: Settings, services: Services, api_key: str | None) -> None:
     click.echo("")
     click.echo("Dino Wallet is up.")
     click.echo(f"  PostgreSQL : {settings.database_url}")
-    click.echo(f"  Kafka      : {settings.kafka_bootstrap}")
+    click.echo(f"  Kafka      : {settings.kafka_bootstrap} ({services.broker})")
     click.echo(f"  commands   : {settings.commands_topic} ({settings.partitions} partitions)")
     click.echo(f"  replies    : {settings.replies_topic}")
     click.echo(f"  events     : {settings.events_topic}")
@@ -96,7 +95,7 @@ def _banner(settings: Settings, embedded: bool, api_key: str | None) -> None:
         click.echo(f"               (development key, every scope; also in {DEV_KEY_FILE})")
     else:
         click.echo("  API key    : create one with `wallet keys create NAME --scope ...`")
-    if embedded:
+    if services.embedded:
         click.echo(f"  (embedded services; other terminals find them through {STACK_ENV_FILE})")
     click.echo("Try, in another terminal:")
     click.echo("  .venv/bin/wallet send top-up --user alice --asset GOLD --amount 100")

@@ -17,7 +17,7 @@ import pytest
 from tests.faults.load import account, under_load, workload
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
-from wallet.devstack import EmbeddedBroker
+from wallet.devstack import TansuBroker
 from wallet.kafka import ensure_topics
 from wallet.settings import Settings
 
@@ -26,7 +26,7 @@ RESEND_AFTER_S = 8.0
 
 
 class TestBrokerRestart:
-    async def test_restart_under_load(self, own_broker: tuple[EmbeddedBroker, Settings]) -> None:
+    async def test_restart_under_load(self, own_broker: tuple[TansuBroker, Settings]) -> None:
         """Producers and consumers reconnect on their own; lost commands are re-sent and
         applied once."""
         broker, settings = own_broker
@@ -47,7 +47,7 @@ class TestBrokerRestart:
 
 class TestBrokerStall:
     async def test_frozen_past_the_session_timeout(
-        self, own_broker: tuple[EmbeddedBroker, Settings]
+        self, own_broker: tuple[TansuBroker, Settings]
     ) -> None:
         """A broker frozen (SIGSTOP) past the session timeout: every client waits, the group
         rebalances, fencing keeps the ledger exact."""

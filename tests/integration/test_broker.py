@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from tests.integration.helpers import balance, client_for, command, fetch, running_processor
-from wallet.devstack import EmbeddedBroker
+from wallet.devstack import TansuBroker
 from wallet.kafka import ensure_topics, make_consumer
 from wallet.settings import Settings
 
@@ -54,7 +54,7 @@ class TestTansuCompatibility:
 
 class TestReplacedLog:
     async def test_broker_restart_is_detected_and_new_commands_processed(
-        self, own_broker: tuple[EmbeddedBroker, Settings]
+        self, own_broker: tuple[TansuBroker, Settings]
     ) -> None:
         """After the in-memory log is lost, the reset is recorded and no new command is skipped."""
         broker, settings = own_broker

@@ -13,9 +13,9 @@ import pytest
 _STARTER = """
 import sys, time
 from pathlib import Path
-from wallet.devstack import EmbeddedBroker, EmbeddedPostgres
+from wallet.devstack import TansuBroker, EmbeddedPostgres
 folder = Path(sys.argv[1])
-broker, pg = EmbeddedBroker(folder / "broker.log"), EmbeddedPostgres(folder / "pg", durable=False)
+broker, pg = TansuBroker(folder / "broker.log"), EmbeddedPostgres(folder / "pg", durable=False)
 broker.start()
 pg.start()
 print(broker.proc.pid, pg.proc.pid, pg._socket_dir, flush=True)

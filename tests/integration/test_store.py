@@ -36,7 +36,7 @@ def _plan(offset: int, amount: int, user: str = "zed"):  # type: ignore[no-untyp
 
 
 def _position(epoch: int, first: int, nxt: int) -> BatchPosition:
-    return BatchPosition(TOPIC, 0, epoch, 0, first, nxt, b"fp")
+    return BatchPosition(TOPIC, 0, epoch, 0, first, nxt, nxt - 1, b"fp")
 
 
 class TestFencing:
@@ -166,7 +166,7 @@ class TestOutboxWatermark:
 
 def _on(partition: int, position: BatchPosition) -> BatchPosition:
     return BatchPosition(TOPIC, partition, position.epoch, 0, position.first_offset,
-                         position.next_offset, b"fp")  # fmt: skip
+                         position.next_offset, position.last_offset, b"fp")  # fmt: skip
 
 
 class TestManyPartitionsInOneCommit:
