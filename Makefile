@@ -19,7 +19,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy schemas commands processor projections wallet
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not tansu_only"
+	WALLET_EMBEDDED_BROKER=tansu $(VENV)/bin/pytest -m "tansu_only or also_tansu"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from schemas.commands import Command
 from schemas.replies import Reply
 from wallet.errors import BrokerUnavailableError, ReplyTimeoutError, WalletError
-from wallet.kafka import RecordBatches, make_consumer, make_producer
+from wallet.kafka import RecordBatches, make_consumer, make_producer, start_producer
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.client")
@@ -47,10 +47,11 @@ class WalletClient:
         await self.stop()
 
     async def start(self) -> None:
-        self._producer = make_producer(self._settings)
+        producer = make_producer(self._settings)
+        await start_producer(producer, self._settings)
+        self._producer = producer
         self._consumer = make_consumer(self._settings, group_id=None)
         try:
-            await asyncio.wait_for(self._producer.start(), self._timeout_s)
             await asyncio.wait_for(self._consumer.start(), self._timeout_s)
             await asyncio.wait_for(self._listen_from_end(), self._timeout_s)
         except TimeoutError as exc:
@@ -124,7 +125,7 @@ class WalletClient:
     ) -> asyncio.Future[dict[str, Any]]:
         """Publish bytes as they are (for other producers' payloads and hostile-input tests)."""
         assert self._producer is not None, "client not started"
-        future = self._expect(command_id)
+        future = self.expect(command_id)
         await self._producer.send(self._settings.commands_topic, value, key)
         return future
 
@@ -137,7 +138,7 @@ class WalletClient:
         the load generator's way. `flush` waits for their delivery and raises its errors.
         """
         assert self._producer is not None, "client not started"
-        futures = [self._expect(command_id) for _, _, command_id in records]
+        futures = [self.expect(command_id) for _, _, command_id in records]
         batches = RecordBatches(self._producer, self._partition_counts)
         for key, value, _ in records:
             await batches.add(self._settings.commands_topic, key, value)
@@ -146,7 +147,9 @@ class WalletClient:
         self._deliveries.extend(await batches.send())
         return futures
 
-    def _expect(self, command_id: str | None) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, command_id: str | None) -> asyncio.Future[dict[str, Any]]:
+        """A future for the reply to `command_id`, however the command reaches the topic (this
+        client, or another producer, a transactional one say, that names our reply topic)."""
         if len(self._pending) >= PENDING_MAX:
             raise WalletError("too many commands awaiting replies", pending=len(self._pending))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -32,7 +32,7 @@ from schemas.commands import Command
 from wallet import metrics
 from wallet.db import RETRIABLE_DB_ERRORS
 from wallet.errors import FencedError
-from wallet.kafka import make_consumer, make_producer
+from wallet.kafka import make_consumer, make_producer, start_producer
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.processor")
@@ -90,7 +90,7 @@ class Processor:
         """Process until `stop` is set, then leave the group cleanly."""
         timeout_s = self._settings.kafka_timeout_ms / 1000
         producer = make_producer(self._settings)
-        await asyncio.wait_for(producer.start(), timeout_s)
+        await start_producer(producer, self._settings)
         self._publisher = OutboxPublisher(producer, self._store, self._settings)
         relay = asyncio.create_task(self._publisher.run(), name="outbox-relay")
         self._relay = relay

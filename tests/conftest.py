@@ -7,6 +7,7 @@ so tests never see what another test (or an earlier run) left behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from wallet.kafka import ensure_topics
 from wallet.settings import Settings
 from wallet.stack import (
     Services,
+    broker_kind,
     embedded_services,
     ensure_database,
     prepare,
@@ -43,6 +45,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which broker the integration tests ran on (none when only unit tests ran)."""
     for broker in _BROKER_USED:
         terminalreporter.write_line(f"broker used by this run: {broker}")
+
+
+@functools.cache
+def _session_broker_is_tansu() -> bool:
+    """Whether the session's embedded broker will be Tansu (decided without starting it)."""
+    if os.environ.get("WALLET_KAFKA_BOOTSTRAP"):
+        return False
+    return broker_kind(os.environ.get("WALLET_EMBEDDED_BROKER", "auto")) == "tansu"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests about Tansu itself run only where the session's broker is Tansu."""
+    if item.get_closest_marker("tansu_only") and not _session_broker_is_tansu():
+        pytest.skip("about the Tansu broker: runs in the Tansu run (WALLET_EMBEDDED_BROKER=tansu)")
 
 
 def _base_settings(data_dir: Path) -> Settings:

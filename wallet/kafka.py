@@ -7,6 +7,7 @@ idempotence is a setting because the embedded broker cannot initialise idempoten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     IncompatibleBrokerVersion,
     KafkaConnectionError,
+    KafkaError,
     UnsupportedVersionError,
 )
 from aiokafka.helpers import create_ssl_context
@@ -143,6 +145,29 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+async def start_producer(producer: AIOKafkaProducer, settings: Settings) -> None:
+    """Start a producer within kafka_timeout_ms, or stop it and raise one clear error.
+
+    Why a special case for idempotence: a broker that cannot initialise idempotent producers
+    (Tansu) answers InitProducerId with errors that aiokafka logs and retries until the start
+    times out; the fix is a setting, so the error names it.
+    """
+    timeout_s = settings.kafka_timeout_ms / 1000
+    try:
+        await asyncio.wait_for(producer.start(), timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        if settings.producer_idempotence:
+            raise ConfigError(
+                "the Kafka producer did not start with idempotence on: if the broker cannot "
+                "initialise idempotent producers (InitProducerId), set "
+                "WALLET_PRODUCER_IDEMPOTENCE=false",
+                error=repr(exc),
+            ) from exc
+        raise BrokerUnavailableError("the Kafka producer did not start", error=repr(exc)) from exc
 
 
 def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:

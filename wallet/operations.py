@@ -19,7 +19,7 @@ from projections import queries
 from projections.replay import pending_entries, rebuild, republish
 from projections.verify import CheckResult, verify
 from wallet.db import connection
-from wallet.kafka import make_producer
+from wallet.kafka import make_producer, start_producer
 from wallet.settings import Settings
 
 
@@ -52,7 +52,7 @@ async def rebuild_projection(settings: Settings, from_scratch: bool) -> tuple[in
 
 async def republish_events(settings: Settings, from_entry: int) -> int:
     producer = make_producer(settings)
-    await producer.start()
+    await start_producer(producer, settings)
     try:
         async with connection(settings) as conn:
             with _progress() as bar:

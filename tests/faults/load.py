@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from commands.client import WalletClient
@@ -24,6 +27,7 @@ from schemas.commands import AMOUNT_MAX, Command
 from tests.integration.helpers import client_for, command, fetch
 from tests.integration.processes import WalletProcess, run_wallet
 from wallet.errors import WalletError
+from wallet.kafka import make_consumer
 from wallet.settings import Settings
 
 CHUNK_SIZE = 50
@@ -64,10 +68,13 @@ def workload(count: int, users: int, seed: int, reply_to: str) -> Workload:
 class Load:
     """Publishes a workload at `rate_per_s` in the background and keeps each first reply."""
 
-    def __init__(self, client: WalletClient, work: Workload, rate_per_s: float) -> None:
+    def __init__(
+        self, client: WalletClient, work: Workload, rate_per_s: float, send_timeout_s: float
+    ) -> None:
         self._client = client
         self._work = work
         self._rate_per_s = rate_per_s
+        self._send_timeout_s = send_timeout_s
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.published = 0
@@ -104,7 +111,7 @@ class Load:
         records = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in chunk]
         for _ in range(SEND_ATTEMPTS_MAX):
             try:
-                async with asyncio.timeout(SEND_TIMEOUT_S):
+                async with asyncio.timeout(self._send_timeout_s):
                     futures = await self._client.publish_many(records)
                     await self._client.flush()
             except (KafkaError, TimeoutError, WalletError):
@@ -144,12 +151,13 @@ async def under_load(
     rate_per_s: float,
     procs: list[WalletProcess],
     answered_first: int = 500,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> AsyncIterator[Load]:
     """A load under way (its first replies in) for the body to damage; every process in
     `procs` (as the list stands at the end: the body may replace some) stopped afterwards."""
     try:
         async with client_for(settings) as client:
-            load = Load(client, work, rate_per_s)
+            load = Load(client, work, rate_per_s, send_timeout_s)
             load.start()
             await load.wait_answered(answered_first, timeout_s=120)
             yield load
@@ -195,3 +203,22 @@ async def account(settings: Settings, work: Workload, load: Load, replies: dict[
     verified = await asyncio.to_thread(run_wallet, settings, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     return Audit(len(work.commands), accepted, len(work.refused), len(replies), load.resent)
+
+
+async def replies_per_command(settings: Settings) -> Counter[str]:
+    """How many replies the replies topic holds for each command id, read from its start."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.replies_topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        counts: Counter[str] = Counter()
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in fetched.values():
+                counts.update(orjson.loads(r.value)["command_id"] for r in records)
+        return counts
+    finally:
+        await consumer.stop()

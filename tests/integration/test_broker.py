@@ -8,9 +8,12 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from tests.integration.helpers import balance, client_for, command, fetch, running_processor
+from tests.integration.processes import run_wallet
 from wallet.devstack import TansuBroker
 from wallet.kafka import ensure_topics, make_consumer
 from wallet.settings import Settings
+
+pytestmark = pytest.mark.tansu_only
 
 
 class TestTansuCompatibility:
@@ -74,3 +77,17 @@ class TestReplacedLog:
         assert await balance(settings, "phoenix") == 53
         resets = await fetch(settings, "SELECT reason, old_next_offset FROM partition_resets")
         assert len(resets) >= 1 and resets[0]["old_next_offset"] == 5
+
+
+class TestIdempotenceRefused:
+    async def test_processor_exits_naming_the_setting(self, stack: Settings) -> None:
+        """A processor asked for idempotent producers on a broker that cannot initialise them
+        exits with one error naming WALLET_PRODUCER_IDEMPOTENCE instead of hanging."""
+        asking = stack.model_copy(update={"producer_idempotence": True})
+        done = await asyncio.to_thread(
+            run_wallet, asking, "processor", env={"WALLET_KAFKA_TIMEOUT_MS": "3000"}
+        )
+        assert done.returncode != 0
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "WALLET_PRODUCER_IDEMPOTENCE=false" in errors[0], done.stderr
+        assert "Traceback" not in done.stderr
