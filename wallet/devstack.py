@@ -82,7 +82,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> N
     raise DevStackError("process did not listen in time", port=port, log=str(log_path))
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
     """Stop a process we started: a polite signal, then SIGKILL after STOP_TIMEOUT_S."""
     if proc.poll() is not None:
         return

@@ -451,6 +451,21 @@ async def _topic_configs(
     return configs
 
 
+async def topic_partitions(settings: Settings, names: list[str]) -> dict[str, list[int]]:
+    """Each named topic's partition ids, asked of the broker (a consumer's cached metadata
+    knows only the topics it has asked about; on Kafka, none until it subscribes)."""
+    timeout_s = settings.kafka_timeout_ms / 1000
+    admin = AIOKafkaAdminClient(**_common(settings))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        described = await asyncio.wait_for(admin.describe_topics(names), timeout_s)
+    finally:
+        await admin.close()
+    return {
+        t["topic"]: sorted(p["partition"] for p in t.get("partitions") or ()) for t in described
+    }
+
+
 async def wait_for_topics(settings: Settings, names: list[str]) -> None:
     """Until every named topic has a leader for each partition in the cluster's metadata.
 

@@ -41,7 +41,7 @@ class Services:
                 return f"Apache Kafka {KAFKA_VERSION} (embedded, KRaft)"
             if isinstance(service, TansuBroker):
                 return "Tansu (embedded, in memory)"
-        return f"external ({self.kafka_bootstrap})"
+        return "external"
 
     @property
     def on_tansu(self) -> bool:

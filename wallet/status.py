@@ -22,7 +22,7 @@ from rich.table import Table
 
 from projections.projector import LIVE, lag_by_partition
 from wallet.db import Conn, connection
-from wallet.kafka import make_consumer
+from wallet.kafka import make_consumer, topic_partitions
 from wallet.settings import Settings
 
 RECENT_ROWS_MAX = 5
@@ -145,11 +145,12 @@ async def _recent_dead_letters(conn: Conn, topic: str) -> list[dict[str, Any]]:
 async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]], int]:
     """(the commands log's (start, end) per partition, records in the dead-letter topic)."""
     timeout_s = settings.kafka_timeout_ms / 1000
+    ids = await topic_partitions(settings, [settings.commands_topic, settings.dlq_topic])
+    commands = [TopicPartition(settings.commands_topic, p) for p in ids[settings.commands_topic]]
+    dlq = [TopicPartition(settings.dlq_topic, p) for p in ids[settings.dlq_topic]]
     consumer = make_consumer(settings)
     await asyncio.wait_for(consumer.start(), timeout_s)
     try:
-        commands = _partitions(consumer, settings.commands_topic)
-        dlq = _partitions(consumer, settings.dlq_topic)
         starts = await asyncio.wait_for(consumer.beginning_offsets(commands + dlq), timeout_s)
         ends = await _log_ends(consumer, starts, timeout_s)
     finally:
@@ -178,10 +179,6 @@ async def _log_ends(
     while any(consumer.highwater(tp) is None for tp in tps) and time.monotonic() < deadline_s:
         await consumer.getmany(timeout_ms=200, max_records=1)
     return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
-
-
-def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
 def render(report: StatusReport) -> RenderableType:

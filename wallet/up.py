@@ -59,12 +59,18 @@ async def run_up(settings: Settings, stop_event: Callable[[], asyncio.Event]) ->
                 [*roles, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            # Every role stops and closes its clients before the first failure is raised: a
+            # role that failed at once (a taken API port) must not leave the others' Kafka
+            # clients unclosed.
             stop.set()
-            await asyncio.gather(*roles)
+            ended = await asyncio.gather(*roles, return_exceptions=True)
+            failures = [e for e in ended if isinstance(e, BaseException)]
             if services.embedded:
                 for path in (STACK_ENV_FILE, DEV_KEY_FILE):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
+            if failures:
+                raise failures[0]
     click.echo("Stopped.")
 
 

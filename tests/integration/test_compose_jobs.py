@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
 from tests.integration.helpers import client_for, command, running_processor
 from tests.integration.processes import settings_env
+from tests.integration.tools import require
 from wallet.devstack import EmbeddedPostgres
 from wallet.settings import Settings
 
@@ -38,8 +38,8 @@ class TestComposeDatabaseJobs:
         """The init script creates the role the services' URL names; the migrate job's command
         (migrate, grant, topics) succeeds as the owner; a processor logged in as that role
         then decides a command."""
-        if shutil.which("psql") is None:
-            pytest.skip("psql (the PostgreSQL client) is not installed")
+        require(lambda: shutil.which("psql") is not None, ["postgresql-client"],
+                "psql (the PostgreSQL client)")  # fmt: skip
         _, owner = own_postgres
         assert owner.database_url is not None
         server = urlsplit(owner.database_url)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.helpers import balance, running_processor
+from tests.integration.tools import require
 from wallet.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-producer"
@@ -24,8 +25,8 @@ NPM_TIMEOUT_S = 180
 @pytest.fixture(scope="module")
 def node_example() -> Path:
     """The example with its locked dependencies installed (`npm ci`), as its README says."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js and npm are not installed")
+    require(lambda: bool(shutil.which("node") and shutil.which("npm")), ["nodejs", "npm"],
+            "Node.js with npm")  # fmt: skip
     if not (EXAMPLE / "node_modules" / "kafkajs").is_dir():
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"],

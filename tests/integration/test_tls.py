@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from tests.integration.processes import run_wallet
+from tests.integration.tools import require
 from wallet.db import connection
 from wallet.devstack import EmbeddedPostgres
 from wallet.settings import Settings
@@ -25,9 +26,11 @@ def tls_server() -> Iterator[tuple[str, Path]]:
     The embedded wheel's build has no TLS ("SSL is not supported by this build"), so this
     runs the machine's own PostgreSQL binaries (Debian's layout) on a data folder of ours.
     """
-    builds = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    if not builds:
-        pytest.skip("no PostgreSQL build with TLS on this machine (/usr/lib/postgresql)")
+
+    def builds() -> list[Path]:
+        return sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+
+    require(lambda: bool(builds()), ["postgresql"], "a PostgreSQL server build with TLS")
     folder = Path(tempfile.mkdtemp(prefix="wallet-tls-"))
     ca = trustme.CA()
     issued = ca.issue_cert("127.0.0.1", "localhost")
@@ -37,7 +40,7 @@ def tls_server() -> Iterator[tuple[str, Path]]:
     ca.cert_pem.write_to_path(str(ca_file))
     ca_file.chmod(0o644)
     server = EmbeddedPostgres(
-        folder / "pg", durable=False, tls_files=(chain, key), bin_dir=builds[-1].parent
+        folder / "pg", durable=False, tls_files=(chain, key), bin_dir=builds()[-1].parent
     )
     try:
         yield server.start(), ca_file

@@ -1,0 +1,93 @@
+"""A replicated Kafka cluster (three KRaft nodes, replication 3, min.insync.replicas 2) losing
+the leader of the commands partitions to kill -9 under load.
+
+Acknowledged records are on at least two nodes (acks=all, min ISR 2), so a new leader has
+every command and every reply the dead one acknowledged; idempotent producers retry their
+unacknowledged batches to it without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.faults.load import account, replies_per_command, under_load, workload
+from tests.integration.helpers import fetch
+from tests.integration.processes import WalletProcess
+from wallet.embedded_kafka import KafkaCluster
+from wallet.kafka import ensure_topics, wait_for_topics
+from wallet.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def cluster(stack: Settings, on_tansu: bool) -> AsyncIterator[tuple[KafkaCluster, Settings]]:
+    """Three nodes on this machine, with the wallet's topics replicated on all of them."""
+    if on_tansu:
+        pytest.skip("needs Apache Kafka: Tansu has no replication")
+    folder = Path(tempfile.mkdtemp(prefix="wallet-cluster-"))
+    nodes = KafkaCluster(folder, size=3, heap_mb=512)
+    try:
+        bootstrap = await asyncio.to_thread(nodes.start)
+        settings = stack.model_copy(
+            update={
+                "kafka_bootstrap": bootstrap,
+                "topic_replication_factor": 3,
+                "topic_min_insync_replicas": 2,
+                # Clients wait out the failover instead of giving up on a send that may land.
+                "kafka_timeout_ms": 60_000,
+            }
+        )
+        await ensure_topics(settings)
+        topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
+        await wait_for_topics(settings, [*topics, settings.dlq_topic])
+        yield nodes, settings
+    finally:
+        await asyncio.to_thread(nodes.stop)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _leaders(settings: Settings) -> Counter[int]:
+    """How many commands partitions each node leads."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await asyncio.wait_for(admin.start(), 10)
+    try:
+        (described,) = await asyncio.wait_for(admin.describe_topics([settings.commands_topic]), 10)
+    finally:
+        await admin.close()
+    return Counter(p["leader"] for p in described["partitions"])
+
+
+class TestLeaderKilled:
+    async def test_kill_9_of_the_commands_leader(
+        self, cluster: tuple[KafkaCluster, Settings]
+    ) -> None:
+        """The node leading most commands partitions dies under load: nothing is lost or
+        doubled, nothing is re-sent, every command is answered exactly once."""
+        nodes, settings = cluster
+        work = workload(6_000, 200, seed=11, reply_to=settings.replies_topic)
+        procs = [WalletProcess(settings), WalletProcess(settings)]
+        async with under_load(settings, work, 300, procs, answered_first=1_000,
+                              send_timeout_s=90) as load:  # fmt: skip
+            leader_id, led = (await _leaders(settings)).most_common(1)[0]
+            victim = next(n for n in nodes.nodes if n.node_id == leader_id)
+            nodes.stop_node(victim, signal.SIGKILL)
+            replies = await load.settle(timeout_s=240)  # never re-sends
+            assert all(p.alive() for p in procs)
+            assert leader_id not in await _leaders(settings), "no new leaders elected"
+        resets = await fetch(settings, "SELECT count(*) AS n FROM partition_resets")
+        assert resets[0]["n"] == 0
+        counts = await replies_per_command(settings)
+        assert {str(c.command_id) for c in work.commands} == set(counts)
+        assert max(counts.values()) == 1, counts.most_common(3)
+        audit = await account(settings, work, load, replies)
+        print(audit.line(f"leader of {led} of 4 commands partitions killed (3 nodes, min ISR 2)"))
