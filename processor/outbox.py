@@ -97,9 +97,11 @@ class OutboxPublisher:
             try:
                 await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
                 return
-            except (KafkaError, *RETRIABLE_DB_ERRORS) as exc:
+            except (KafkaError, TimeoutError, *RETRIABLE_DB_ERRORS) as exc:
                 # A database error too: marking what was published failed, so it is published
                 # again on the retry (replies and events are at-least-once; readers dedupe).
+                # A whole round is sent again, so a send that timed out after all went out
+                # goes out twice: WALLET_KAFKA_TIMEOUT_MS should outlast a leader failover.
                 log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)

@@ -38,6 +38,7 @@ from wallet.settings import Settings
 log = structlog.get_logger("wallet.processor")
 _LAG_COMMIT_INTERVAL_S = 1.0
 _RESYNC_BACKOFF_START_S = 0.1
+_SHORT_LOG_GRACE_S = 10.0
 
 
 def owner_name() -> str:
@@ -69,6 +70,8 @@ class Processor:
         # partition -> seeks made so far: a fetch's records are used only if no seek of their
         # partition happened while the fetch was out (see _step)
         self._seeks: Counter[TopicPartition] = Counter()
+        # partition -> monotonic time its log was first seen ending before our position
+        self._short_since: dict[TopicPartition, float] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._publisher: OutboxPublisher | None = None
@@ -372,10 +375,32 @@ class Processor:
         return True
 
     async def _check_log_ends(self) -> None:
-        """A log that ends before our stored offset was replaced (in-memory broker restart)."""
+        """A log that ends before our position may have been replaced: check it.
+
+        Why not reset at once: on Kafka a partition's new leader can report a high watermark
+        below what the old leader had let us read, until its followers fetch again (found by
+        the three-node leader-kill test: "log ends at 279" with 290 stored). So the worker
+        first re-reads its last processed record, taking no new record meanwhile: the same
+        record means the log is ours (Kafka's case); another record means it was replaced
+        (Tansu restarted, and producers refilled it). A log whose record does not come back
+        within _SHORT_LOG_GRACE_S is taken as replaced too: Tansu's new log may never grow
+        that far.
+        """
+        now_s = time.monotonic()
         for tp, worker in list(self._workers.items()):
             highwater = self._highwater(tp)
-            if highwater is not None and highwater < worker.next_offset and tp not in self._stale:
+            if highwater is None or highwater >= worker.next_offset or tp in self._stale:
+                self._short_since.pop(tp, None)
+                continue
+            since_s = self._short_since.setdefault(tp, now_s)
+            if since_s == now_s and worker.verify_again():
+                log.warning("log ends before our position; checking the last record processed",
+                            partition=tp.partition, log_end=highwater,
+                            next_offset=worker.next_offset)  # fmt: skip
+                self._seek(tp, worker.fetch_from)
+            elif since_s == now_s or (worker.verifying and now_s - since_s > _SHORT_LOG_GRACE_S):
+                # Nothing to check, or the record never came back. Once it did and matched,
+                # the log is ours however short it looks: its end catches up.
                 await self._reset(tp, f"log ends at {highwater}", highwater)
 
     def _highwater(self, tp: TopicPartition) -> int | None:
@@ -386,6 +411,7 @@ class Processor:
         worker = self._workers.get(tp)
         if worker is None:
             return
+        self._short_since.pop(tp, None)
         try:
             await worker.reset(reason, log_end)
         except FencedError:
@@ -400,6 +426,7 @@ class Processor:
         await self._consumer.seek_to_beginning(tp)
 
     def _drop(self, tp: TopicPartition) -> None:
+        self._short_since.pop(tp, None)
         self._workers.pop(tp, None)
         self._stale.pop(tp, None)
         self._failures.pop(tp, None)

@@ -92,8 +92,10 @@ class PartitionWorker:
         self._accounts: OrderedDict[AccountKey, AccountState] = OrderedDict()
         self.claim: PartitionClaim | None = None
         self.next_offset = 0
-        # The last processed record, to re-read and check before trusting the log (a new
-        # owner's first fetch starts there); None once checked, or when nothing was processed.
+        # The last processed record (offset, fingerprint), None before the first batch.
+        self._last: tuple[int, bytes] | None = None
+        # That record while it must be re-read and checked before the log is trusted again (a
+        # new owner's first fetch, a log that looks short); None once checked.
         self._verify: tuple[int, bytes] | None = None
 
     @property
@@ -132,10 +134,21 @@ class PartitionWorker:
     def _adopt(self, claim: PartitionClaim) -> None:
         self._accounts.clear()
         self.next_offset = claim.next_offset
-        self._verify = None
+        self._last = None
         if claim.last_offset is not None:
             assert claim.last_fingerprint is not None and claim.last_offset < claim.next_offset
-            self._verify = (claim.last_offset, claim.last_fingerprint)
+            self._last = (claim.last_offset, claim.last_fingerprint)
+        self._verify = self._last
+
+    def verify_again(self) -> bool:
+        """Check the last processed record again before taking more records; False when no
+        record was processed (nothing to check)."""
+        self._verify = self._last
+        return self._verify is not None
+
+    @property
+    def verifying(self) -> bool:
+        return self._verify is not None
 
     @property
     def fetch_from(self) -> int:
@@ -225,6 +238,7 @@ class PartitionWorker:
         """The batch is stored: move on, and return what the outbox must publish."""
         self._remember(plan)
         self.next_offset = batch.position.next_offset
+        self._last = (batch.position.last_offset, batch.position.last_fingerprint)
         _log_outcomes(self.tp.partition, batch.intakes, plan.decided)
         return [_message(row) for row in plan.outbox_rows]
 
