@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 
 from tests.integration.helpers import (
     asset_sums,
@@ -17,6 +18,9 @@ from tests.integration.helpers import (
     send_all,
 )
 from wallet.settings import Settings
+
+# The core flows also run on Tansu: the no-Java fallback must keep working.
+pytestmark = pytest.mark.also_tansu
 
 
 class TestFlows:
