@@ -18,7 +18,13 @@ import uuid
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from wallet.kafka import RecordBatches, make_consumer, make_producer, security_options
+from wallet.kafka import (
+    RecordBatches,
+    make_consumer,
+    make_producer,
+    security_options,
+    wait_for_topics,
+)
 from wallet.settings import load_settings
 
 
@@ -30,6 +36,7 @@ async def hop(rate: float, records: int) -> list[float]:
     )
     await admin.start()
     await admin.create_topics([NewTopic(topic, settings.partitions, 1)])
+    await wait_for_topics(settings, [topic])  # Kafka: every partition led before the first fetch
     producer, consumer = make_producer(settings), make_consumer(settings, group_id=None)
     await producer.start()
     await consumer.start()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from wallet.cli import main as cli
+from wallet.embedded_kafka import KAFKA_VERSION
 from wallet.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +123,11 @@ class TestCompose:
         """The API is published; Kafka only on loopback for local producers; nothing else."""
         published = {n: s["ports"] for n, s in compose["services"].items() if "ports" in s}
         assert published == {"api": ["8080:8080"], "kafka": ["127.0.0.1:19092:19092"]}
+
+    def test_kafka_is_the_release_the_tests_run(self, compose: dict[str, Any]) -> None:
+        """Compose runs the same Apache Kafka release as the embedded broker of the tests."""
+        image = compose["services"]["kafka"]["image"]
+        assert image == f"apache/kafka:{KAFKA_VERSION}"
 
     def test_two_processors_and_named_volumes(self, compose: dict[str, Any]) -> None:
         """Two processors share the partitions; the data lives in named volumes."""
