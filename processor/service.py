@@ -38,7 +38,7 @@ from wallet.settings import Settings
 log = structlog.get_logger("wallet.processor")
 _LAG_COMMIT_INTERVAL_S = 1.0
 _RESYNC_BACKOFF_START_S = 0.1
-_SHORT_LOG_GRACE_S = 10.0
+_SHORT_LOG_GRACE_S = 30.0  # Kafka's replica.lag.time.max.ms: a follower may lag that long
 
 
 def owner_name() -> str:
@@ -161,41 +161,88 @@ class Processor:
             stopping.cancel()
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
-        seeks = self._seeks.copy()
+        """Fetch, then decide and commit what is fresh, under the lock rebalances take too.
+
+        Why records fetched around a seek are told by seek counts and not by offsets: the
+        fetch that brought them was in flight while a claim, reset or retry moved the
+        partition (found by the PostgreSQL outage test: such records, taken as the next batch,
+        skipped every record between the stored offset and them). An offset comparison cannot
+        tell them from a fetch that starts past a gap: on Kafka, transaction markers, aborted
+        records and compaction leave offsets no consumer ever sees.
+        """
+        before = self._seeks.copy()
+        fetch = await self._fetch(consumer)
+        if fetch is None:
+            return
+        fetched, positions = fetch
+        after = self._seeks.copy()  # no await since the fetch returned
+        async with self._lock:
+            await self._resync_stale()
+            await self._check_log_ends()
+            fresh = {tp: r for tp, r in fetched.items() if before[tp] == self._seeks[tp]}
+            for tp in fetched.keys() - fresh.keys():
+                if before[tp] != after[tp] == self._seeks[tp]:
+                    # Seeked while the fetch was out: returning these records moved the
+                    # position past them, so it must be moved back. A seek made after the
+                    # fetch returned has already set the position where it belongs.
+                    self._refetch(tp)
+            await self._run_batches(fresh, positions)
+            await self._observe_lag()
+        await self._commit_lag_offsets()
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], dict[TopicPartition, int]] | None:
+        """What is ready, and each partition's position right after it; None on a failure."""
         try:
             fetched = await consumer.getmany(
                 timeout_ms=self._settings.fetch_wait_ms, max_records=self._settings.batch_size_max
             )
             # No await yields between the fetch and here (a valid position is returned at
             # once), so these are the positions right after the fetched records.
-            positions = {tp: await consumer.position(tp) for tp in fetched}
+            return fetched, {tp: await consumer.position(tp) for tp in fetched}
         except OffsetOutOfRangeError as exc:
             async with self._lock:
                 for tp in exc.args[0] if exc.args else ():
-                    await self._reset(tp, "offset out of range", None)
-            return
+                    await self._out_of_range(tp)
         except NoOffsetForPartitionError:
-            return  # a partition assigned a moment ago, not yet positioned by its claim
+            pass  # a partition assigned a moment ago, not yet positioned by its claim
         except KafkaError as exc:
-            log.warning("fetch failed", error=repr(exc))
+            # aiokafka may have moved positions on its own (past part of an oversized batch,
+            # with RecordTooLargeError): fetch every partition again from where it stands.
+            log.warning("fetch failed; fetching again from the stored positions", error=repr(exc))
+            async with self._lock:
+                for tp in list(self._workers):
+                    self._refetch(tp)
             await asyncio.sleep(_RESYNC_BACKOFF_START_S)
-            return
-        async with self._lock:
-            await self._resync_stale()
-            await self._check_log_ends()
-            fresh = {tp: r for tp, r in fetched.items() if seeks[tp] == self._seeks[tp]}
-            for tp in fetched.keys() - fresh.keys():
+        return None
+
+    async def _out_of_range(self, tp: TopicPartition) -> None:
+        """A fetch fell outside the log: reset, unless retention only removed the record the
+        worker was about to check (an idle partition on Kafka loses every old segment after
+        retention.ms), while its position is still in the log."""
+        worker = self._workers.get(tp)
+        assert self._consumer is not None
+        if worker is not None and worker.verifying:
+            timeout_s = self._settings.kafka_timeout_ms / 1000
+            try:
+                starts = await asyncio.wait_for(self._consumer.beginning_offsets([tp]), timeout_s)
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("log start unknown; fetching again", partition=tp.partition,
+                            error=repr(exc))  # fmt: skip
                 self._refetch(tp)
-            await self._run_batches(fresh, positions)
-            await self._observe_lag()
-        await self._commit_lag_offsets()
+                return
+            if worker.fetch_from < starts[tp] <= worker.next_offset:
+                log.info("last processed record removed by retention; carrying on",
+                         partition=tp.partition, log_start=starts[tp],
+                         next_offset=worker.next_offset)  # fmt: skip
+                worker.trust_log()
+                self._seek(tp, worker.next_offset)
+                return
+        await self._reset(tp, "offset out of range", None)
 
     def _refetch(self, tp: TopicPartition) -> None:
-        """Drop records a seek made stale, and fetch again from where the worker stands.
-
-        Why seek again: the fetch may have returned them after the seek (aiokafka checks they
-        start at the new position), and returning them moved the consumer past them.
-        """
+        """Fetch again from where the worker stands (records fetched before were dropped)."""
         worker = self._workers.get(tp)
         if worker is not None and tp not in self._stale:
             log.info("records fetched across a seek dropped; fetching again",
@@ -203,7 +250,8 @@ class Processor:
             self._seek(tp, worker.fetch_from)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
-        """Every seek goes through here, so that _step knows which fetches it made stale."""
+        """Every seek counts (here and in _reset), so that _step knows which fetches a seek
+        made stale."""
         assert self._consumer is not None
         self._seeks[tp] += 1
         self._consumer.seek(tp, offset)
@@ -213,16 +261,7 @@ class Processor:
         fetched: dict[TopicPartition, list[ConsumerRecord]],
         positions: dict[TopicPartition, int],
     ) -> None:
-        """Admit each partition's fetched records as a batch and commit them.
-
-        Why records fetched before a seek are dropped by seek count and not by offset: the
-        fetch that brought them was in flight while a claim, reset or retry moved the
-        partition (found by the PostgreSQL outage test: such records, taken as the next batch,
-        skipped every record between the stored offset and them). The consumer already
-        fetches from the new position, so dropping them is enough. An offset comparison
-        cannot tell them apart from a fetch that starts past a gap: on Kafka, transaction
-        markers, aborted records and compaction all leave offsets no consumer ever sees.
-        """
+        """Admit each partition's fetched records as a batch and commit them."""
         admitted = []
         for tp, records in fetched.items():
             worker = self._workers.get(tp)
@@ -392,13 +431,14 @@ class Processor:
             if highwater is None or highwater >= worker.next_offset or tp in self._stale:
                 self._short_since.pop(tp, None)
                 continue
+            first_seen = tp not in self._short_since
             since_s = self._short_since.setdefault(tp, now_s)
-            if since_s == now_s and worker.verify_again():
+            if first_seen and worker.verify_again():
                 log.warning("log ends before our position; checking the last record processed",
                             partition=tp.partition, log_end=highwater,
                             next_offset=worker.next_offset)  # fmt: skip
                 self._seek(tp, worker.fetch_from)
-            elif since_s == now_s or (worker.verifying and now_s - since_s > _SHORT_LOG_GRACE_S):
+            elif first_seen or (worker.verifying and now_s - since_s > _SHORT_LOG_GRACE_S):
                 # Nothing to check, or the record never came back. Once it did and matched,
                 # the log is ours however short it looks: its end catches up.
                 await self._reset(tp, f"log ends at {highwater}", highwater)
@@ -444,10 +484,21 @@ class Processor:
                 await self._take_over(worker)
 
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Give the partitions up, once what they committed is published (bounded).
+
+        Why wait for the relay: the next owner (this process again, often, after a
+        coordinator failover) republishes everything past the published watermark. Replies
+        still queued here would go out twice; published first, they go out once.
+        """
         metrics.REBALANCES.labels("revoked").inc()
         async with self._lock:
             for tp in partitions:
                 self._drop(tp)
+        if self._publisher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._publisher.drain(), self._settings.kafka_timeout_ms / 1000
+                )
 
     async def _observe_lag(self) -> None:
         """Lag from the last stable offset (the end a read_committed consumer can reach) to

@@ -9,6 +9,7 @@ node's folder, so a node killed with -9 and started again on the same folder kee
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -193,7 +194,7 @@ class KafkaCluster:
         self.folder = folder
         self.heap_mb = heap_mb
         self.nodes = [KafkaNode(i + 1, folder / f"node-{i + 1}") for i in range(size)]
-        self._cluster_id = _cluster_id()
+        self._cluster_id = cluster_id()
         self._libs: Path | None = None
 
     @property
@@ -295,11 +296,13 @@ class KafkaCluster:
         raise DevStackError("Kafka did not start in time", log=str(node.log_path))
 
 
-def _cluster_id() -> str:
-    """A cluster id as Kafka's storage tool makes them: a UUID in URL-safe base64, unpadded."""
-    import base64
-
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id() -> str:
+    """A cluster id as Kafka makes them: a UUID in URL-safe base64, unpadded, never starting
+    with "-" (the storage tool would read it as an option: one start in 64 failed that way)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 @contextlib.contextmanager

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
 from wallet import embedded_kafka
-from wallet.embedded_kafka import KafkaCluster, KafkaNode, cache_dir, java_major, missing_tools
+from wallet.embedded_kafka import (
+    KafkaCluster,
+    KafkaNode,
+    cache_dir,
+    cluster_id,
+    java_major,
+    missing_tools,
+)
 
 
 class TestJavaVersion:
@@ -85,3 +93,14 @@ class TestNodeProperties:
         text = cluster.nodes[2].properties(voters, 3)
         assert f"controller.quorum.voters={voters}" in text
         assert "transaction.state.log.min.isr=2" in text and "node.id=3" in text
+
+
+class TestClusterId:
+    def test_never_reads_as_an_option(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An id whose base64 would start with "-" is drawn again (the storage tool would
+        take it for an option)."""
+        draws = iter([uuid.UUID(bytes=b"\xfb" + b"\x00" * 15), uuid.UUID(int=1)])
+        monkeypatch.setattr(embedded_kafka.uuid, "uuid4", lambda: next(draws))
+        found = cluster_id()
+        assert len(found) == 22 and not found.startswith("-")
+        assert found == "AAAAAAAAAAAAAAAAAAAAAQ"
