@@ -63,6 +63,15 @@ def _classify(value: bytes, exc: ValidationError) -> DecodeFailure:
             value.decode("utf-8")
         except UnicodeDecodeError as utf_exc:
             return DecodeFailure(DecodeErrorCode.NOT_UTF8, f"not UTF-8: {utf_exc}", Envelope())
+        # JSON that only a lenient parser reads (a lone UTF-16 surrogate such as "\ud800",
+        # what splitting an emoji in JavaScript produces): invalid, but its sender is known,
+        # so it gets an invalid_command reply rather than vanishing into the dead letters.
+        envelope = read_envelope(value)
+        if envelope.command_id is not None:
+            reason = f"not strict JSON (a lone surrogate, NaN or the like): {_reason(exc)}"
+            return DecodeFailure(
+                DecodeErrorCode.INVALID_FIELDS, reason[:REASON_CHARS_MAX], envelope
+            )
         return DecodeFailure(DecodeErrorCode.NOT_JSON, _reason(exc), Envelope())
     if "model_type" in kinds:
         return DecodeFailure(
@@ -119,4 +128,12 @@ def _topic_or_none(raw: object) -> str | None:
 
 
 def _text_or_none(raw: object) -> str | None:
-    return raw if isinstance(raw, str) and 0 < len(raw) <= _ENVELOPE_TEXT_CHARS_MAX else None
+    """Text fit to echo in a reply: bounded, no NUL, and encodable (a lone surrogate from a
+    lenient parse would make the reply itself unencodable and fail the batch)."""
+    if not isinstance(raw, str) or not 0 < len(raw) <= _ENVELOPE_TEXT_CHARS_MAX or "\x00" in raw:
+        return None
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return raw

@@ -32,7 +32,12 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 # Integers are bounded to 64 bits: orjson (and so the ledger's JSON and every reply) cannot
 # encode larger ones, and a command that cannot be encoded must be refused, not crash the worker.
 MetadataInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-MetadataValue = Annotated[str, StringConstraints(max_length=256)] | MetadataInt | bool | None
+# No NUL in metadata: PostgreSQL's jsonb (and text) cannot store it, so a command holding one
+# would pass validation and then fail its batch on every retry, stalling the partition. (Keys
+# are checked in Command._small_metadata: a key pattern would turn the JSON Schema's
+# additionalProperties into patternProperties, which lets other keys through unchecked.)
+MetadataText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00]*$")]
+MetadataValue = MetadataText | MetadataInt | bool | None
 
 
 class CommandType(StrEnum):
@@ -64,6 +69,8 @@ class Command(BaseModel):
     def _small_metadata(cls, value: dict[str, object]) -> dict[str, object]:
         if len(value) > METADATA_KEYS_MAX:
             raise ValueError(f"metadata has more than {METADATA_KEYS_MAX} keys")
+        if any("\x00" in key for key in value):
+            raise ValueError("a metadata key holds a NUL character")
         if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
             raise ValueError(f"metadata is larger than {METADATA_BYTES_MAX} bytes")
         return value

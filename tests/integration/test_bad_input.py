@@ -34,6 +34,11 @@ def _variants(reply_to: str) -> dict[str, dict[str, Any]]:
     cases["long_key"] = {**_valid(reply_to), "idempotency_key": "k" * 5000}
     cases["unknown_field"] = {**_valid(reply_to), "is_admin": True}
     cases["one_megabyte"] = {**_valid(reply_to), "description": "x" * 1_000_000}
+    # What PostgreSQL cannot store: once stalled a partition for good (each batch retried).
+    cases["nul_in_metadata_value"] = {**_valid(reply_to), "metadata": {"note": "a\x00b"}}
+    cases["nul_in_metadata_key"] = {**_valid(reply_to), "metadata": {"a\x00": 1}}
+    # A JavaScript substring through an emoji: was dead-lettered as not_json, unanswered.
+    cases["lone_surrogate"] = {**_valid(reply_to), "description": "a\ud800b"}
     for doc in cases.values():
         doc["command_id"] = str(uuid.uuid4())
     return cases
@@ -43,7 +48,8 @@ class TestBadInput:
     async def test_every_bad_message_is_refused_and_nothing_is_written(
         self, stack: Settings
     ) -> None:
-        """Invalid commands get invalid_command replies, undecodable ones go to the DLQ only."""
+        """Invalid commands (NUL in metadata and lone surrogates included) get invalid_command
+        replies, undecodable ones go to the DLQ only, and the partition goes on."""
         cases = _variants(stack.replies_topic)
         undecodable = [b"\xff\xfe\xfd not utf-8", b"not json at all", b"[1, 2, 3]"]
         async with running_processor(stack), client_for(stack) as client:

@@ -58,13 +58,34 @@ class TestDecode:
          {"metadata": {"k": -(2**63) - 1}}, {"metadata": {"k": "v" * 257}},
          {"metadata": {"k" * 65: 1}}, {"metadata": {f"k{i}": "v" * 200 for i in range(12)}},
          {"user_id": "u" * 129}, {"description": "d" * 513}, {"amount": 10**15 + 1},
-         {"amount": 0}],
+         {"amount": 0}, {"metadata": {"k": "a\x00b"}}, {"metadata": {"a\x00": 1}},
+         {"description": "a\x00b"}],
     )  # fmt: skip
     def test_contract_violations(self, changes: dict[str, object]) -> None:
         """Unknown fields, long keys, bad enums, naive times, metadata past its limits (keys,
         bytes, string and key lengths, integers past 64 bits, which JSON encoders refuse),
-        long ids and descriptions, amounts out of range: all refused."""
+        long ids and descriptions, amounts out of range, a NUL anywhere (PostgreSQL cannot
+        store it): all refused."""
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
+
+
+class TestUnstorableText:
+    def test_lone_surrogate_is_invalid_with_its_envelope(self) -> None:
+        """A lone UTF-16 surrogate (a JavaScript substring through an emoji) is refused as
+        invalid fields with the envelope read, so its sender gets an invalid_command reply."""
+        raw = _with(description="a\ud800b")
+        result = decode_command(raw, bytes_max=65536)
+        assert isinstance(result, DecodeFailure) and result.code == "invalid_fields"
+        assert str(result.envelope.command_id) == json.loads(raw)["command_id"]
+        assert "lone surrogate" in result.reason
+
+    def test_envelope_never_carries_unencodable_text(self) -> None:
+        """A user id or key holding a lone surrogate or a NUL is left out of the envelope: the
+        reply that echoes it must itself be encodable."""
+        for bad in ("a\ud800", "a\x00b"):
+            result = decode_command(_with(user_id=bad, idempotency_key=bad), bytes_max=65536)
+            assert isinstance(result, DecodeFailure) and result.envelope.command_id is not None
+            assert result.envelope.user_id is None and result.envelope.idempotency_key is None
 
 
 _JSON = st.recursive(
