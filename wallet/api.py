@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -99,6 +100,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/metrics", exposition, include_in_schema=False)
     app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
     app.add_middleware(RequestMetrics)  # outermost: it sees the 413 and 415 answers too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with where and why, never the input itself: it may be anything a client sent
+        (a lone surrogate in it made FastAPI's own answer unencodable: a 500)."""
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(WalletError)
     @app.exception_handler(KafkaError)

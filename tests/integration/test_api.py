@@ -204,6 +204,9 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("unknown field", _body(isAdmin=True)),
     ("bad user id", _body(userId="../etc/passwd")),
     ("not an object", [1, 2]),
+    # A JavaScript substring through an emoji: was a 500 (FastAPI echoed it, unencodable).
+    ("lone surrogate", _body(description="a\ud800b")),
+    ("nul in key", _body(idempotencyKey="a\x00b")),
 ]
 
 
@@ -212,11 +215,13 @@ class TestBadInput:
     async def test_bad_bodies_are_422(
         self, api: httpx.AsyncClient, stack: Settings, name: str, body: Any
     ) -> None:
-        """Each malformed body is a 422 with a reason, and writes nothing."""
+        """Each malformed body is a 422 with a reason but not the input echoed, and writes
+        nothing."""
         response = await api.post("/wallet/spend", content=_json(body),
                                    headers={"content-type": "application/json"})  # fmt: skip
         assert response.status_code == 422, response.text
-        assert response.json()["detail"]
+        detail = response.json()["detail"]
+        assert detail and all(set(d) == {"loc", "msg", "type"} for d in detail), detail
         assert (await fetch(stack, "SELECT count(*) AS n FROM processed_commands"))[0]["n"] == 0
 
     async def test_transport_level_refusals(self, api: httpx.AsyncClient, stack: Settings) -> None:
