@@ -8,7 +8,6 @@ envelope (`command_id`, `reply_to`, ...) with a lenient parser, so the producer 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 
 from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
-from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_PATTERN
+from schemas.topics import DEFAULT_REPLIES_TOPIC, is_topic_name
 
 # Reading an envelope out of a refused message costs a parse; past this size we do not try.
 ENVELOPE_SCAN_BYTES_MAX = 2 * 1024 * 1024
@@ -124,7 +123,7 @@ def _uuid_or_none(raw: object) -> UUID | None:
 
 
 def _topic_or_none(raw: object) -> str | None:
-    return raw if isinstance(raw, str) and re.fullmatch(TOPIC_NAME_PATTERN, raw) else None
+    return raw if isinstance(raw, str) and is_topic_name(raw) else None
 
 
 def _text_or_none(raw: object) -> str | None:

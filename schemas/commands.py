@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_PATTERN
+from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_CHARS_MAX, TOPIC_NAME_PATTERN
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
@@ -24,7 +24,10 @@ IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 AssetCode = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
-TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME_PATTERN)]
+TopicName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=TOPIC_NAME_CHARS_MAX, pattern=TOPIC_NAME_PATTERN),
+]
 Description = Annotated[
     str, StringConstraints(max_length=512, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
 ]

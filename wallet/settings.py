@@ -7,7 +7,6 @@ Real environment variables always win over that file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +18,7 @@ from schemas.topics import (
     DEFAULT_DLQ_TOPIC,
     DEFAULT_EVENTS_TOPIC,
     DEFAULT_REPLIES_TOPIC,
-    TOPIC_NAME_PATTERN,
+    is_topic_name,
 )
 from wallet.errors import ConfigError
 
@@ -115,7 +114,7 @@ class Settings(BaseSettings):
     @field_validator("commands_topic", "replies_topic", "events_topic", "dlq_topic")
     @classmethod
     def _topic_name(cls, value: str) -> str:
-        if not re.fullmatch(TOPIC_NAME_PATTERN, value):
+        if not is_topic_name(value):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
 

@@ -59,13 +59,14 @@ class TestDecode:
          {"metadata": {"k" * 65: 1}}, {"metadata": {f"k{i}": "v" * 200 for i in range(12)}},
          {"user_id": "u" * 129}, {"description": "d" * 513}, {"amount": 10**15 + 1},
          {"amount": 0}, {"metadata": {"k": "a\x00b"}}, {"metadata": {"a\x00": 1}},
-         {"description": "a\x00b"}],
+         {"description": "a\x00b"}, {"reply_to": "."}, {"reply_to": ".."},
+         {"reply_to": "r" * 250}, {"reply_to": "a b"}],
     )  # fmt: skip
     def test_contract_violations(self, changes: dict[str, object]) -> None:
         """Unknown fields, long keys, bad enums, naive times, metadata past its limits (keys,
         bytes, string and key lengths, integers past 64 bits, which JSON encoders refuse),
         long ids and descriptions, amounts out of range, a NUL anywhere (PostgreSQL cannot
-        store it): all refused."""
+        store it), reply topics Kafka refuses ("." and ".." among them): all refused."""
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
 
 

@@ -20,6 +20,12 @@ class TestSettings:
         with pytest.raises(ConfigError, match="must all differ"):
             load_settings(_env_file=None, replies_topic="wallet.commands")
 
+    @pytest.mark.parametrize("name", [".", "..", "t" * 250, "a b", ""])
+    def test_topic_names_kafka_refuses(self, name: str) -> None:
+        """Names Kafka would refuse ("." and ".." pass a character check) fail at start."""
+        with pytest.raises(ConfigError, match="WALLET_REPLIES_TOPIC"):
+            load_settings(_env_file=None, replies_topic=name)
+
     def test_defaults(self) -> None:
         """The documented defaults hold."""
         settings = load_settings(_env_file=None)
