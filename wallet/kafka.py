@@ -408,8 +408,12 @@ async def _describe_topics(
 
 
 async def _topic_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> list[dict[str, Any]]:
-    """The topics' metadata, once every topic has partitions: a topic just created may not
-    yet be known to the broker that answers (the caller bounds the wait)."""
+    """The topics' metadata, once every topic has a leader for each partition (or an error
+    that waiting will not cure).
+
+    Why wait: Kafka answers CreateTopics once the controller has the topic, before every
+    broker's metadata shows it with leaders; a client started right after would find no such
+    topic. The caller bounds the wait."""
     while True:
         topics: list[dict[str, Any]] = await admin.describe_topics(names)
         if not any(_metadata_pending(t) for t in topics):
@@ -419,7 +423,9 @@ async def _topic_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> list[
 
 def _metadata_pending(topic: dict[str, Any]) -> bool:
     code = topic["error_code"]
-    return code in _METADATA_PENDING or (code == 0 and not topic["partitions"])
+    partitions = topic["partitions"] or []
+    leaderless = not partitions or any(p.get("leader", -1) < 0 for p in partitions)
+    return code in _METADATA_PENDING or (code == 0 and leaderless)
 
 
 async def _topic_configs(
@@ -454,11 +460,10 @@ async def _topic_configs(
 async def topic_partitions(settings: Settings, names: list[str]) -> dict[str, list[int]]:
     """Each named topic's partition ids, asked of the broker (a consumer's cached metadata
     knows only the topics it has asked about; on Kafka, none until it subscribes)."""
-    timeout_s = settings.kafka_timeout_ms / 1000
     admin = AIOKafkaAdminClient(**_common(settings))
-    await asyncio.wait_for(admin.start(), timeout_s)
     try:
-        described = await asyncio.wait_for(admin.describe_topics(names), timeout_s)
+        await _bounded(admin.start(), settings, "connect")
+        described = await _bounded(admin.describe_topics(names), settings, "describe topics")
     finally:
         await admin.close()
     return {
@@ -467,31 +472,11 @@ async def topic_partitions(settings: Settings, names: list[str]) -> dict[str, li
 
 
 async def wait_for_topics(settings: Settings, names: list[str]) -> None:
-    """Until every named topic has a leader for each partition in the cluster's metadata.
-
-    Why: Kafka answers CreateTopics once the controller has the topic, before every broker's
-    metadata shows it; a client started right after would find no such topic.
-    """
-    timeout_s = settings.kafka_timeout_ms / 1000
+    """Until every named topic has a leader for each partition (topics created by other
+    means than ensure_topics, which waits by itself)."""
     admin = AIOKafkaAdminClient(**_common(settings))
-    await asyncio.wait_for(admin.start(), timeout_s)
     try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            described = await asyncio.wait_for(admin.describe_topics(names), timeout_s)
-            if all(_has_leaders(topic) for topic in described):
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise ConfigError("topics did not get leaders in time", topics=names)
-            await asyncio.sleep(0.05)
+        await _bounded(admin.start(), settings, "connect")
+        await _bounded(_topic_metadata(admin, names), settings, "wait for topic leaders")
     finally:
         await admin.close()
-
-
-def _has_leaders(described: dict[str, Any]) -> bool:
-    partitions = described.get("partitions") or []
-    return (
-        described.get("error_code") == 0
-        and bool(partitions)
-        and all(p.get("leader", -1) >= 0 for p in partitions)
-    )

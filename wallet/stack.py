@@ -17,7 +17,7 @@ from wallet.db import connection
 from wallet.devstack import EmbeddedPostgres, TansuBroker
 from wallet.embedded_kafka import KAFKA_VERSION, KafkaCluster, missing_tools
 from wallet.errors import DevStackError
-from wallet.kafka import ensure_topics, wait_for_topics
+from wallet.kafka import ensure_topics
 from wallet.settings import STACK_ENV_FILE, Settings
 
 DATABASE_NAME = "wallet"
@@ -114,8 +114,6 @@ async def prepare(settings: Settings) -> list[str]:
     async with connection(settings) as conn:
         applied = await migrate(conn)
     await ensure_topics(settings)
-    topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
-    await wait_for_topics(settings, [*topics, settings.dlq_topic])
     return applied
 
 

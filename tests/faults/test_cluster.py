@@ -23,7 +23,7 @@ from tests.faults.load import account, replies_per_command, under_load, workload
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.embedded_kafka import KafkaCluster
-from wallet.kafka import ensure_topics, wait_for_topics
+from wallet.kafka import ensure_topics
 from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -47,9 +47,7 @@ async def cluster(stack: Settings, on_tansu: bool) -> AsyncIterator[tuple[KafkaC
                 "kafka_timeout_ms": 60_000,
             }
         )
-        await ensure_topics(settings)
-        topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
-        await wait_for_topics(settings, [*topics, settings.dlq_topic])
+        await ensure_topics(settings)  # returns once every partition has a leader
         yield nodes, settings
     finally:
         await asyncio.to_thread(nodes.stop)

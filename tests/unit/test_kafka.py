@@ -269,7 +269,7 @@ class _ConfiglessAdmin:
         return SimpleNamespace(topic_errors=[(name, 0, None) for name in self.names])
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        partitions = [{"partition": i, "replicas": [1]} for i in range(12)]
+        partitions = [{"partition": i, "leader": 1, "replicas": [1]} for i in range(12)]
         return [{"topic": n, "error_code": 0, "partitions": partitions} for n in names]
 
     async def describe_configs(self, resources: list[Any]) -> list[SimpleNamespace]:
