@@ -250,11 +250,16 @@ class Processor:
             self._seek(tp, worker.fetch_from)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
-        """Every seek counts (here and in _reset), so that _step knows which fetches a seek
-        made stale."""
+        """Every seek goes through here or _seek_to_beginning and counts, so that _step knows
+        which fetches a seek made stale."""
         assert self._consumer is not None
         self._seeks[tp] += 1
         self._consumer.seek(tp, offset)
+
+    async def _seek_to_beginning(self, tp: TopicPartition) -> None:
+        assert self._consumer is not None
+        self._seeks[tp] += 1
+        await self._consumer.seek_to_beginning(tp)
 
     async def _run_batches(
         self,
@@ -461,9 +466,7 @@ class Processor:
             log.error("could not record partition reset", partition=tp.partition, error=repr(exc))
             self._mark_stale(tp, failed=True)
             return
-        assert self._consumer is not None
-        self._seeks[tp] += 1
-        await self._consumer.seek_to_beginning(tp)
+        await self._seek_to_beginning(tp)
 
     def _drop(self, tp: TopicPartition) -> None:
         self._short_since.pop(tp, None)
@@ -511,8 +514,9 @@ class Processor:
             if end is None or tp in self._stale:
                 continue
             position = worker.next_offset
-            with contextlib.suppress(KafkaError, TimeoutError):  # bounded: it waits if unset
-                position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
+            if end > position:  # asked only then: most steps of a healthy partition skip it
+                with contextlib.suppress(KafkaError, TimeoutError):  # bounded: waits if unset
+                    position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
             lags[tp.partition] = max(0, end - position)
         metrics.CONSUMER_LAG.set_all(lags)
         metrics.PARTITIONS_OWNED.set(len(self._workers))

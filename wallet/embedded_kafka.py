@@ -20,7 +20,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,14 +302,3 @@ def cluster_id() -> str:
         found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not found.startswith("-"):
             return found
-
-
-@contextlib.contextmanager
-def running_cluster(folder: Path, size: int) -> Iterator[KafkaCluster]:
-    """A cluster started for a block and stopped after it, whatever happens."""
-    cluster = KafkaCluster(folder, size)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
