@@ -46,18 +46,19 @@ def _misrouted(
         )
     if key != command.user_id.encode("utf-8"):
         reason = "the message key must be the user id (UTF-8)"
-        return DecodeFailure(DecodeErrorCode.KEY_MISMATCH, reason, _envelope(command))
+        return DecodeFailure(DecodeErrorCode.KEY_MISMATCH, reason, envelope_of(command))
     expected = partition_for(command.user_id, rules.partitions)
     if expected != partition:
         reason = (
             f"user {command.user_id!r} belongs on partition {expected} (murmur2), not {partition}; "
             "use the default (murmur2) partitioner"
         )
-        return DecodeFailure(DecodeErrorCode.WRONG_PARTITION, reason, _envelope(command))
+        return DecodeFailure(DecodeErrorCode.WRONG_PARTITION, reason, envelope_of(command))
     return None
 
 
-def _envelope(command: Command) -> Envelope:
+def envelope_of(command: Command) -> Envelope:
+    """What a refusal's reply needs of a command."""
     return Envelope(
         command_id=command.command_id,
         reply_to=command.reply_to,

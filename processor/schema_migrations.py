@@ -62,6 +62,7 @@ SERVICE_GRANTS = {
     "processed_commands": "SELECT, INSERT",
     "ledger_entries": "SELECT, INSERT",
     "partition_resets": "SELECT, INSERT",
+    "dead_letter_requests": "SELECT, INSERT",
     "assets": "SELECT, INSERT",
     "schema_migrations": "SELECT",
     "partition_state": "SELECT, INSERT, UPDATE",

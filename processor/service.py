@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -30,7 +31,7 @@ from processor.store import EventStore, PostgresEventStore, StaleOffsetError
 from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
 from schemas.commands import Command
 from wallet import metrics
-from wallet.db import RETRIABLE_DB_ERRORS
+from wallet.db import RETRIABLE_DB_ERRORS, Failure, failure_kind, records_fault
 from wallet.errors import FencedError
 from wallet.kafka import make_consumer, make_producer, start_producer
 from wallet.settings import Settings
@@ -65,8 +66,10 @@ class Processor:
         self._workers: dict[TopicPartition, PartitionWorker] = {}
         # partition -> monotonic time of its next resync attempt
         self._stale: dict[TopicPartition, float] = {}
-        # partition -> batches failed in a row (reset by a commit): drives the backoff
+        # partition -> batches failed in a row (reset by a commit): drives the backoff, and
+        # with the last one's kind is stored at the next claim for /ready and `wallet status`
         self._failures: dict[TopicPartition, int] = {}
+        self._errors: dict[TopicPartition, str] = {}
         # partition -> seeks made so far: a fetch's records are used only if no seek of their
         # partition happened while the fetch was out (see _step)
         self._seeks: Counter[TopicPartition] = Counter()
@@ -322,21 +325,20 @@ class Processor:
         except FencedError as exc:  # StaleOffsetError included: its partition is resynced
             self._refused(group, exc)
             return
-        except RETRIABLE_DB_ERRORS as exc:
-            # Retried from the stored position: nothing was half-written (the transaction
-            # rolled back, or it committed and the resync finds the new offset).
-            metrics.BATCH_FAILURES.inc()
-            failures = max(self._mark_stale(b.worker.tp, failed=True) for b in group)
-            partitions = [b.worker.tp.partition for b in group]
-            log.error("batch failed; will retry from the stored offset", partitions=partitions,
-                      failures_in_a_row=failures, error=repr(exc))  # fmt: skip
+        except AssertionError:
+            raise  # a broken invariant of the code that moves money: crash loudly
+        except Exception as exc:  # every other failure is retried: see _failed
+            self._failed(group, exc)
             return
         assert self._publisher is not None
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started_s)
         for b, plan in zip(group, plans, strict=True):
             _observe(b, plan)
             self._failures.pop(b.worker.tp, None)
+            self._errors.pop(b.worker.tp, None)
             messages = b.worker.committed(b, plan)
+            if b.cut:  # the consumer read past the batch: fetch the rest again
+                self._seek(b.worker.tp, b.worker.next_offset)
             await self._publisher.submit(PublishJob(b.worker.tp.topic, b.worker.tp.partition,
                                                     b.worker.epoch, messages))  # fmt: skip
 
@@ -347,6 +349,31 @@ class Processor:
             self._store.find_processed([i for b in group for i in b.ids]),
             self._store.load_accounts([k for b in group for k in b.uncached]),
         )
+
+    def _failed(self, group: list[Admitted], exc: Exception) -> None:
+        """A group's transaction failed: retry from the stored offsets, nothing skipped.
+
+        Only a batch that failed alone is narrowed (see processor.narrowing): in a group, the
+        fault may be any partition's, so each is first retried alone. Nothing was half-written:
+        the transaction rolled back, or it committed and the resync finds the new offset.
+        """
+        metrics.BATCH_FAILURES.inc()
+        fault, kind = records_fault(exc), failure_kind(exc)
+        failures = 0
+        for b in group:
+            if len(group) == 1:
+                b.worker.failed(b, kind, fault)
+            self._errors[b.worker.tp] = kind
+            quick = len(group) == 1 and fault and b.worker.narrowing_quickly
+            failures = max(failures, self._mark_stale(b.worker.tp, failed=True, quick=quick))
+        where = None
+        if not isinstance(exc, RETRIABLE_DB_ERRORS) and exc.__traceback__ is not None:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]  # a planner bug: where it is
+            where = f"{frame.filename}:{frame.lineno}"
+        log.error("batch failed; will retry from the stored offset",
+                  partitions=[b.worker.tp.partition for b in group], records=sum(
+                      len(b.intakes) for b in group), failures_in_a_row=failures,
+                  error=kind, raised_at=where)  # fmt: skip
 
     def _refused(self, group: list[Admitted], exc: FencedError) -> None:
         """The store refused one partition's batch, so the whole group rolled back."""
@@ -369,19 +396,22 @@ class Processor:
         if isinstance(exc, StaleOffsetError):
             self._mark_stale(refused, failed=False)
 
-    def _mark_stale(self, tp: TopicPartition, failed: bool) -> int:
+    def _mark_stale(self, tp: TopicPartition, failed: bool, quick: bool = False) -> int:
         """Stop using fetched records for `tp` until its position is reloaded from storage.
 
         After a failure the resync waits, doubling with each failure in a row up to
         `retry_backoff_max_ms`: a partition whose batch keeps failing (a disk error, a
-        constraint the batch breaks) is retried slowly, with a log line each time, and never
-        skipped. Returns the failures in a row.
+        database away) is retried slowly, with a log line each time, and never skipped. A
+        `quick` retry (narrowing down a record's failure) waits the shortest time. Returns the
+        failures in a row.
         """
         failures = self._failures.get(tp, 0) + (1 if failed else 0)
         if failed:
             self._failures[tp] = failures
         wait_s = 0.0
-        if failures:
+        if quick:
+            wait_s = _RESYNC_BACKOFF_START_S
+        elif failures:
             wait_s = min(_RESYNC_BACKOFF_START_S * 2 ** (failures - 1),
                          self._settings.retry_backoff_max_ms / 1000)  # fmt: skip
         self._stale[tp] = time.monotonic() + wait_s
@@ -395,17 +425,20 @@ class Processor:
             if worker is None:
                 self._stale.pop(tp, None)
                 continue
-            if await self._take_over(worker):
+            failure = None
+            if tp in self._failures:
+                failure = Failure(self._failures[tp], self._errors.get(tp, "unknown"))
+            if await self._take_over(worker, failure):
                 self._stale.pop(tp, None)
 
-    async def _take_over(self, worker: PartitionWorker) -> bool:
+    async def _take_over(self, worker: PartitionWorker, failure: Failure | None = None) -> bool:
         """Claim the partition, queue its unpublished outbox rows, seek to its position.
 
         On failure the partition stays stale with a growing backoff (PostgreSQL may be down:
         retrying every step was seen at about 50 claims a second)."""
         assert self._consumer is not None and self._publisher is not None
         try:
-            claim = await worker.take_over()
+            claim = await worker.take_over(failure)
             after = (claim.published_generation, claim.published_offset)
             await self._publisher.submit_backlog(worker.tp.topic, worker.tp.partition,
                                                  claim.epoch, after)  # fmt: skip
@@ -473,6 +506,7 @@ class Processor:
         self._workers.pop(tp, None)
         self._stale.pop(tp, None)
         self._failures.pop(tp, None)
+        self._errors.pop(tp, None)
         if self._consumer is not None and tp in self._consumer.assignment():
             self._consumer.pause(tp)
 
@@ -519,6 +553,8 @@ class Processor:
                     position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
             lags[tp.partition] = max(0, end - position)
         metrics.CONSUMER_LAG.set_all(lags)
+        metrics.PARTITION_FAILURES.set_all({tp.partition: self._failures.get(tp, 0)
+                                            for tp in self._workers})  # fmt: skip
         metrics.PARTITIONS_OWNED.set(len(self._workers))
 
     async def _commit_lag_offsets(self) -> None:

@@ -7,7 +7,7 @@ exactly-once design; see `PostgresEventStore.commit_batch` for why it is shaped 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, overload
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
 from processor.decide import AccountState
-from wallet.db import Conn
+from wallet.db import ERROR_CHARS_MAX, Conn, Failure
 from wallet.errors import FencedError
 
 PROCESSED_COLUMNS = (
@@ -31,6 +31,7 @@ OUTBOX_COLUMNS = (
     "topic", "partition", "generation", "source_offset", "message_key", "reply_topic",
     "reply_value", "event_value", "dlq_value", "created_at",
 )  # fmt: skip
+DEAD_LETTER_REQUESTS_MAX = 1_000  # read per claim: an operator names records one at a time
 # The tables a batch writes, in the order it writes them (entries need their commands first).
 BATCH_TABLES = (
     ("processed_commands", PROCESSED_COLUMNS),
@@ -57,6 +58,8 @@ class PartitionClaim:
     last_fingerprint: bytes | None
     published_generation: int
     published_offset: int
+    # Records an operator asked to dead-letter (offset -> reason), at or past next_offset.
+    forced: Mapping[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,9 @@ class PublishedMark:
 class EventStore(Protocol):
     """What the write side needs from storage. Implementations pass tests/contract/."""
 
-    async def claim_partition(self, topic: str, partition: int, owner: str) -> PartitionClaim: ...
+    async def claim_partition(
+        self, topic: str, partition: int, owner: str, failure: Failure | None = None
+    ) -> PartitionClaim: ...
 
     async def reset_partition(
         self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
@@ -143,30 +148,55 @@ class PostgresEventStore:
         self._pool = pool
         self._timeout_s = timeout_s
 
-    async def claim_partition(self, topic: str, partition: int, owner: str) -> PartitionClaim:
+    async def claim_partition(
+        self, topic: str, partition: int, owner: str, failure: Failure | None = None
+    ) -> PartitionClaim:
         # Bumping the epoch takes the row lock: if the previous owner is mid-commit, this waits
         # for it, and afterwards that owner's next commit is refused (its epoch is old).
-        row = await self._pool.fetchrow(
-            """
-            WITH claimed AS (
-                INSERT INTO partition_state (topic, partition, owner_epoch, owner)
-                VALUES ($1, $2, 1, $3)
-                ON CONFLICT (topic, partition) DO UPDATE
-                   SET owner_epoch = partition_state.owner_epoch + 1, owner = EXCLUDED.owner,
-                       updated_at = now()
-                RETURNING topic, partition, owner_epoch, generation, next_offset,
-                          last_offset, last_fingerprint)
-            SELECT c.*, coalesce(o.published_generation, 0) AS published_generation,
-                   coalesce(o.published_offset, 0) AS published_offset
-              FROM claimed c LEFT JOIN outbox_positions o USING (topic, partition)
-            """,
-            topic,
-            partition,
-            owner,
+        # A claim that retries a failed batch also records the failure for /ready and status.
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """
+                WITH claimed AS (
+                    INSERT INTO partition_state (topic, partition, owner_epoch, owner)
+                    VALUES ($1, $2, 1, $3)
+                    ON CONFLICT (topic, partition) DO UPDATE
+                       SET owner_epoch = partition_state.owner_epoch + 1,
+                           owner = EXCLUDED.owner, updated_at = now(),
+                           failures_in_a_row = $4, last_error = $5,
+                           failing_since = CASE WHEN $4 = 0 THEN NULL
+                               ELSE coalesce(partition_state.failing_since, now()) END
+                    RETURNING topic, partition, owner_epoch, generation, next_offset,
+                              last_offset, last_fingerprint)
+                SELECT c.*, coalesce(o.published_generation, 0) AS published_generation,
+                       coalesce(o.published_offset, 0) AS published_offset
+                  FROM claimed c LEFT JOIN outbox_positions o USING (topic, partition)
+                """,
+                topic,
+                partition,
+                owner,
+                failure.count if failure else 0,
+                failure.error[:ERROR_CHARS_MAX] if failure else None,
+                timeout=self._timeout_s,
+            )
+            assert row is not None
+            forced = await self._dead_letter_requests(conn, row)
+        return _claim(row, forced)
+
+    async def _dead_letter_requests(self, conn: Conn, claim: asyncpg.Record) -> dict[int, str]:
+        """The operator's requests for records this owner has yet to process."""
+        rows = await conn.fetch(
+            "SELECT source_offset, reason, requested_by FROM dead_letter_requests"
+            " WHERE topic = $1 AND partition = $2 AND generation = $3 AND source_offset >= $4"
+            " ORDER BY source_offset LIMIT $5",
+            claim["topic"],
+            claim["partition"],
+            claim["generation"],
+            claim["next_offset"],
+            DEAD_LETTER_REQUESTS_MAX,
             timeout=self._timeout_s,
         )
-        assert row is not None
-        return _claim(row)
+        return {r["source_offset"]: f"{r['reason']} (by {r['requested_by']})" for r in rows}
 
     async def reset_partition(
         self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
@@ -217,7 +247,7 @@ class PostgresEventStore:
                 timeout=self._timeout_s,
             )
         assert row is not None
-        return _claim(row)
+        return _claim(row, {})
 
     async def load_assets(self) -> frozenset[str]:
         rows = await self._pool.fetch("SELECT code FROM assets", timeout=self._timeout_s)
@@ -308,7 +338,8 @@ class PostgresEventStore:
                 """
                 UPDATE partition_state AS s
                    SET next_offset = k.next_offset, last_offset = k.last_offset,
-                       last_fingerprint = k.fingerprint, updated_at = now()
+                       last_fingerprint = k.fingerprint, updated_at = now(),
+                       failures_in_a_row = 0, last_error = NULL, failing_since = NULL
                   FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
                               $6::bigint[], $7::bigint[], $8::bytea[])
                        AS k(topic, partition, epoch, generation, first_offset, next_offset,
@@ -468,7 +499,7 @@ def std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
     return None if value is None else uuid.UUID(bytes=value.bytes)
 
 
-def _claim(row: asyncpg.Record) -> PartitionClaim:
+def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:
     return PartitionClaim(
         epoch=row["owner_epoch"],
         generation=row["generation"],
@@ -477,4 +508,5 @@ def _claim(row: asyncpg.Record) -> PartitionClaim:
         last_fingerprint=row["last_fingerprint"],
         published_generation=row["published_generation"],
         published_offset=row["published_offset"],
+        forced=forced,
     )

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
+from processor import narrowing
 from processor.batch import (
     AccountKey,
     BatchContext,
@@ -29,9 +30,12 @@ from processor.batch import (
     plan_batch,
 )
 from processor.decide import AccountState
-from processor.intake import IntakeRules, admit
+from processor.intake import IntakeRules, admit, envelope_of
 from processor.store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
+from schemas.codec import DecodeFailure, Envelope
 from schemas.commands import Command
+from schemas.dead_letters import DecodeErrorCode
+from wallet.db import Failure
 
 log = structlog.get_logger("wallet.worker")
 
@@ -72,6 +76,7 @@ class Admitted:
     uncached: list[AccountKey]  # of those, the ones to load
     assets: set[str]
     position: BatchPosition
+    cut: bool  # narrowed: records fetched after the batch were left for the next one
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,11 @@ class PartitionWorker:
         # That record while it must be re-read and checked before the log is trusted again (a
         # new owner's first fetch, a log that looks short); None once checked.
         self._verify: tuple[int, bytes] | None = None
+        # A failing range being narrowed down to its failing record (see processor.narrowing).
+        self._narrowing: narrowing.Narrowing | None = None
+        self._unprocessable_in_a_row = 0  # records dead-lettered by narrowing, in a row
+        self._forced: Mapping[int, str] = {}  # offset -> why an operator dead-letters it
+        self._last_error = ""  # the last failure's kind, for a dead letter's reason
 
     @property
     def epoch(self) -> int:
@@ -108,10 +118,11 @@ class PartitionWorker:
         assert self.claim is not None
         return self.claim.generation
 
-    async def take_over(self) -> PartitionClaim:
-        """Claim the partition (bumping its epoch) and forget anything cached before."""
+    async def take_over(self, failure: Failure | None = None) -> PartitionClaim:
+        """Claim the partition (bumping its epoch) and forget anything cached before; a claim
+        that retries a failed batch records why."""
         self.claim = await self._store.claim_partition(
-            self.tp.topic, self.tp.partition, self._config.owner
+            self.tp.topic, self.tp.partition, self._config.owner, failure
         )
         self._adopt(self.claim)
         return self.claim
@@ -129,11 +140,15 @@ class PartitionWorker:
         self.claim = await self._store.reset_partition(
             self.tp.topic, self.tp.partition, self.epoch, log_end_offset, reason
         )
+        self._narrowing = None
         self._adopt(self.claim)
 
     def _adopt(self, claim: PartitionClaim) -> None:
         self._accounts.clear()
+        if claim.next_offset != self.next_offset:
+            self._narrowing = None  # another owner moved the partition: a new story
         self.next_offset = claim.next_offset
+        self._forced = claim.forced
         self._last = None
         if claim.last_offset is not None:
             assert claim.last_fingerprint is not None and claim.last_offset < claim.next_offset
@@ -192,9 +207,11 @@ class PartitionWorker:
         if not records:
             return None
         assert records[-1].offset < consumed_to, (records[-1].offset, consumed_to)
-        intakes = [
-            admit(self._config.rules, self.tp.partition, r.offset, r.key, r.value) for r in records
-        ]
+        size = narrowing.batch_size(self._narrowing, self.next_offset)
+        cut = size is not None and len(records) > size
+        if size is not None and cut:
+            consumed_to, records = records[size].offset, records[:size]
+        intakes = [self._intake(r) for r in records]
         commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
         keys = {(c.user_id, c.asset) for c in commands}
         position = BatchPosition(
@@ -215,6 +232,53 @@ class PartitionWorker:
             uncached=[k for k in keys if k not in self._accounts],
             assets={c.asset for c in commands},
             position=position,
+            cut=cut,
+        )
+
+    def _intake(self, record: ConsumerRecord) -> Intake:
+        """A record decoded, unless an operator or the narrowing set it aside."""
+        forced = self._forced.get(record.offset)
+        if forced is not None:
+            # Not decoded at all: whatever in it stalled the partition is not touched again.
+            reason = f"dead-lettered by an operator: {forced}"
+            failure = DecodeFailure(DecodeErrorCode.OPERATOR_DEAD_LETTERED, reason, Envelope())
+            return Intake(record.offset, record.key, record.value, failure, None)
+        intake = admit(self._config.rules, self.tp.partition, record.offset, record.key,
+                       record.value)  # fmt: skip
+        if record.offset != self.next_offset or not self._may_set_aside():
+            return intake
+        envelope = Envelope()
+        if not narrowing.bare_dead_letter_due(self._narrowing):
+            admitted = intake.admitted
+            envelope = envelope_of(admitted) if isinstance(admitted, Command) else admitted.envelope
+        reason = (
+            f"the ledger refused this record {narrowing.RECORD_FAILURES_MAX} times in a row "
+            f"({self._last_error}); set aside so that the partition moves on"
+        )
+        failure = DecodeFailure(DecodeErrorCode.UNPROCESSABLE, reason, envelope)
+        return Intake(record.offset, record.key, record.value, failure, None)
+
+    def _may_set_aside(self) -> bool:
+        return (
+            narrowing.dead_letter_due(self._narrowing, self.next_offset)
+            and self._unprocessable_in_a_row < narrowing.UNPROCESSABLE_IN_A_ROW_MAX
+        )
+
+    def failed(self, batch: Admitted, error: str, records_fault: bool) -> None:
+        """The batch failed alone: narrow the range it covers down (see processor.narrowing)."""
+        self._last_error = error
+        self._narrowing = narrowing.failed(
+            self._narrowing, self.next_offset, len(batch.intakes), batch.position.next_offset,
+            records_fault,
+        )  # fmt: skip
+
+    @property
+    def narrowing_quickly(self) -> bool:
+        """Whether a retry narrows the range on at once (no backoff): the failures so far are
+        the kind a record causes, and dead letters of that kind have not piled up."""
+        return (
+            self._narrowing is not None
+            and self._unprocessable_in_a_row < narrowing.UNPROCESSABLE_IN_A_ROW_MAX
         )
 
     def plan(
@@ -241,6 +305,13 @@ class PartitionWorker:
     def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
         """The batch is stored: move on, and return what the outbox must publish."""
         self._remember(plan)
+        unprocessable = [o for o in plan.decided if o.code == DecodeErrorCode.UNPROCESSABLE]
+        self._unprocessable_in_a_row = (
+            self._unprocessable_in_a_row + len(unprocessable)
+            if len(unprocessable) == len(plan.decided)
+            else 0
+        )
+        self._narrowing = narrowing.committed(self._narrowing, batch.position.next_offset)
         self.next_offset = batch.position.next_offset
         self._last = (batch.position.last_offset, batch.position.last_fingerprint)
         _log_outcomes(self.tp.partition, batch.intakes, plan.decided)

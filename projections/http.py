@@ -15,6 +15,8 @@ from projections.projector import lag_seconds
 from projections.verify import verify
 from schemas.commands import AssetCode
 from wallet.db import RETRIABLE_DB_ERRORS
+from wallet.settings import Settings
+from wallet.stalls import stalls
 
 router = APIRouter(tags=["queries"])  # needs the wallets:read scope
 probes = APIRouter(tags=["probes"])  # open: load balancers and orchestrators call these
@@ -75,16 +77,20 @@ async def health() -> dict[str, str]:
 
 @probes.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: PostgreSQL and Kafka reachable, and how far the projector lags."""
+    """Readiness: PostgreSQL and Kafka reachable, no partition stalled (its processing or its
+    projection failing WALLET_STALL_FAILURES times in a row), and how far the projector lags."""
     checks: dict[str, Any] = {}
+    settings: Settings = request.app.state.settings
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), _pool(request).acquire() as conn:
             checks["postgres"] = "ok"
             checks["projectorLagSeconds"] = round(await lag_seconds(conn), 3)
+            found = await stalls(conn, settings.commands_topic, settings.stall_failures)
+            checks["stalled"] = [s.describe() for s in found]
     except RETRIABLE_DB_ERRORS as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     checks["kafka"] = "ok" if await request.app.state.client.broker_reachable() else "unreachable"
-    ok = checks["postgres"] == "ok" and checks["kafka"] == "ok"
+    ok = checks["postgres"] == "ok" and checks["kafka"] == "ok" and not checks.get("stalled")
     return JSONResponse({"status": "ready" if ok else "not ready", **checks}, 200 if ok else 503)
 
 

@@ -23,7 +23,14 @@ import asyncpg
 import structlog
 
 from wallet import metrics
-from wallet.db import RETRIABLE_DB_ERRORS, Conn, create_pool
+from wallet.db import (
+    ERROR_CHARS_MAX,
+    RETRIABLE_DB_ERRORS,
+    Conn,
+    Failure,
+    create_pool,
+    failure_kind,
+)
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.projector")
@@ -65,7 +72,7 @@ upserted AS (
            updated_at = EXCLUDED.updated_at
      WHERE b.version < EXCLUDED.version)
 INSERT INTO {totals} AS t (asset, account_kind, total)
-SELECT asset, account_kind, sum(amount)::bigint FROM batch
+SELECT asset, account_kind, sum(amount) FROM batch
  WHERE account_kind <> 'user' GROUP BY asset, account_kind
 ON CONFLICT (asset, account_kind) DO UPDATE SET total = t.total + EXCLUDED.total
 """
@@ -114,7 +121,8 @@ async def apply_next(
             INSERT INTO projection_checkpoints AS c (projection, partition, position)
             VALUES ($1, $2, $4)
             ON CONFLICT (projection, partition) DO UPDATE
-               SET position = EXCLUDED.position, updated_at = now()
+               SET position = EXCLUDED.position, updated_at = now(),
+                   failures_in_a_row = 0, last_error = NULL, failing_since = NULL
              WHERE c.position = $3
             RETURNING 1
             """,
@@ -158,62 +166,117 @@ async def lag_seconds(conn: Conn, target: Target = LIVE) -> float:
     return max((await lag_by_partition(conn, target)).values(), default=0.0)
 
 
+async def record_failure(conn: Conn, target: Target, partition: int, failure: Failure) -> None:
+    """Where /ready and `wallet status` see a partition's projection failing (cleared by the
+    partition's next applied step)."""
+    await conn.execute(
+        """
+        INSERT INTO projection_checkpoints AS c
+               (projection, partition, position, failures_in_a_row, last_error, failing_since)
+        VALUES ($1, $2, 0, $3, $4, now())
+        ON CONFLICT (projection, partition) DO UPDATE
+           SET failures_in_a_row = EXCLUDED.failures_in_a_row, last_error = EXCLUDED.last_error,
+               failing_since = coalesce(c.failing_since, now())
+        """,
+        target.checkpoint,
+        partition,
+        failure.count,
+        failure.error[:ERROR_CHARS_MAX],
+    )
+
+
 class Projector:
-    """Runs the live projection until stopped."""
+    """Runs the live projection until stopped.
+
+    Why each partition fails on its own: one partition's entries may fail to apply (a total
+    past what a column holds once did, on every retry), and a round that stopped at the first
+    failure froze the balances of every partition after it. A failing partition is retried
+    with its own backoff while the others go on, and its failures are recorded for /ready.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._looped_at_s: float | None = None  # monotonic time the last round ended
         self._partitions: list[int] = []
+        self._positions: dict[int, int] = {}  # partition -> our checkpoint, read once, then kept
+        self._failures: dict[int, int] = {}  # partition -> steps failed in a row
+        self._retry_at_s: dict[int, float] = {}  # partition -> monotonic time to try again
 
     def health(self) -> dict[str, Any] | None:
         """For /health: None before the first round or when no round ended for a while (a
         database outage does not count: failed rounds end too, with a backoff)."""
         if self._looped_at_s is None or time.monotonic() - self._looped_at_s > HEALTHY_ROUND_S:
             return None
-        return {"partitions": len(self._partitions)}
+        failing = sorted(p for p, n in self._failures.items() if n)
+        return {"partitions": len(self._partitions), "failing": failing}
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("projector started")
-        partitions: list[int] = []
-        refreshed_at = lag_at = 0.0
-        loop = asyncio.get_running_loop()
+        refreshed_at_s = lag_at_s = 0.0
         backoff_s = IDLE_SLEEP_S
-        positions: dict[int, int] = {}  # partition -> our checkpoint, read once, then kept
         while not stop.is_set():
+            applied = 0
             try:
                 async with self._pool.acquire() as conn:
-                    if loop.time() - refreshed_at > PARTITIONS_REFRESH_S or not partitions:
-                        partitions = await known_partitions(conn)
-                        refreshed_at = loop.time()
-                    applied = 0
-                    for partition in partitions:
-                        applied += await self._step(conn, partition, positions)
-                    if loop.time() - lag_at > LAG_REFRESH_S:
+                    now_s = time.monotonic()
+                    if now_s - refreshed_at_s > PARTITIONS_REFRESH_S or not self._partitions:
+                        self._partitions = await known_partitions(conn)
+                        refreshed_at_s = now_s
+                    for partition in self._partitions:
+                        applied += await self._step_alone(conn, partition)
+                    if now_s - lag_at_s > LAG_REFRESH_S:
                         metrics.PROJECTOR_LAG_SECONDS.set_all(await lag_by_partition(conn))
-                        lag_at = loop.time()
+                        lag_at_s = now_s
                 metrics.PROJECTED_ENTRIES.inc(applied)
                 backoff_s = IDLE_SLEEP_S
-            except RETRIABLE_DB_ERRORS as exc:
+            except RETRIABLE_DB_ERRORS as exc:  # no connection, or no partition list
                 log.error("projection failed; retrying", error=repr(exc), backoff_s=backoff_s)
-                positions.clear()  # a commit whose answer was lost may have moved them
-                applied, backoff_s = 0, min(backoff_s * 2, BACKOFF_MAX_S)
-            self._looped_at_s, self._partitions = time.monotonic(), partitions
+                self._positions.clear()  # a commit whose answer was lost may have moved them
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            self._looped_at_s = time.monotonic()
+            metrics.PROJECTOR_FAILURES.set_all(self._failures)
             if applied == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff_s)
         log.info("projector stopped")
 
-    @staticmethod
-    async def _step(conn: Conn, partition: int, positions: dict[int, int]) -> int:
-        after = positions.get(partition)
+    async def _step_alone(self, conn: Conn, partition: int) -> int:
+        """One partition's step; its failure is its own (see the class docstring)."""
+        if time.monotonic() < self._retry_at_s.get(partition, 0.0):
+            return 0
+        try:
+            count = await self._step(conn, partition)
+        except AssertionError:
+            raise
+        except Exception as exc:  # the partition is retried later: see the class docstring
+            await self._failed(conn, partition, exc)
+            return 0
+        if self._failures.pop(partition, None) is not None:
+            self._retry_at_s.pop(partition, None)
+            log.info("projection of the partition recovered", partition=partition)
+        return count
+
+    async def _failed(self, conn: Conn, partition: int, exc: Exception) -> None:
+        self._positions.pop(partition, None)  # a commit whose answer was lost may have moved it
+        failures = self._failures.get(partition, 0) + 1
+        self._failures[partition] = failures
+        backoff_s = min(IDLE_SLEEP_S * 2**failures, BACKOFF_MAX_S)
+        self._retry_at_s[partition] = time.monotonic() + backoff_s
+        kind = failure_kind(exc)
+        log.error("projection of a partition failed; retrying", partition=partition,
+                  failures_in_a_row=failures, error=kind, backoff_s=backoff_s)  # fmt: skip
+        with contextlib.suppress(*RETRIABLE_DB_ERRORS):  # the database may be what failed
+            await record_failure(conn, LIVE, partition, Failure(failures, kind))
+
+    async def _step(self, conn: Conn, partition: int) -> int:
+        after = self._positions.get(partition)
         if after is None:
             after = await checkpoint(conn, LIVE, partition)
         result = await apply_next(conn, LIVE, partition, after)
         if result.position is None:
-            positions.pop(partition, None)
+            self._positions.pop(partition, None)
         else:
-            positions[partition] = result.position
+            self._positions[partition] = result.position
         return result.count
 
 

@@ -65,7 +65,8 @@ async def rebuild(conn: Conn, from_scratch: bool, progress: Progress) -> int:
             INSERT INTO projection_checkpoints (projection, partition, position)
             SELECT $1, partition, position FROM projection_checkpoints WHERE projection = $2
             ON CONFLICT (projection, partition) DO UPDATE
-               SET position = EXCLUDED.position, updated_at = now()
+               SET position = EXCLUDED.position, updated_at = now(),
+                   failures_in_a_row = 0, last_error = NULL, failing_since = NULL
             """,
             LIVE.checkpoint,
             REPLAY.checkpoint,

@@ -62,7 +62,7 @@ CHECKS: list[tuple[str, str]] = [
     (
         "each projected system total equals the ledger's (up to the checkpoints)",
         """WITH ledger AS (
-                SELECT e.asset, e.account_kind, sum(e.amount)::bigint AS total
+                SELECT e.asset, e.account_kind, sum(e.amount) AS total
                   FROM ledger_entries e
                   JOIN projection_checkpoints c
                     ON c.projection = 'balances' AND c.partition = e.partition

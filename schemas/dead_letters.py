@@ -8,7 +8,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 
 class DecodeErrorCode(StrEnum):
-    """Why a message on the commands topic is not a command."""
+    """Why a message on the commands topic was dead-lettered instead of processed."""
 
     TOO_LARGE = "too_large"
     NOT_UTF8 = "not_utf8"
@@ -18,6 +18,10 @@ class DecodeErrorCode(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     WRONG_PARTITION = "wrong_partition"
     FORBIDDEN_REPLY_TOPIC = "forbidden_reply_topic"
+    # A valid command the ledger kept refusing: narrowed down to this record and set aside.
+    UNPROCESSABLE = "unprocessable"
+    # An operator named this record (`wallet dead-letter`); its reason says who and why.
+    OPERATOR_DEAD_LETTERED = "operator_dead_lettered"
 
 
 class DeadLetter(BaseModel):

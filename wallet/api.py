@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.keys = KeyVerifier(app.state.pool, settings.api_key_cache_ttl_ms)
         app.state.client = WalletClient(settings)
         app.state.reply_timeout_s = settings.api_reply_timeout_ms / 1000
+        app.state.settings = settings
         await app.state.client.start()
         try:
             yield

@@ -395,6 +395,31 @@ def verify() -> None:
         sys.exit(1)
 
 
+@main.command("dead-letter")
+@click.argument("partition", type=click.IntRange(0))
+@click.argument("offset", type=click.IntRange(0))
+@click.option("--reason", required=True, help="Why (kept with the request, and in the DLQ).")
+@click.option("--by", "requested_by", help="Who asks (default: user@host).")
+def dead_letter(partition: int, offset: int, reason: str, requested_by: str | None) -> None:
+    """Last resort for a stalled partition: dead-letter the record at PARTITION OFFSET of the
+    commands topic instead of processing it. The request is kept as an audit record; the
+    partition's processor applies it before its next retry (no reply: the record is not read)."""
+    import getpass
+    import socket
+
+    from wallet.operations import request_dead_letter
+
+    settings = _settings()
+    by = requested_by or f"{getpass.getuser()}@{socket.gethostname()}"
+    reason = reason.strip()
+    if not 1 <= len(reason) <= 500 or not 1 <= len(by) <= 200:
+        raise click.BadParameter("--reason takes 1 to 500 characters, --by 1 to 200")
+    topic = settings.commands_topic
+    new = _on_db(lambda c: request_dead_letter(c, topic, partition, offset, reason, by))
+    state = "requested" if new else "was already requested"
+    click.echo(f"dead letter of {topic}/{partition}@{offset} {state} (by {by})")
+
+
 @main.command()
 @click.argument("user_id")
 @click.option("--consistent", is_flag=True, help="Read the ledger instead of the projection.")

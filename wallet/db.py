@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import asyncpg
@@ -22,6 +23,40 @@ RETRIABLE_DB_ERRORS = (
     OSError,
     TimeoutError,
 )
+
+# SQLSTATE classes of errors a statement's data causes, and so one record of a batch can: data
+# exceptions (an unstorable character, a number out of range), integrity violations (a check or
+# unique constraint), program limits (an index row too large) and PL/pgSQL raises. The rest
+# (connections, resources, locks and serialization, privileges, a missing table, the server's
+# own errors) fail every record alike and are never a record's fault.
+_RECORD_SQLSTATE_CLASSES = frozenset({"22", "23", "54", "P0"})
+
+
+def records_fault(exc: BaseException) -> bool:
+    """Whether a failed batch's records may be the cause (see processor.narrowing): an error
+    of their data, or anything that is not a database error at all (the planner raising)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in _RECORD_SQLSTATE_CLASSES
+    return not isinstance(exc, RETRIABLE_DB_ERRORS)
+
+
+ERROR_CHARS_MAX = 500  # of a failure's kind, as stored for operators
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a partition is retried: its failures in a row and the last one's kind."""
+
+    count: int
+    error: str
+
+
+def failure_kind(exc: BaseException) -> str:
+    """An error's kind for logs and operators, never its message: a message may quote the
+    record (PostgreSQL's "invalid input syntax ... \"<value>\"" does)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__} (SQLSTATE {sqlstate})" if sqlstate else type(exc).__name__
+
 
 # What query helpers accept: a plain connection or one borrowed from a pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"

@@ -58,3 +58,9 @@ class DevStackError(WalletError):
     """The embedded PostgreSQL or broker could not be started."""
 
     code = "dev_stack_error"
+
+
+class OperatorRequestError(WalletError):
+    """An operator command cannot do what was asked; nothing was changed."""
+
+    code = "operator_request_refused"

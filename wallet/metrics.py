@@ -84,6 +84,14 @@ CONSUMER_LAG = PartitionGauge(
         ["partition"],
     )
 )
+PARTITION_FAILURES = PartitionGauge(
+    Gauge(
+        "wallet_partition_failures_in_a_row",
+        "Batches of a partition this process owns that failed in a row (0 once one commits); "
+        "at WALLET_STALL_FAILURES the partition counts as stalled",
+        ["partition"],
+    )
+)
 PARTITIONS_OWNED = Gauge("wallet_partitions_owned", "Partitions this processor owns")
 REBALANCES = Counter(
     "wallet_rebalances", "Partitions assigned to or revoked from this processor", ["event"]
@@ -100,6 +108,14 @@ PROJECTOR_LAG_SECONDS = PartitionGauge(
     Gauge(
         "wallet_projector_lag_seconds",
         "Age of the oldest ledger entry not yet projected, per partition (0 when caught up)",
+        ["partition"],
+    )
+)
+PROJECTOR_FAILURES = PartitionGauge(
+    Gauge(
+        "wallet_projector_failures_in_a_row",
+        "Projection steps of a partition that failed in a row (absent once one succeeds); at "
+        "WALLET_STALL_FAILURES the partition's projection counts as stalled",
         ["partition"],
     )
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import structlog
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,10 +18,14 @@ from rich.table import Table
 
 from projections import queries
 from projections.replay import pending_entries, rebuild, republish
-from projections.verify import CheckResult, verify
-from wallet.db import connection
+from projections.verify import EXAMPLES_MAX, CheckResult, verify
+from wallet.db import Conn, connection
+from wallet.errors import OperatorRequestError
 from wallet.kafka import make_producer, start_producer
 from wallet.settings import Settings
+from wallet.status import gather
+
+log = structlog.get_logger("wallet.operations")
 
 
 def _progress() -> Progress:
@@ -66,8 +71,56 @@ async def republish_events(settings: Settings, from_entry: int) -> int:
 
 
 async def run_verify(settings: Settings) -> list[CheckResult]:
+    """The ledger's checks, then the live ones: no partition stalled, no command waiting in
+    the log past WALLET_COMMAND_WAIT_MAX_MS (a processor down or stalled holds them there)."""
     async with connection(settings) as conn:
-        return await verify(conn)
+        results = await verify(conn)
+    report = await gather(settings)
+    stalled = [s.describe() for s in report.stalls]
+    results.append(CheckResult("no partition is stalled", len(stalled), stalled[:EXAMPLES_MAX]))
+    waiting = report.waiting_too_long()
+    if report.broker_error:
+        waiting.append(f"the broker did not answer: {report.broker_error}")
+    bound_s = settings.command_wait_max_ms / 1000
+    name = f"no command has waited in the log longer than {bound_s:.0f} s"
+    results.append(CheckResult(name, len(waiting), waiting[:EXAMPLES_MAX]))
+    return results
+
+
+async def request_dead_letter(
+    conn: Conn, topic: str, partition: int, offset: int, reason: str, requested_by: str
+) -> bool:
+    """Record an operator's request to dead-letter one unprocessed record (append-only: the
+    row is the audit record). The partition's owner applies it when it next claims the
+    partition, which a stalled partition does before every retry. False if already asked."""
+    async with conn.transaction():
+        state = await conn.fetchrow(
+            "SELECT generation, next_offset FROM partition_state"
+            " WHERE topic = $1 AND partition = $2 FOR UPDATE",
+            topic,
+            partition,
+        )
+        generation, next_offset = (state["generation"], state["next_offset"]) if state else (0, 0)
+        asked = await conn.fetchval(
+            "SELECT 1 FROM dead_letter_requests WHERE topic = $1 AND partition = $2"
+            " AND generation = $3 AND source_offset = $4",
+            topic, partition, generation, offset,
+        )  # fmt: skip
+        if asked:
+            return False
+        if offset < next_offset:
+            raise OperatorRequestError(
+                f"record {offset} of partition {partition} is already processed",
+                next_offset=next_offset,
+            )
+        await conn.execute(
+            "INSERT INTO dead_letter_requests (topic, partition, generation, source_offset,"
+            " reason, requested_by) VALUES ($1, $2, $3, $4, $5, $6)",
+            topic, partition, generation, offset, reason, requested_by,
+        )  # fmt: skip
+    log.warning("dead letter requested by an operator", partition=partition, offset=offset,
+                requested_by=requested_by, reason=reason)  # fmt: skip
+    return True
 
 
 async def print_balances(settings: Settings, user_id: str, consistent: bool) -> None:

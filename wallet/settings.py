@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=3_000, le=300_000)
     heartbeat_interval_ms: int = Field(1_000, ge=100, le=60_000)
     retry_backoff_max_ms: int = Field(5_000, ge=10, le=300_000)
+    # A partition whose batches (or projection steps) failed this many times in a row counts
+    # as stalled: /ready answers 503 and `wallet status` shows it in red. Narrowing a failing
+    # batch down to its record takes at most log2(batch_size_max) + 3 failures in a row (19 at
+    # the largest batch), so the default never calls a narrowing a stall.
+    stall_failures: int = Field(20, ge=1, le=10_000)
+    # `wallet verify` and `wallet status` report commands waiting in the log longer than this.
+    command_wait_max_ms: int = Field(60_000, ge=1_000, le=86_400_000)
 
     # The topics as `wallet topics` creates them. Production: replication 3 and min ISR 2, so
     # that a write acknowledged by all in-sync replicas (producers use acks=all) survives the

@@ -18,17 +18,20 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from projections.projector import LIVE, lag_by_partition
 from wallet.db import Conn, connection
 from wallet.kafka import make_consumer, topic_partitions
 from wallet.settings import Settings
+from wallet.stalls import Stall, stalls
 
 RECENT_ROWS_MAX = 5
 
 _PARTITIONS_SQL = """
 SELECT ps.partition, ps.owner, ps.owner_epoch, ps.generation, ps.next_offset, ps.updated_at,
+       ps.failures_in_a_row AS failures, pc.failures_in_a_row AS projector_failures,
        (SELECT count(*) FROM outbox o
          WHERE o.topic = ps.topic AND o.partition = ps.partition
            AND (o.generation, o.source_offset)
@@ -56,18 +59,22 @@ class PartitionStatus:
     projected_entry: int | None  # the projector's checkpoint (a ledger entry id)
     projector_lag_s: float
     updated_at: datetime
+    failures: int  # the processor's batches failed in a row (0 when the last one committed)
+    projector_failures: int  # the projector's steps failed in a row
+    waiting_s: float | None  # age of the oldest command not processed yet; None when none
 
     @classmethod
-    def of(
-        cls, row: Any, log_bounds: tuple[int | None, int | None], projector_lag_s: float
-    ) -> PartitionStatus:
+    def of(cls, row: Any, broker: _BrokerView, projector_lag_s: float) -> PartitionStatus:
         """One row of _PARTITIONS_SQL with what the broker and the projector add to it."""
+        start, end = broker.bounds.get(row["partition"], (None, None))
         return cls(
             partition=row["partition"], owner=row["owner"], epoch=row["owner_epoch"],
             generation=row["generation"], next_offset=row["next_offset"],
-            log_start=log_bounds[0], log_end=log_bounds[1], unpublished=row["unpublished"],
+            log_start=start, log_end=end, unpublished=row["unpublished"],
             projected_entry=row["projected_entry"], projector_lag_s=round(projector_lag_s, 3),
-            updated_at=row["updated_at"],
+            updated_at=row["updated_at"], failures=row["failures"],
+            projector_failures=row["projector_failures"] or 0,
+            waiting_s=broker.waiting_s.get(row["partition"]),
         )  # fmt: skip
 
     @property
@@ -83,6 +90,8 @@ class StatusReport:
     partitions: list[PartitionStatus]
     dead_letters: int | None  # records in the dead-letter topic; None when the broker is away
     broker_error: str | None
+    stalls: list[Stall]
+    command_wait_max_s: float
     recent_resets: list[dict[str, Any]] = field(default_factory=list)
     recent_dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
@@ -92,6 +101,22 @@ class StatusReport:
             row["lag"] = status.lag
         return orjson.dumps(data, option=orjson.OPT_INDENT_2)
 
+    def waiting_too_long(self) -> list[str]:
+        """Partitions whose oldest unprocessed command waited past the bound."""
+        return [
+            f"partition {p.partition}: a command has waited {p.waiting_s:.0f} s"
+            f" (offset {p.next_offset})"
+            for p in self.partitions
+            if p.waiting_s is not None and p.waiting_s > self.command_wait_max_s
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _BrokerView:
+    bounds: dict[int, tuple[int, int]]  # partition -> the commands log's (start, end)
+    dead_letters: int  # records in the dead-letter topic
+    waiting_s: dict[int, float]  # partition -> age of its oldest unprocessed command
+
 
 async def gather(settings: Settings) -> StatusReport:
     async with connection(settings) as conn:
@@ -99,19 +124,19 @@ async def gather(settings: Settings) -> StatusReport:
         projector_lags = await lag_by_partition(conn)
         resets = await _recent_resets(conn, settings.commands_topic)
         dead = await _recent_dead_letters(conn, settings.commands_topic)
+        stalled = await stalls(conn, settings.commands_topic, settings.stall_failures)
     broker_error = None
     try:
-        log_bounds, dead_letters = await _broker_counts(settings)
+        broker = await _broker_view(settings, {r["partition"]: r["next_offset"] for r in rows})
     except (KafkaError, TimeoutError) as exc:
-        log_bounds, dead_letters, broker_error = {}, None, repr(exc)
-    partitions = []
-    for r in rows:
-        bounds = log_bounds.get(r["partition"], (None, None))
-        lag_s = projector_lags.get(r["partition"], 0.0)
-        partitions.append(PartitionStatus.of(r, bounds, lag_s))
+        broker, broker_error = _BrokerView({}, 0, {}), repr(exc)
+    partitions = [
+        PartitionStatus.of(r, broker, projector_lags.get(r["partition"], 0.0)) for r in rows
+    ]
     return StatusReport(
-        settings.commands_topic, partitions, dead_letters, broker_error, resets, dead
-    )
+        settings.commands_topic, partitions, None if broker_error else broker.dead_letters,
+        broker_error, stalled, settings.command_wait_max_ms / 1000, resets, dead,
+    )  # fmt: skip
 
 
 async def _recent_resets(conn: Conn, topic: str) -> list[dict[str, Any]]:
@@ -142,8 +167,8 @@ async def _recent_dead_letters(conn: Conn, topic: str) -> list[dict[str, Any]]:
     return recent
 
 
-async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]], int]:
-    """(the commands log's (start, end) per partition, records in the dead-letter topic)."""
+async def _broker_view(settings: Settings, next_offsets: dict[int, int]) -> _BrokerView:
+    """The commands log's bounds, the dead-letter count, and how long commands have waited."""
     timeout_s = settings.kafka_timeout_ms / 1000
     ids = await topic_partitions(settings, [settings.commands_topic, settings.dlq_topic])
     commands = [TopicPartition(settings.commands_topic, p) for p in ids[settings.commands_topic]]
@@ -153,11 +178,36 @@ async def _broker_counts(settings: Settings) -> tuple[dict[int, tuple[int, int]]
     try:
         starts = await asyncio.wait_for(consumer.beginning_offsets(commands + dlq), timeout_s)
         ends = await _log_ends(consumer, starts, timeout_s)
+        waiting = {
+            tp: next_offsets[tp.partition]
+            for tp in commands
+            if tp.partition in next_offsets and ends[tp] > next_offsets[tp.partition]
+        }
+        waiting_s = await _waiting_ages(consumer, waiting, timeout_s)
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.stop(), timeout_s)
     bounds = {tp.partition: (starts[tp], ends[tp]) for tp in commands}
-    return bounds, sum(ends[tp] - starts[tp] for tp in dlq)
+    return _BrokerView(bounds, sum(ends[tp] - starts[tp] for tp in dlq), waiting_s)
+
+
+async def _waiting_ages(
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], timeout_s: float
+) -> dict[int, float]:
+    """For each partition, the age of the first record at or after its position (the oldest
+    command not processed yet), from the record's timestamp."""
+    consumer.assign(list(positions))
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    ages: dict[int, float] = {}
+    deadline_s = time.monotonic() + timeout_s
+    while len(ages) < len(positions) and time.monotonic() < deadline_s:
+        fetched = await consumer.getmany(timeout_ms=200, max_records=len(positions))
+        for tp, records in fetched.items():
+            if records and tp.partition not in ages:
+                ages[tp.partition] = max(0.0, time.time() - records[0].timestamp / 1000)
+                consumer.pause(tp)
+    return ages
 
 
 async def _log_ends(
@@ -186,12 +236,13 @@ def render(report: StatusReport) -> RenderableType:
     table = Table(title=f"Partitions of {report.commands_topic}", title_justify="left")
     # Short headers: the whole table fits 110 columns with a hostname:pid:id owner.
     for column in ("part", "owner", "epoch", "gen", "next", "log start", "log end", "lag",
-                   "unpub", "projected", "proj lag s"):  # fmt: skip
+                   "wait s", "fails", "unpub", "projected", "proj lag s"):  # fmt: skip
         table.add_column(column, justify="left" if column == "owner" else "right")
     for p in report.partitions:
         table.add_row(
             str(p.partition), p.owner or "-", str(p.epoch), str(p.generation),
             str(p.next_offset), _or_dash(p.log_start), _or_dash(p.log_end), _lag_cell(p.lag),
+            _wait_cell(p.waiting_s, report.command_wait_max_s), _fails_cell(p),
             str(p.unpublished), _or_dash(p.projected_entry), f"{p.projector_lag_s:.3f}",
         )  # fmt: skip
     lags = [max(0, p.lag) for p in report.partitions if p.lag is not None]
@@ -205,6 +256,10 @@ def render(report: StatusReport) -> RenderableType:
     if report.broker_error:
         summary.add_row("broker", f"[red]did not answer: {report.broker_error}[/red]")
     parts: list[RenderableType] = [table, summary]
+    for stall in report.stalls:
+        parts.append(f"[red]STALLED: {escape(stall.describe())}[/red]")
+    for waiting in report.waiting_too_long():
+        parts.append(f"[red]WAITING: {waiting}[/red]")
     parts.append(_recent("Recent partition resets", report.recent_resets))
     parts.append(_recent("Recent dead letters", report.recent_dead_letters))
     return Group(*parts)
@@ -225,6 +280,19 @@ def _cell(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     return str(value)
+
+
+def _wait_cell(waiting_s: float | None, bound_s: float) -> str:
+    if waiting_s is None:
+        return "-"
+    return f"[red]{waiting_s:.0f}[/red]" if waiting_s > bound_s else f"{waiting_s:.0f}"
+
+
+def _fails_cell(p: PartitionStatus) -> str:
+    """The processor's and the projector's failures in a row, red while any goes on."""
+    if not p.failures and not p.projector_failures:
+        return "0"
+    return f"[red]{p.failures}/{p.projector_failures}[/red]"
 
 
 def _lag_cell(lag: int | None) -> str:

@@ -6,9 +6,14 @@ import asyncio
 import subprocess
 import sys
 
-from tests.integration.helpers import client_for, command, running_processor
+import orjson
+
+from tests.integration.helpers import client_for, command, fetch, running_processor
 from tests.integration.processes import run_wallet as _wallet
 from tests.integration.processes import settings_env
+from tests.integration.test_bad_input import _read_all
+from tests.integration.test_narrowing import _refuse_poison
+from wallet.kafka import partition_for
 from wallet.settings import Settings
 
 
@@ -52,6 +57,38 @@ class TestSend:
             text=True, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode != 0 and "WALLET_PARTITIONS" in result.stderr
+
+
+class TestDeadLetter:
+    async def test_an_operator_gets_a_stalled_partition_past_a_record(
+        self, stack: Settings
+    ) -> None:
+        """A record the database keeps failing for its own reasons (never set aside on its own)
+        is dead-lettered by `wallet dead-letter`: audited, applied before the next retry, and
+        the command behind it is accepted; asking twice or for a processed record is said."""
+        settings = stack.model_copy(update={"retry_backoff_max_ms": 200})
+        await _refuse_poison(settings, "53100")  # disk_full: the database's kind of failure
+        partition = str(partition_for("erin", settings.partitions))
+        async with running_processor(settings), client_for(settings) as client:
+            stuck = await client.publish(command("top_up", "erin", 5, key="poison-1"))
+            behind = await client.publish(command("top_up", "erin", 7))
+            await client.flush()
+            await asyncio.sleep(1)
+            ask = ("dead-letter", partition, "0", "--by", "tester", "--reason")
+            asked = await asyncio.to_thread(_wallet, settings, *ask, "disk full on it")
+            again = await asyncio.to_thread(_wallet, settings, *ask, "again")
+            reply = await asyncio.wait_for(behind, 30)
+            late = ("dead-letter", partition, "1", "--reason", "too late")
+            done = await asyncio.to_thread(_wallet, settings, *late)
+        assert asked.returncode == 0 and "requested (by tester)" in asked.stdout
+        assert again.returncode == 0 and "already requested" in again.stdout
+        assert done.returncode != 0 and "already processed" in done.stderr
+        assert reply["status"] == "accepted" and reply["balance"] == 7 and not stuck.done()
+        [letter] = [orjson.loads(v) for v in await _read_all(settings, settings.dlq_topic, 1)]
+        assert letter["code"] == "operator_dead_lettered" and letter["source_offset"] == 0
+        assert "disk full on it (by tester)" in letter["reason"]
+        rows = await fetch(settings, "SELECT requested_by, reason FROM dead_letter_requests")
+        assert [tuple(r) for r in rows] == [("tester", "disk full on it")]
 
 
 class TestOperatorCommands:

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from projections.replay import rebuild
+from schemas.commands import AMOUNT_MAX
 from tests.integration.helpers import (
     audit,
     client_for,
@@ -20,6 +21,7 @@ from tests.integration.helpers import (
     wait_projected,
 )
 from tests.integration.processes import WalletProcess
+from wallet.kafka import partition_for
 from wallet.settings import Settings
 
 
@@ -56,6 +58,88 @@ class TestProjector:
                 if r["status"] == "accepted"}  # fmt: skip
         projected = {(u, a): b for u, a, b, _ in balances}
         assert all(projected[k] == v for k, v in last.items() if k in projected)
+
+
+class TestTotalsPast64Bits:
+    async def test_projector_and_replay_stay_exact(self, stack: Settings) -> None:
+        """9,300 top-ups of the largest amount over 10 users (each wallet under its limit) take
+        the treasury's total past -2^63: the projector, verify and a rebuild from scratch keep
+        it exact (a bigint total once failed the projector on every retry)."""
+        users = [f"whale-{i}" for i in range(10)]
+        commands = [command("top_up", u, AMOUNT_MAX) for _ in range(930) for u in users]
+        async with running_processor(stack), running_projector(stack), client_for(stack) as c:
+            replies = await send_all(c, commands, timeout_s=180)
+            await wait_projected(stack, timeout_s=120)
+            live = await _projection(stack)
+            assert stack.database_url
+            conn = await asyncpg.connect(stack.database_url)
+            try:
+                await rebuild(conn, from_scratch=True, progress=lambda n: None)
+            finally:
+                await conn.close()
+        assert {r["status"] for r in replies} == {"accepted"}
+        treasury = -9300 * AMOUNT_MAX
+        assert treasury < -(2**63)
+        assert [t[1:] for t in live[1]] == [("treasury", treasury)]
+        assert await _projection(stack) == live
+        problems = await audit(stack)
+        assert all(n == 0 for n in problems.values()), problems
+
+
+class TestFailingPartition:
+    async def test_others_go_on_and_the_failure_is_recorded(self, stack: Settings) -> None:
+        """A partition whose projection fails on every try (a trigger refuses one user's
+        balance) does not hold up the others' balances; its failures are recorded, and once
+        the cause is gone it catches up."""
+        frozen, others = "frozen-user", [f"free-{i}" for i in range(12)]
+        stuck = partition_for(frozen, stack.partitions)
+        others = [u for u in others if partition_for(u, stack.partitions) != stuck]
+        assert others
+        await _execute(stack, _REFUSE_FROZEN_SQL)
+        async with running_processor(stack), running_projector(stack), client_for(stack) as c:
+            await send_all(c, [command("top_up", u, 7) for u in [frozen, *others]])
+            await _wait_for(stack, "SELECT count(*) = $1 AS ok FROM balances", len(others))
+            state = await fetch(
+                stack, "SELECT partition, failures_in_a_row, last_error FROM"
+                " projection_checkpoints WHERE failures_in_a_row > 0"
+            )  # fmt: skip
+            await _execute(stack, "DROP TRIGGER refuse_frozen ON balances")
+            await wait_projected(stack)
+        assert [(r["partition"], "CheckViolationError" in r["last_error"]) for r in state] == [
+            (stuck, True)
+        ]
+        balances, _ = await _projection(stack)
+        assert {b[0] for b in balances} == {frozen, *others}
+        cleared = "SELECT max(failures_in_a_row) AS n FROM projection_checkpoints"
+        assert (await fetch(stack, cleared))[0]["n"] == 0
+
+
+_REFUSE_FROZEN_SQL = """
+CREATE FUNCTION refuse_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'check_violation';
+END;
+$$;
+CREATE TRIGGER refuse_frozen BEFORE INSERT OR UPDATE ON balances
+    FOR EACH ROW WHEN (NEW.user_id = 'frozen-user') EXECUTE FUNCTION refuse_frozen();
+"""
+
+
+async def _execute(settings: Settings, sql: str) -> None:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _wait_for(settings: Settings, sql: str, *args: object) -> None:
+    for _ in range(300):
+        if (await fetch(settings, sql, *args))[0]["ok"]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never true: {sql}")
 
 
 class TestReplay:

@@ -1,0 +1,124 @@
+"""A record the ledger keeps refusing is narrowed down and set aside; a database failure that is
+nobody's record is retried without skipping anything (processor.narrowing on the real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import orjson
+
+from tests.integration.helpers import client_for, command, fetch, running_processor, send_all
+from tests.integration.test_bad_input import _read_all
+from wallet.settings import Settings
+
+# Refuses any command whose idempotency key starts with 'poison' while refuse_poison holds a
+# row: a real PostgreSQL error, raised by the database for one record only, as a value the
+# database cannot store would. The SQLSTATE is the test's choice: a record's kind of failure
+# (check_violation) or the kind nobody's record causes (disk_full).
+_POISON_SQL = """
+CREATE TABLE refuse_poison (sqlstate text NOT NULL);
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    code text;
+BEGIN
+    SELECT sqlstate INTO code FROM refuse_poison LIMIT 1;
+    IF code IS NOT NULL AND NEW.idempotency_key LIKE 'poison%' THEN
+        RAISE EXCEPTION 'refused by the test' USING ERRCODE = code;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON processed_commands
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def _refuse_poison(settings: Settings, sqlstate: str | None) -> None:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('refuse_poison') IS NOT NULL"):
+            await conn.execute(_POISON_SQL)
+        await conn.execute("DELETE FROM refuse_poison")
+        if sqlstate is not None:
+            await conn.execute("INSERT INTO refuse_poison VALUES ($1)", sqlstate)
+    finally:
+        await conn.close()
+
+
+class TestRecordTheLedgerRefuses:
+    async def test_set_aside_and_the_partition_moves_on(self, stack: Settings) -> None:
+        """Fifty commands in one go, one of which the ledger refuses: that one is answered
+        invalid_command and dead-lettered as unprocessable, the other 49 are accepted, and a
+        later command on the same partition is answered within seconds."""
+        await _refuse_poison(stack, "23514")  # check_violation
+        commands = [
+            command("top_up", "alice", 1 + i, key=f"poison-{i}" if i == 20 else None)
+            for i in range(50)
+        ]
+        async with running_processor(stack), client_for(stack) as client:
+            replies = await send_all(client, commands, timeout_s=60)
+            started_s = time.monotonic()
+            later = await client.request(command("top_up", "alice", 1000))
+            later_s = time.monotonic() - started_s
+        poisoned = replies.pop(20)
+        assert poisoned["status"] == "rejected"
+        assert poisoned["error"]["code"] == "invalid_command"
+        assert "refused" in poisoned["error"]["message"]
+        assert "CheckViolationError" in poisoned["error"]["message"]
+        assert [r["status"] for r in replies] == ["accepted"] * 49
+        assert later.status == "accepted" and later_s < 5
+        assert later.balance == sum(1 + i for i in range(50) if i != 20) + 1000
+        letters = [orjson.loads(v) for v in await _read_all(stack, stack.dlq_topic, 1)]
+        assert [(d["code"], d["source_offset"]) for d in letters] == [("unprocessable", 20)]
+        state = await fetch(stack, "SELECT sum(failures_in_a_row) AS n FROM partition_state")
+        assert state[0]["n"] == 0  # the commits since cleared what the failures recorded
+
+    async def test_a_refusal_of_every_record_is_not_dead_lettered_forever(
+        self, stack: Settings
+    ) -> None:
+        """When every record fails alike (here each one a check violation), only a few are set
+        aside; then the partition waits, visibly, instead of emptying into the DLQ."""
+        await _refuse_poison(stack, "23514")
+        commands = [command("top_up", "bob", 1, key=f"poison-{i}") for i in range(8)]
+        async with running_processor(stack), client_for(stack) as client:
+            futures = [await client.publish(c) for c in commands]
+            await client.flush()
+            done, _ = await asyncio.wait(futures, timeout=15)
+            await asyncio.sleep(2)
+            state = await fetch(
+                stack, "SELECT failures_in_a_row, last_error FROM partition_state"
+                " WHERE failures_in_a_row > 0"
+            )  # fmt: skip
+            await _refuse_poison(stack, None)
+            rest = await asyncio.wait_for(asyncio.gather(*futures), 30)
+        assert len(done) == 3  # UNPROCESSABLE_IN_A_ROW_MAX
+        assert [r["status"] for r in rest] == ["rejected"] * 3 + ["accepted"] * 5
+        assert len(state) == 1 and "CheckViolationError" in state[0]["last_error"]
+
+
+class TestDatabaseFailure:
+    async def test_retried_without_skipping_and_shown_while_it_lasts(self, stack: Settings) -> None:
+        """A failure of the database's own kind (disk_full) on one command is retried, never
+        set aside: the command waits, the partition shows its failures in partition_state,
+        and once the database accepts it again the command is accepted in order."""
+        await _refuse_poison(stack, "53100")  # disk_full
+        first = command("top_up", "carol", 5, key="poison-1")
+        second = command("top_up", "carol", 7)
+        async with running_processor(stack), client_for(stack) as client:
+            futures = [await client.publish(c) for c in (first, second)]
+            await client.flush()
+            done, _ = await asyncio.wait(futures, timeout=8)
+            state = await fetch(
+                stack, "SELECT failures_in_a_row, last_error, failing_since FROM partition_state"
+                " WHERE failures_in_a_row > 0"
+            )  # fmt: skip
+            await _refuse_poison(stack, None)
+            replies = await asyncio.wait_for(asyncio.gather(*futures), 30)
+        assert not done  # nothing skipped past the failing command
+        assert len(state) == 1 and state[0]["failures_in_a_row"] >= 2
+        assert "DiskFullError (SQLSTATE 53100)" in state[0]["last_error"]
+        assert [(r["status"], r["balance"]) for r in replies] == [("accepted", 5), ("accepted", 12)]
+        assert await _read_all(stack, stack.dlq_topic, 1) == []
