@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from commands.client import WalletClient
+from schemas.codec import repeated_key
 from schemas.commands import (
     AMOUNT_MAX,
     AssetCode,
@@ -31,7 +33,19 @@ from schemas.commands import (
 )
 
 log = structlog.get_logger("wallet.gateway")
-router = APIRouter(prefix="/wallet", tags=["commands"])
+
+
+async def _no_repeated_keys(request: Request) -> None:
+    """422 for a body whose JSON repeats a key: a proxy or signature check that reads the
+    first `amount` and a parser that keeps the last must never see two different commands."""
+    repeated = repeated_key(await request.body())
+    if repeated is not None:
+        message = f"the key {repeated!r} appears more than once"
+        raise RequestValidationError([{"loc": ("body", repeated), "msg": message,
+                                       "type": "duplicate_key"}])  # fmt: skip
+
+
+router = APIRouter(prefix="/wallet", tags=["commands"], dependencies=[Depends(_no_repeated_keys)])
 
 _REJECTION_STATUS = {"insufficient_funds": 402, "idempotency_key_reused": 409}
 

@@ -408,24 +408,39 @@ def event_document(
 
 
 def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:
-    raw = (item.value or b"")[:DLQ_VALUE_BYTES_MAX]
+    source = (ctx.topic, ctx.partition, item.offset)
+    return dead_letter_bytes(failure.code, failure.reason, source, item.key, item.value,
+                             ctx.processed_at)  # fmt: skip
+
+
+def dead_letter_bytes(
+    code: DecodeErrorCode,
+    reason: str,
+    source: tuple[str, int, int],
+    key: bytes | None,
+    value: bytes | None,
+    at: datetime,
+) -> bytes:
+    """A `wallet.commands.dlq` message (schemas.dead_letters.DeadLetter) for the message at
+    `source` (topic, partition, offset): its key and value, the value cut to a bound."""
+    raw = (value or b"")[:DLQ_VALUE_BYTES_MAX]
     try:
         text, encoding = raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     return orjson.dumps(
         {
-            "code": failure.code.value,
-            "reason": failure.reason,
-            "source_topic": ctx.topic,
-            "source_partition": ctx.partition,
-            "source_offset": item.offset,
-            "key": item.key.decode("utf-8", "replace") if item.key is not None else None,
+            "code": code.value,
+            "reason": reason,
+            "source_topic": source[0],
+            "source_partition": source[1],
+            "source_offset": source[2],
+            "key": key.decode("utf-8", "replace") if key is not None else None,
             "value": text,
             "value_encoding": encoding,
-            "value_bytes": len(item.value or b""),
-            "truncated": len(item.value or b"") > DLQ_VALUE_BYTES_MAX,
-            "refused_at": ctx.processed_at,
+            "value_bytes": len(value or b""),
+            "truncated": len(value or b"") > DLQ_VALUE_BYTES_MAX,
+            "refused_at": at,
         }
     )
 

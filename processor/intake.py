@@ -8,6 +8,7 @@ two different balances for one user; it is refused instead of processed.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 from processor.batch import Intake, payload_hash
@@ -22,6 +23,7 @@ class IntakeRules:
     partitions: int
     command_bytes_max: int
     forbidden_reply_topics: frozenset[str]
+    reply_topic_patterns: tuple[str, ...] = ()  # empty: any topic (WALLET_REPLY_TOPICS)
 
 
 def admit(
@@ -39,10 +41,12 @@ def admit(
 def _misrouted(
     rules: IntakeRules, command: Command, partition: int, key: bytes | None
 ) -> DecodeFailure | None:
-    if command.reply_to in rules.forbidden_reply_topics:
-        reason = f"reply_to {command.reply_to!r} is one of the wallet's own input topics"
+    reason = _forbidden_reply_to(rules, command.reply_to)
+    if reason is not None:
         return DecodeFailure(
-            DecodeErrorCode.FORBIDDEN_REPLY_TOPIC, reason, Envelope(command_id=command.command_id)
+            DecodeErrorCode.FORBIDDEN_REPLY_TOPIC,
+            reason,
+            Envelope(command_id=str(command.command_id)),
         )
     if key != command.user_id.encode("utf-8"):
         reason = "the message key must be the user id (UTF-8)"
@@ -57,10 +61,19 @@ def _misrouted(
     return None
 
 
+def _forbidden_reply_to(rules: IntakeRules, reply_to: str) -> str | None:
+    if reply_to in rules.forbidden_reply_topics:
+        return f"reply_to {reply_to!r} is one of the wallet's own input topics"
+    patterns = rules.reply_topic_patterns
+    if patterns and not any(fnmatch.fnmatchcase(reply_to, p) for p in patterns):
+        return f"reply_to {reply_to!r} is not among the allowed reply topics (WALLET_REPLY_TOPICS)"
+    return None
+
+
 def envelope_of(command: Command) -> Envelope:
     """What a refusal's reply needs of a command."""
     return Envelope(
-        command_id=command.command_id,
+        command_id=str(command.command_id),
         reply_to=command.reply_to,
         user_id=command.user_id,
         idempotency_key=command.idempotency_key,

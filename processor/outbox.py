@@ -11,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidTopicError,
+    KafkaError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+)
 
+from processor.batch import dead_letter_bytes
 from processor.store import EventStore, OutboxMessage, PublishedMark
+from schemas.dead_letters import DecodeErrorCode
 from wallet import metrics
 from wallet.db import RETRIABLE_DB_ERRORS
 from wallet.kafka import RecordBatches
@@ -26,7 +35,12 @@ log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000
 JOBS_PER_ROUND_MAX = 256
 PRUNE_ROWS_MAX = 20_000  # per partition and pass: a pass stays short however far behind
-_MISSING_TOPIC_RECHECK_S = 60.0
+# An unknown reply topic makes the relay list the broker's topics at most this often: a
+# flood of replies to made-up topics costs one metadata request per interval, not one each.
+TOPICS_RELIST_S = 5.0
+REFUSED_TOPIC_RECHECK_S = 60.0  # a reply topic that refused the wallet is tried again after
+# Send errors about one destination topic, not the broker: replies to it are dead-lettered.
+_TOPIC_REFUSALS = (TopicAuthorizationFailedError, InvalidTopicError, PolicyViolationError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +61,11 @@ class OutboxPublisher:
         self._backoff_max_s = settings.retry_backoff_max_ms / 1000
         # Bounded: when Kafka is slow, the processor waits here instead of growing memory.
         self._queue: asyncio.Queue[PublishJob] = asyncio.Queue(maxsize=settings.outbox_queue_max)
-        self._known_topics: set[str] = {settings.events_topic, settings.dlq_topic}
-        self._missing_topics: dict[str, float] = {}  # topic -> monotonic time to look again
+        # The broker's topics as last listed (a reply goes only to a topic listed there: asking
+        # for an unknown topic's metadata would create it on a broker that auto-creates).
+        self._topics: frozenset[str] = frozenset()
+        self._listed_at_s = -TOPICS_RELIST_S
+        self._refused: dict[str, tuple[float, str]] = {}  # topic -> (until, why)
         self._partition_counts: dict[str, int] = {}
         self._keep_rows = settings.outbox_keep_rows
         self._prune_interval_s = settings.outbox_prune_interval_ms / 1000
@@ -111,9 +128,14 @@ class OutboxPublisher:
         marks: dict[tuple[str, int], PublishedMark] = {}
         for job in jobs:
             for m in job.messages:
-                topic = m.reply_topic
-                if m.reply_value is not None and topic and await self._reply_topic_exists(topic):
-                    await batches.add(topic, m.key, m.reply_value)
+                if m.reply_value is not None and m.reply_topic:
+                    why = await self._undeliverable(m.reply_topic)
+                    if why is None:
+                        await batches.add(m.reply_topic, m.key, m.reply_value)
+                    else:
+                        letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
+                        await batches.add(self._dlq_topic, m.key, letter)
+                        metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
                 if m.event_value is not None:
                     await batches.add(self._events_topic, m.key, m.event_value)
                 if m.dlq_value is not None:
@@ -123,9 +145,30 @@ class OutboxPublisher:
             marks[(job.topic, job.partition)] = PublishedMark(
                 job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
             )
-        await asyncio.gather(*await batches.send())
+        await self._delivered(await batches.send_by_topic())
         await self._store.mark_published(list(marks.values()))
         await self._prune(marks)
+
+    async def _delivered(self, sent: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        """Wait for every batch; raise the first failure, after noting reply topics that
+        refused the wallet (the round's retry dead-letters what it holds for them)."""
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        failed = [(t, r) for (t, _), r in zip(sent, results, strict=True)
+                  if isinstance(r, BaseException)]  # fmt: skip
+        if not failed:
+            return
+        self._listed_at_s = -TOPICS_RELIST_S  # a topic may be gone: list them again first
+        until_s = time.monotonic() + REFUSED_TOPIC_RECHECK_S
+        for topic, exc in failed:
+            if isinstance(exc, _TOPIC_REFUSALS) and topic not in self._own_topics:
+                log.error("reply topic refused the wallet; its replies are dead-lettered",
+                          reply_topic=topic, error=type(exc).__name__)  # fmt: skip
+                self._refused[topic] = (until_s, f"refused the wallet: {type(exc).__name__}")
+        raise failed[0][1]
+
+    @property
+    def _own_topics(self) -> frozenset[str]:
+        return frozenset({self._events_topic, self._dlq_topic})
 
     async def _prune(self, marks: dict[tuple[str, int], PublishedMark]) -> None:
         """Keep the outbox bounded: now and then, delete what is long published."""
@@ -139,21 +182,34 @@ class OutboxPublisher:
         if deleted:
             log.debug("outbox pruned", rows=deleted)
 
-    async def _reply_topic_exists(self, topic: str) -> bool:
-        """A reply addressed to a topic that does not exist is dropped, not retried forever.
+    async def _undeliverable(self, topic: str) -> str | None:
+        """Why a reply cannot go to `topic` (it does not exist, or refused the wallet), or None.
 
-        Why: `reply_to` comes from the producer; a typo must not wedge a whole partition.
+        Why never wait on one topic: `reply_to` comes from producers, and replies to every
+        partition share this relay; asking the broker about each unknown topic in turn once
+        held every reply up for seconds. The answer comes from the last listing of the
+        broker's topics, renewed at most every TOPICS_RELIST_S. A listing that fails raises:
+        a broker away is a retry, never a reason to dead-letter a reply.
         """
-        if topic in self._known_topics:
-            return True
+        refused = self._refused.get(topic)
         now_s = time.monotonic()
-        if self._missing_topics.get(topic, 0.0) > now_s:
-            return False
-        try:
-            await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
-        except (KafkaError, TimeoutError):
-            log.error("reply topic does not exist; reply dropped", reply_topic=topic)
-            self._missing_topics[topic] = now_s + _MISSING_TOPIC_RECHECK_S
-            return False
-        self._known_topics.add(topic)
-        return True
+        if refused is not None and refused[0] > now_s:
+            return refused[1]
+        if topic in self._topics:
+            return None
+        if now_s - self._listed_at_s >= TOPICS_RELIST_S:
+            metadata = await asyncio.wait_for(
+                self._producer.client.fetch_all_metadata(), self._timeout_s
+            )
+            self._topics, self._listed_at_s = frozenset(metadata.topics()), now_s
+            if topic in self._topics:
+                return None
+            log.warning("reply topic does not exist; its replies are dead-lettered",
+                        reply_topic=topic)  # fmt: skip
+        return "does not exist (the wallet never creates topics from reply_to)"
+
+
+def _reply_letter(job: PublishJob, message: OutboxMessage, reply: bytes, why: str) -> bytes:
+    source = (job.topic, job.partition, message.source_offset)
+    return dead_letter_bytes(DecodeErrorCode.REPLY_UNDELIVERABLE, f"reply topic {why}", source,
+                             message.key, reply, datetime.now(UTC))  # fmt: skip

@@ -61,6 +61,7 @@ class Processor:
                 partitions=settings.partitions,
                 command_bytes_max=settings.command_bytes_max,
                 forbidden_reply_topics=frozenset(forbidden),
+                reply_topic_patterns=settings.reply_topic_patterns,
             ),
         )
         self._workers: dict[TopicPartition, PartitionWorker] = {}

@@ -341,8 +341,7 @@ def _log_outcomes(partition: int, intakes: Sequence[Intake], decided: Sequence[O
                             outcome=outcome.outcome, code=outcome.code or None)  # fmt: skip
         else:
             envelope = intake.admitted.envelope
-            command_id = str(envelope.command_id) if envelope.command_id else None
-            bound.warning("record dead-lettered", command_id=command_id,
+            bound.warning("record dead-lettered", command_id=envelope.command_id,
                           user_id=envelope.user_id, offset=intake.offset,
                           code=outcome.code)  # fmt: skip
 

@@ -23,13 +23,16 @@ from schemas.topics import DEFAULT_REPLIES_TOPIC, is_topic_name
 ENVELOPE_SCAN_BYTES_MAX = 2 * 1024 * 1024
 REASON_CHARS_MAX = 600
 _ENVELOPE_TEXT_CHARS_MAX = 128
+_UUID_SPELLING_CHARS_MAX = 45  # "urn:uuid:" and 36 characters, the longest UUID spelling
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What could still be read from a refused message, to address a reply."""
 
-    command_id: UUID | None = None
+    # Exactly as the producer wrote it (when it reads as a UUID at all): a refusal's reply
+    # carries the producer's own spelling, so a producer matching replies by string finds it.
+    command_id: str | None = None
     reply_to: str | None = None
     user_id: str | None = None
     idempotency_key: str | None = None
@@ -50,9 +53,61 @@ def decode_command(value: bytes | None, *, bytes_max: int) -> Command | DecodeFa
         reason = f"message is {len(value)} bytes, the limit is {bytes_max}"
         return DecodeFailure(DecodeErrorCode.TOO_LARGE, reason, read_envelope(value))
     try:
-        return Command.model_validate_json(value)
+        command = Command.model_validate_json(value)
     except ValidationError as exc:
         return _classify(value, exc)
+    repeated = _repeated_key(value, command)
+    if repeated is not None:
+        reason = f"a JSON object repeats the key {repeated!r}: every key once"
+        return DecodeFailure(DecodeErrorCode.INVALID_FIELDS, reason, read_envelope(value))
+    return command
+
+
+# Fields whose JSON value in a valid command is always a string (strict mode: a UUID, an enum
+# and a datetime are read from strings only).
+_STRING_FIELDS = frozenset({"command_id", "idempotency_key", "type", "user_id", "asset",
+                            "reply_to", "sent_at"})  # fmt: skip
+
+
+def _repeated_key(value: bytes, command: Command) -> str | None:
+    """A key some object of this valid command's JSON repeats, or None.
+
+    Why it matters: JSON parsers keep the last of a repeated key, others the first; a gateway
+    or signature check reading `"amount": 1` and the ledger reading `"amount": 100000` from
+    one message must not both be right. Why counting quotes: a valid command has two objects
+    (the command and its metadata) with known strings, so without backslashes (no escaped
+    quote, no key spelled two ways) the text holds exactly two quotes per key and per string
+    value; a repeated key adds more. That costs a count instead of a second parse; text with
+    backslashes takes the exact, slower parse.
+    """
+    if b"\\" in value:
+        return repeated_key(value)
+    fields = command.model_fields_set
+    strings = len(fields & _STRING_FIELDS) + (command.description is not None)
+    metadata = command.metadata
+    strings += len(metadata) + sum(isinstance(v, str) for v in metadata.values())
+    if value.count(b'"') == 2 * (len(fields) + strings):
+        return None
+    return repeated_key(value)
+
+
+def repeated_key(value: bytes | str) -> str | None:
+    """A key that some object in this JSON text repeats (the first found), or None. Exact,
+    for any JSON text the standard library reads; None for text it cannot read."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen = dict(items)
+        if len(seen) != len(items) and not found:
+            keys = [k for k, _ in items]
+            found.append(next(k for k in keys if keys.count(k) > 1))
+        return seen
+
+    try:
+        json.loads(value, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
 
 
 def _classify(value: bytes, exc: ValidationError) -> DecodeFailure:
@@ -113,13 +168,14 @@ def _lenient_load(value: bytes) -> Any:
         return None
 
 
-def _uuid_or_none(raw: object) -> UUID | None:
-    if not isinstance(raw, str):
+def _uuid_or_none(raw: object) -> str | None:
+    if not isinstance(raw, str) or len(raw) > _UUID_SPELLING_CHARS_MAX:
         return None
     try:
-        return UUID(raw)
+        UUID(raw)
     except ValueError:
         return None
+    return raw
 
 
 def _topic_or_none(raw: object) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -12,6 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_CHARS_MAX, TOPIC_NAME_PATTERN
 
+CANONICAL_UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CANONICAL_UUID = re.compile(CANONICAL_UUID_PATTERN)
 AMOUNT_MIN = 1
 AMOUNT_MAX = 10**15
 METADATA_KEYS_MAX = 16
@@ -56,7 +59,11 @@ class Command(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    command_id: UUID = Field(description="Correlation id; the reply carries it back.")
+    command_id: UUID = Field(
+        description="Correlation id, a UUID in canonical lower-case form; the reply carries it "
+        "back as written.",
+        json_schema_extra={"pattern": CANONICAL_UUID_PATTERN},
+    )
     idempotency_key: IdempotencyKey = Field(description="Unique per user; retries reuse it.")
     type: CommandType
     user_id: UserId
@@ -66,6 +73,18 @@ class Command(BaseModel):
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     reply_to: TopicName = DEFAULT_REPLIES_TOPIC
     sent_at: AwareDatetime = Field(description="When the producer sent it (RFC 3339, with zone).")
+
+    @field_validator("command_id", mode="before")
+    @classmethod
+    def _canonical_command_id(cls, value: object) -> object:
+        # Why only one spelling: the reply carries the canonical form, so a producer that sent
+        # "{A1B2...}" or "urn:uuid:..." and matched replies by string would never see its own.
+        if isinstance(value, str) and not _CANONICAL_UUID.fullmatch(value):
+            raise ValueError(
+                "command_id must be a UUID in canonical form: 36 characters, lower-case hex "
+                "digits in groups of 8-4-4-4-12"
+            )
+        return value
 
     @field_validator("metadata")
     @classmethod

@@ -22,6 +22,9 @@ class DecodeErrorCode(StrEnum):
     UNPROCESSABLE = "unprocessable"
     # An operator named this record (`wallet dead-letter`); its reason says who and why.
     OPERATOR_DEAD_LETTERED = "operator_dead_lettered"
+    # Not a command but its reply: reply_to names a topic that does not exist or refuses the
+    # wallet. `value` is the reply, `source_*` the command it answers.
+    REPLY_UNDELIVERABLE = "reply_undeliverable"
 
 
 class DeadLetter(BaseModel):

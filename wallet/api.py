@@ -38,7 +38,9 @@ class BodyLimit:
         self._bytes_max = bytes_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        # POST only: the only method any route takes a body with. Another method on any route
+        # is the router's 405 with Allow, not a content-type refusal.
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self._app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -63,6 +65,26 @@ class BodyLimit:
             await self._app(scope, bounded, send)
         except _TooLarge:
             await _refuse(send, 413, f"the body is larger than {self._bytes_max} bytes")
+
+
+class HeadAsGet:
+    """HEAD answered as GET without the body (RFC 9110 asks every server to support HEAD on
+    what it serves with GET; the routes declare GET only)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self._app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self._app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class _TooLarge(Exception):
@@ -100,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.probes)
     app.add_api_route("/metrics", exposition, include_in_schema=False)
     app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)  # outermost: it sees the 413 and 415 answers too
 
     @app.exception_handler(RequestValidationError)

@@ -176,6 +176,9 @@ class KafkaNode:
             "share.coordinator.state.topic.replication.factor": replication,
             "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": 0,
+            # As in production: a topic exists because `wallet topics` made it, never because
+            # a client asked for it (a reply_to from a producer must not create topics).
+            "auto.create.topics.enable": "false",
             "num.network.threads": 2,
             "num.io.threads": 4,
         }

@@ -68,7 +68,7 @@ class RecordBatches:
         self._producer = producer
         self._partition_counts = partition_counts  # shared cache: topic -> partition count
         self._open: dict[tuple[str, int], BatchBuilder] = {}
-        self._futures: list[asyncio.Future[Any]] = []
+        self._futures: list[tuple[str, asyncio.Future[Any]]] = []
 
     async def add(self, topic: str, key: bytes | None, value: bytes) -> None:
         partition = await self._partition(topic, key)
@@ -84,6 +84,10 @@ class RecordBatches:
 
     async def send(self) -> list[asyncio.Future[Any]]:
         """Send every open batch; return one delivery future per batch sent since creation."""
+        return [future for _, future in await self.send_by_topic()]
+
+    async def send_by_topic(self) -> list[tuple[str, asyncio.Future[Any]]]:
+        """send(), with the topic of each batch's delivery future."""
         for (topic, partition), builder in self._open.items():
             await self._send(topic, partition, builder)
         self._open.clear()
@@ -92,7 +96,7 @@ class RecordBatches:
 
     async def _send(self, topic: str, partition: int, builder: BatchBuilder) -> None:
         future = await self._producer.send_batch(builder, topic, partition=partition)
-        self._futures.append(future)
+        self._futures.append((topic, future))
 
     async def _partition(self, topic: str, key: bytes | None) -> int:
         partitions = self._partition_counts.get(topic)

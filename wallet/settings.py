@@ -7,6 +7,7 @@ Real environment variables always win over that file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
 
+    # Where replies may go besides the replies topic: comma-separated patterns (`*`, `?`,
+    # `[...]`), such as "game-*.replies". Empty: any existing topic. A command whose reply_to
+    # matches none is dead-lettered as forbidden_reply_topic.
+    reply_topics: str = Field("", max_length=2000)
     batch_size_max: int = Field(2000, ge=1, le=50_000)
     fetch_wait_ms: int = Field(20, ge=0, le=5_000)
     fetch_bytes_max: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
@@ -124,6 +129,22 @@ class Settings(BaseSettings):
         if not is_topic_name(value):
             raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _reply_topic_patterns(cls, value: str) -> str:
+        for pattern in value.split(",") if value.strip() else ():
+            if not re.fullmatch(r"[A-Za-z0-9._*?\[\]-]{1,249}", pattern.strip()):
+                raise ValueError(f"not a topic name pattern: {pattern.strip()!r}")
+        return value
+
+    @property
+    def reply_topic_patterns(self) -> tuple[str, ...]:
+        """Empty when any reply topic is allowed; else the replies topic and the patterns."""
+        if not self.reply_topics.strip():
+            return ()
+        patterns = (p.strip() for p in self.reply_topics.split(","))
+        return (self.replies_topic, *patterns)
 
     @field_validator("events_retention_ms", "dlq_retention_ms")
     @classmethod

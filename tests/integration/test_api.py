@@ -224,6 +224,28 @@ class TestBadInput:
         assert detail and all(set(d) == {"loc", "msg", "type"} for d in detail), detail
         assert (await fetch(stack, "SELECT count(*) AS n FROM processed_commands"))[0]["n"] == 0
 
+    async def test_repeated_keys_are_422(self, api: httpx.AsyncClient) -> None:
+        """A body repeating a key is refused with 422 naming the key, whichever copy differs."""
+        text = _json(_body()).decode().replace('"amount":', '"amount": 1, "amount":', 1)
+        answer = await api.post("/wallet/topup", content=text,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+        assert answer.status_code == 422
+        [detail] = answer.json()["detail"]
+        assert detail["type"] == "duplicate_key" and detail["loc"] == ["body", "amount"]
+
+    async def test_method_errors_are_405_with_allow_and_head_works(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        """A method a route does not take is 405 with Allow (PUT with a JSON body included);
+        HEAD on a GET route answers as GET does, without the body."""
+        put = await api.put("/wallet/someone/balance", json={"a": 1})
+        get = await api.get("/wallet/topup")
+        head = await api.head("/wallet/someone/balance")
+        assert (put.status_code, put.headers["allow"]) == (405, "GET")
+        assert (get.status_code, get.headers["allow"]) == (405, "POST")
+        assert head.status_code == 200 and head.content == b""
+        assert int(head.headers["content-length"]) > 0
+
     async def test_transport_level_refusals(self, api: httpx.AsyncClient, stack: Settings) -> None:
         """No body, invalid JSON, wrong content type, 1 MB body, bad paths: all 4xx."""
         json_header = {"content-type": "application/json"}

@@ -76,6 +76,37 @@ class TestBadInput:
         assert codes.count("too_large") == 1 and codes.count("not_an_object") == 1
         assert len(dead) == len(cases) + len(undecodable)
 
+    async def test_repeated_keys_and_other_command_id_spellings(self, stack: Settings) -> None:
+        """A repeated key (top level or in metadata) and each other spelling of a command_id
+        (upper case, braces, urn:uuid:, 32 hex digits) get an invalid_command reply carrying
+        the command_id exactly as sent; none reaches the ledger."""
+        texts: dict[str, str] = {}
+        for name, old, new in [
+            ("amount", '"amount": 5', '"amount": 1, "amount": 5'),
+            ("metadata", '"metadata": {}', '"metadata": {"a": 1, "a": 2}'),
+        ]:
+            doc = {**_valid(stack.replies_topic), "command_id": str(uuid.uuid4()), "metadata": {}}
+            texts[f"repeated_{name}"] = json.dumps(doc).replace(old, new)  # fmt: skip
+        plain = uuid.uuid4()
+        for name, spelling in [("upper", str(plain).upper()), ("braces", f"{{{plain}}}"),
+                               ("urn", plain.urn), ("hex", plain.hex)]:  # fmt: skip
+            doc = {**_valid(stack.replies_topic), "command_id": spelling}
+            texts[f"spelled_{name}"] = json.dumps(doc)
+        async with running_processor(stack), client_for(stack) as client:
+            futures = {}
+            for name, text in texts.items():
+                sent_id = json.loads(text)["command_id"]
+                futures[name] = await client.publish_raw(b"mallory", text.encode(), sent_id)
+            replies = {n: await asyncio.wait_for(f, 30) for n, f in futures.items()}
+        for name, reply in replies.items():
+            assert reply["error"]["code"] == "invalid_command", name
+            assert reply["command_id"] == json.loads(texts[name])["command_id"], name
+        assert "repeats the key 'amount'" in replies["repeated_amount"]["error"]["message"]
+        assert "repeats the key 'a'" in replies["repeated_metadata"]["error"]["message"]
+        assert "canonical" in replies["spelled_upper"]["error"]["message"]
+        entries = await fetch(stack, "SELECT count(*) AS n FROM ledger_entries")
+        assert entries[0]["n"] == 0
+
     async def test_key_must_be_the_user_id(self, stack: Settings) -> None:
         """A command keyed by something else is refused (it could split a user's partition)."""
         doc = _valid(stack.replies_topic)
