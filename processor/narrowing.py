@@ -7,10 +7,14 @@ record within about log2(batch_size_max) retries; a lone record that keeps faili
 record can cause is then dead-lettered, and the partition moves on. Each success doubles the
 batch again, so a range that only failed because the database was away is soon whole again.
 
-Why a lone record is dead-lettered only for a record's kind of failure, and only a few in a row:
-a database that is down, full or misconfigured fails every record alike. Dead-lettering them one
-by one would empty the partition into the dead-letter topic; such failures are retried without
-skipping anything, and the stall shows in /ready, `wallet status` and a metric instead.
+Why a lone record is dead-lettered only for a record's kind of failure, and only after a control:
+a database that is down, full or misconfigured fails every record alike, and dead-lettering
+them one by one would empty the partition into the dead-letter topic. So before a record is set
+aside, two batches are written and rolled back: the record as it is (its cause may be gone by
+now: then it is processed), and a made-up ordinary command (the control). Only when the control
+goes through is the failure the record's; when it fails too, the failure is the database's:
+nothing is set aside, the partition retries with backoff, and its stall shows in /ready,
+`wallet status` and a metric.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from dataclasses import dataclass, replace
 # A lone record failing for a record's reason this many times in a row is dead-lettered (the
 # first failure might have met a record-shaped coincidence; two in a row do not).
 RECORD_FAILURES_MAX = 2
-# Dead letters of this kind in a row before the failures are taken as not the records' fault.
-UNPROCESSABLE_IN_A_ROW_MAX = 3
 
 
 @dataclass(frozen=True, slots=True)

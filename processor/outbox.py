@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,9 @@ from aiokafka.errors import (
     KafkaError,
     PolicyViolationError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from processor.batch import dead_letter_bytes
 from processor.store import EventStore, OutboxMessage, PublishedMark
@@ -35,12 +37,10 @@ log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000
 JOBS_PER_ROUND_MAX = 256
 PRUNE_ROWS_MAX = 20_000  # per partition and pass: a pass stays short however far behind
-# An unknown reply topic makes the relay list the broker's topics at most this often: a
-# flood of replies to made-up topics costs one metadata request per interval, not one each.
-TOPICS_RELIST_S = 5.0
 REFUSED_TOPIC_RECHECK_S = 60.0  # a reply topic that refused the wallet is tried again after
 # Send errors about one destination topic, not the broker: replies to it are dead-lettered.
 _TOPIC_REFUSALS = (TopicAuthorizationFailedError, InvalidTopicError, PolicyViolationError)
+_UNKNOWN_TOPIC_CODE = UnknownTopicOrPartitionError.errno
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,10 @@ class PublishJob:
     partition: int
     epoch: int
     messages: list[OutboxMessage]
+    # When the relay was given the job (monotonic): only a topic listing taken after it may
+    # say a reply topic does not exist (a topic made just before the command was sent is in
+    # any later listing).
+    queued_s: float = field(default_factory=time.monotonic)
 
 
 class OutboxPublisher:
@@ -64,7 +68,7 @@ class OutboxPublisher:
         # The broker's topics as last listed (a reply goes only to a topic listed there: asking
         # for an unknown topic's metadata would create it on a broker that auto-creates).
         self._topics: frozenset[str] = frozenset()
-        self._listed_at_s = -TOPICS_RELIST_S
+        self._listed_at_s = float("-inf")  # monotonic time of that listing
         self._refused: dict[str, tuple[float, str]] = {}  # topic -> (until, why)
         self._partition_counts: dict[str, int] = {}
         self._keep_rows = settings.outbox_keep_rows
@@ -120,6 +124,7 @@ class OutboxPublisher:
                 # A whole round is sent again, so a send that timed out after all went out
                 # goes out twice: WALLET_KAFKA_TIMEOUT_MS should outlast a leader failover.
                 log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
+                self._forget_topics()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
 
@@ -129,7 +134,7 @@ class OutboxPublisher:
         for job in jobs:
             for m in job.messages:
                 if m.reply_value is not None and m.reply_topic:
-                    why = await self._undeliverable(m.reply_topic)
+                    why = await self._undeliverable(m.reply_topic, job.queued_s)
                     if why is None:
                         await batches.add(m.reply_topic, m.key, m.reply_value)
                     else:
@@ -149,6 +154,13 @@ class OutboxPublisher:
         await self._store.mark_published(list(marks.values()))
         await self._prune(marks)
 
+    def _forget_topics(self) -> None:
+        """After a failed round: a topic may be gone or changed, so list and count again."""
+        self._listed_at_s = float("-inf")
+        for topic in list(self._partition_counts):
+            if topic not in self._own_topics:
+                del self._partition_counts[topic]
+
     async def _delivered(self, sent: list[tuple[str, asyncio.Future[Any]]]) -> None:
         """Wait for every batch; raise the first failure, after noting reply topics that
         refused the wallet (the round's retry dead-letters what it holds for them)."""
@@ -157,7 +169,7 @@ class OutboxPublisher:
                   if isinstance(r, BaseException)]  # fmt: skip
         if not failed:
             return
-        self._listed_at_s = -TOPICS_RELIST_S  # a topic may be gone: list them again first
+        self._forget_topics()
         until_s = time.monotonic() + REFUSED_TOPIC_RECHECK_S
         for topic, exc in failed:
             if isinstance(exc, _TOPIC_REFUSALS) and topic not in self._own_topics:
@@ -182,14 +194,15 @@ class OutboxPublisher:
         if deleted:
             log.debug("outbox pruned", rows=deleted)
 
-    async def _undeliverable(self, topic: str) -> str | None:
+    async def _undeliverable(self, topic: str, queued_s: float) -> str | None:
         """Why a reply cannot go to `topic` (it does not exist, or refused the wallet), or None.
 
         Why never wait on one topic: `reply_to` comes from producers, and replies to every
         partition share this relay; asking the broker about each unknown topic in turn once
-        held every reply up for seconds. The answer comes from the last listing of the
-        broker's topics, renewed at most every TOPICS_RELIST_S. A listing that fails raises:
-        a broker away is a retry, never a reason to dead-letter a reply.
+        held every reply up for seconds, and asking about a topic creates it on a broker that
+        auto-creates. The answer comes from a listing of all the broker's topics, taken again
+        when it is older than the job: at most one listing a round, however many topics are
+        unknown. A listing that fails raises: a broker away is a retry, never a dead letter.
         """
         refused = self._refused.get(topic)
         now_s = time.monotonic()
@@ -197,16 +210,24 @@ class OutboxPublisher:
             return refused[1]
         if topic in self._topics:
             return None
-        if now_s - self._listed_at_s >= TOPICS_RELIST_S:
-            metadata = await asyncio.wait_for(
-                self._producer.client.fetch_all_metadata(), self._timeout_s
-            )
-            self._topics, self._listed_at_s = frozenset(metadata.topics()), now_s
+        if self._listed_at_s <= queued_s:
+            self._topics, self._listed_at_s = await self._list_topics(), now_s
             if topic in self._topics:
                 return None
             log.warning("reply topic does not exist; its replies are dead-lettered",
                         reply_topic=topic)  # fmt: skip
         return "does not exist (the wallet never creates topics from reply_to)"
+
+    async def _list_topics(self) -> frozenset[str]:
+        """Every topic the broker has, including any it reports with an error of its own (a
+        topic still electing its leaders exists): one request, never creating a topic."""
+        client = self._producer.client
+        request = MetadataRequest(None, allow_auto_topic_creation=False)
+        response = await asyncio.wait_for(
+            client.send(client.get_random_node(), request), self._timeout_s
+        )
+        # Each entry starts (error_code, topic, ...) in every version of the response.
+        return frozenset(t[1] for t in response.topics if t[0] != _UNKNOWN_TOPIC_CODE)
 
 
 def _reply_letter(job: PublishJob, message: OutboxMessage, reply: bytes, why: str) -> bytes:

@@ -286,8 +286,9 @@ class Processor:
                 admitted.append(batch)
         # Healthy partitions share one transaction; a partition whose batch failed recently is
         # committed alone, so one poisoned partition never holds up the others.
-        together = [b for b in admitted if b.worker.tp not in self._failures]
-        groups = [[b] for b in admitted if b.worker.tp in self._failures]
+        alone = [b for b in admitted if b.worker.tp in self._failures or b.worker.narrowing_down]
+        together = [b for b in admitted if b not in alone]
+        groups = [[b] for b in alone]
         if together:
             groups.append(together)
         await asyncio.gather(*(self._commit(group) for group in groups))
@@ -315,11 +316,13 @@ class Processor:
     async def _commit(self, group: list[Admitted]) -> None:
         """Look up, plan and commit a group of partitions' batches in one transaction."""
         started_s = time.perf_counter()
+        if len(group) == 1 and group[0].probes is not None:
+            decided = await self._set_aside_or_not(group[0])
+            if decided is None:
+                return
+            group = [decided]
         try:
-            (known, loaded), assets = await asyncio.gather(
-                self._lookups(group), self._assets.cover({a for b in group for a in b.assets})
-            )
-            plans = [b.worker.plan(b, known, loaded, assets) for b in group]
+            plans = await self._plans(group)
             await self._store.commit_batches(
                 [(b.position, p) for b, p in zip(group, plans, strict=True)]
             )
@@ -343,6 +346,44 @@ class Processor:
             await self._publisher.submit(PublishJob(b.worker.tp.topic, b.worker.tp.partition,
                                                     b.worker.epoch, messages))  # fmt: skip
 
+    async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
+        (known, loaded), assets = await asyncio.gather(
+            self._lookups(group), self._assets.cover({a for b in group for a in b.assets})
+        )
+        return [b.worker.plan(b, known, loaded, assets) for b in group]
+
+    async def _set_aside_or_not(self, batch: Admitted) -> Admitted | None:
+        """Before a record is set aside (`batch`), two batches written and rolled back: the
+        record as it is, then an ordinary command (the control). The record passing means its
+        cause is gone: it is processed as it is. The control passing means the failure is the
+        record's: it is set aside. Neither passing means the failure is the database's:
+        nothing is set aside, and the partition retries with backoff (a check every batch
+        breaks would otherwise empty the partition into the DLQ); None is returned."""
+        assert batch.probes is not None
+        plain, control = batch.probes
+        error: Exception | None = None
+        for probe in (plain, control):
+            try:
+                [plan] = await self._plans([probe])
+                await self._store.probe_batches([(probe.position, plan)])
+                return plain if probe is plain else batch
+            except AssertionError:
+                raise
+            except FencedError as exc:
+                self._refused([batch], exc)
+                return None
+            except Exception as exc:  # the probe failed: see the docstring
+                error = exc
+        assert error is not None
+        metrics.BATCH_FAILURES.inc()
+        kind = f"{failure_kind(error)}, and on an ordinary command too"
+        self._errors[batch.worker.tp] = kind
+        failures = self._mark_stale(batch.worker.tp, failed=True)
+        log.error("an ordinary command fails too; retrying, nothing set aside",
+                  partition=batch.worker.tp.partition, failures_in_a_row=failures,
+                  error=kind)  # fmt: skip
+        return None
+
     async def _lookups(
         self, group: list[Admitted]
     ) -> tuple[dict[IdempotencyId, StoredResult], dict[AccountKey, AccountState]]:
@@ -365,7 +406,7 @@ class Processor:
             if len(group) == 1:
                 b.worker.failed(b, kind, fault)
             self._errors[b.worker.tp] = kind
-            quick = len(group) == 1 and fault and b.worker.narrowing_quickly
+            quick = len(group) == 1 and fault
             failures = max(failures, self._mark_stale(b.worker.tp, failed=True, quick=quick))
         where = None
         if not isinstance(exc, RETRIABLE_DB_ERRORS) and exc.__traceback__ is not None:

@@ -123,6 +123,8 @@ class EventStore(Protocol):
 
     async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None: ...
 
+    async def probe_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None: ...
+
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]: ...
@@ -132,6 +134,10 @@ class EventStore(Protocol):
     async def prune_outbox(
         self, marks: Sequence[PublishedMark], keep_rows: int, limit: int
     ) -> int: ...
+
+
+class _RolledBack(Exception):
+    """Raised inside a probe's transaction to roll it back."""
 
 
 class StaleOffsetError(FencedError):
@@ -153,7 +159,9 @@ class PostgresEventStore:
     ) -> PartitionClaim:
         # Bumping the epoch takes the row lock: if the previous owner is mid-commit, this waits
         # for it, and afterwards that owner's next commit is refused (its epoch is old).
-        # A claim that retries a failed batch also records the failure for /ready and status.
+        # A claim that retries a failed batch also records the failure for /ready and status;
+        # any other claim keeps what is recorded (a restart does not hide a stall: only a
+        # commit clears it).
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 """
@@ -163,8 +171,9 @@ class PostgresEventStore:
                     ON CONFLICT (topic, partition) DO UPDATE
                        SET owner_epoch = partition_state.owner_epoch + 1,
                            owner = EXCLUDED.owner, updated_at = now(),
-                           failures_in_a_row = $4, last_error = $5,
-                           failing_since = CASE WHEN $4 = 0 THEN NULL
+                           failures_in_a_row = coalesce($4, partition_state.failures_in_a_row),
+                           last_error = coalesce($5, partition_state.last_error),
+                           failing_since = CASE WHEN $4 IS NULL THEN partition_state.failing_since
                                ELSE coalesce(partition_state.failing_since, now()) END
                     RETURNING topic, partition, owner_epoch, generation, next_offset,
                               last_offset, last_fingerprint)
@@ -175,7 +184,7 @@ class PostgresEventStore:
                 topic,
                 partition,
                 owner,
-                failure.count if failure else 0,
+                failure.count if failure else None,  # None: no news, keep what is stored
                 failure.error[:ERROR_CHARS_MAX] if failure else None,
                 timeout=self._timeout_s,
             )
@@ -329,42 +338,57 @@ class PostgresEventStore:
         two rows in opposite orders could deadlock; PostgreSQL breaks it, one side's commit
         fails and is retried, and the fenced one is refused on retry.
         """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._write(conn, batches)
+
+    async def probe_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
+        """Write the batches as commit_batches would, then roll back: raises what the commit
+        would raise, changes nothing. (See processor.narrowing: a control that tells a record
+        the database refuses from a database that refuses everything.)"""
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await self._write(conn, batches)
+                    raise _RolledBack
+            except _RolledBack:
+                pass
+
+    async def _write(self, conn: Conn, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
         assert batches, "nothing to commit"
         for position, _ in batches:
             assert position.first_offset <= position.last_offset < position.next_offset, position
         positions = [position for position, _ in batches]
-        async with self._pool.acquire() as conn, conn.transaction():
-            moved = await conn.fetch(
-                """
-                UPDATE partition_state AS s
-                   SET next_offset = k.next_offset, last_offset = k.last_offset,
-                       last_fingerprint = k.fingerprint, updated_at = now(),
-                       failures_in_a_row = 0, last_error = NULL, failing_since = NULL
-                  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
-                              $6::bigint[], $7::bigint[], $8::bytea[])
-                       AS k(topic, partition, epoch, generation, first_offset, next_offset,
-                            last_offset, fingerprint)
-                 WHERE s.topic = k.topic AND s.partition = k.partition AND s.owner_epoch = k.epoch
-                   AND s.generation = k.generation AND s.next_offset = k.first_offset
-                RETURNING s.topic, s.partition
-                """,
-                [p.topic for p in positions],
-                [p.partition for p in positions],
-                [p.epoch for p in positions],
-                [p.generation for p in positions],
-                [p.first_offset for p in positions],
-                [p.next_offset for p in positions],
-                [p.last_offset for p in positions],
-                [p.last_fingerprint for p in positions],
-                timeout=self._timeout_s,
-            )
-            if len(moved) != len(positions):
-                done = {(r["topic"], r["partition"]) for r in moved}
-                refused = next(p for p in positions if (p.topic, p.partition) not in done)
-                await self._raise_fenced(conn, refused)
-            rows = [batch_rows(plan) for _, plan in batches]
-            for index, (table, columns) in enumerate(BATCH_TABLES):
-                await self._copy(conn, table, columns, [r for per in rows for r in per[index]])
+        moved = await conn.fetch(
+            """
+            UPDATE partition_state AS s
+               SET next_offset = k.next_offset, last_offset = k.last_offset,
+                   last_fingerprint = k.fingerprint, updated_at = now(),
+                   failures_in_a_row = 0, last_error = NULL, failing_since = NULL
+              FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                          $6::bigint[], $7::bigint[], $8::bytea[])
+                   AS k(topic, partition, epoch, generation, first_offset, next_offset,
+                        last_offset, fingerprint)
+             WHERE s.topic = k.topic AND s.partition = k.partition AND s.owner_epoch = k.epoch
+               AND s.generation = k.generation AND s.next_offset = k.first_offset
+            RETURNING s.topic, s.partition
+            """,
+            [p.topic for p in positions],
+            [p.partition for p in positions],
+            [p.epoch for p in positions],
+            [p.generation for p in positions],
+            [p.first_offset for p in positions],
+            [p.next_offset for p in positions],
+            [p.last_offset for p in positions],
+            [p.last_fingerprint for p in positions],
+            timeout=self._timeout_s,
+        )
+        if len(moved) != len(positions):
+            done = {(r["topic"], r["partition"]) for r in moved}
+            refused = next(p for p in positions if (p.topic, p.partition) not in done)
+            await self._raise_fenced(conn, refused)
+        rows = [batch_rows(plan) for _, plan in batches]
+        for index, (table, columns) in enumerate(BATCH_TABLES):
+            await self._copy(conn, table, columns, [r for per in rows for r in per[index]])
 
     async def _copy(
         self,

@@ -7,9 +7,12 @@ and updated only after a commit succeeds, so a failed batch leaves no trace in m
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import logging
 import struct
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,15 +30,17 @@ from processor.batch import (
     Intake,
     Outcome,
     StoredResult,
+    decoded_intakes,
     plan_batch,
 )
 from processor.decide import AccountState
 from processor.intake import IntakeRules, admit, envelope_of
 from processor.store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
 from schemas.codec import DecodeFailure, Envelope
-from schemas.commands import Command
+from schemas.commands import Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
 from wallet.db import Failure
+from wallet.kafka import partition_for
 
 log = structlog.get_logger("wallet.worker")
 
@@ -77,6 +82,10 @@ class Admitted:
     assets: set[str]
     position: BatchPosition
     cut: bool  # narrowed: records fetched after the batch were left for the next one
+    # Before its one record is set aside as unprocessable, two batches to write and roll
+    # back: the record as it is (its cause may be gone by now), then an ordinary command (the
+    # control: does the database take anything at all?). See PartitionWorker._control.
+    probes: tuple[Admitted, Admitted] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +113,6 @@ class PartitionWorker:
         self._verify: tuple[int, bytes] | None = None
         # A failing range being narrowed down to its failing record (see processor.narrowing).
         self._narrowing: narrowing.Narrowing | None = None
-        self._unprocessable_in_a_row = 0  # records dead-lettered by narrowing, in a row
         self._forced: Mapping[int, str] = {}  # offset -> why an operator dead-letters it
         self._last_error = ""  # the last failure's kind, for a dead letter's reason
 
@@ -211,7 +219,25 @@ class PartitionWorker:
         cut = size is not None and len(records) > size
         if size is not None and cut:
             consumed_to, records = records[size].offset, records[:size]
-        intakes = [self._intake(r) for r in records]
+        set_aside = narrowing.dead_letter_due(self._narrowing, self.next_offset)
+        intakes = [self._intake(r, set_aside and i == 0) for i, r in enumerate(records)]
+        last = (records[-1].offset, fingerprint(records[-1]))
+        if not set_aside:
+            return self._batch(intakes, last, consumed_to, cut)
+        assert len(records) == 1, "a record is set aside only when it is alone"
+        plain = self._batch([self._decode(records[0])], last, consumed_to, cut)
+        return self._batch(intakes, last, consumed_to, cut, (plain, self._control()))
+
+    def _batch(
+        self,
+        intakes: list[Intake],
+        last: tuple[int, bytes],
+        consumed_to: int,
+        cut: bool,
+        probes: tuple[Admitted, Admitted] | None = None,
+    ) -> Admitted:
+        """A batch of `intakes` from next_offset to consumed_to; `last` is its last record's
+        offset and fingerprint."""
         commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
         keys = {(c.user_id, c.asset) for c in commands}
         position = BatchPosition(
@@ -221,8 +247,8 @@ class PartitionWorker:
             generation=self.generation,
             first_offset=self.next_offset,
             next_offset=consumed_to,
-            last_offset=records[-1].offset,
-            last_fingerprint=fingerprint(records[-1]),
+            last_offset=last[0],
+            last_fingerprint=last[1],
         )
         return Admitted(
             worker=self,
@@ -233,9 +259,31 @@ class PartitionWorker:
             assets={c.asset for c in commands},
             position=position,
             cut=cut,
+            probes=probes,
         )
 
-    def _intake(self, record: ConsumerRecord) -> Intake:
+    def _control(self) -> Admitted:
+        """A made-up top-up of 1 for a user of this partition, never committed: written and
+        rolled back to see whether the database takes an ordinary command right now."""
+        asset = min(self._assets.codes, default="GOLD")
+        command = Command(command_id=uuid.uuid4(), idempotency_key=uuid.uuid4().hex,
+                          type=CommandType.TOP_UP, user_id=self._control_user, asset=asset,
+                          amount=1, sent_at=datetime.now(UTC))  # fmt: skip
+        [intake] = decoded_intakes([command], self.next_offset)
+        return self._batch([intake], (self.next_offset, b"control"), self.next_offset + 1, False)
+
+    @functools.cached_property
+    def _control_user(self) -> str:
+        """A user id of this partition that no producer uses (a control is never committed)."""
+        candidates = (f"wallet-control-{i}" for i in itertools.count())
+        partitions = self._config.rules.partitions
+        return next(u for u in candidates if partition_for(u, partitions) == self.tp.partition)
+
+    def _decode(self, record: ConsumerRecord) -> Intake:
+        return admit(self._config.rules, self.tp.partition, record.offset, record.key,
+                     record.value)  # fmt: skip
+
+    def _intake(self, record: ConsumerRecord, set_aside: bool) -> Intake:
         """A record decoded, unless an operator or the narrowing set it aside."""
         forced = self._forced.get(record.offset)
         if forced is not None:
@@ -243,9 +291,8 @@ class PartitionWorker:
             reason = f"dead-lettered by an operator: {forced}"
             failure = DecodeFailure(DecodeErrorCode.OPERATOR_DEAD_LETTERED, reason, Envelope())
             return Intake(record.offset, record.key, record.value, failure, None)
-        intake = admit(self._config.rules, self.tp.partition, record.offset, record.key,
-                       record.value)  # fmt: skip
-        if record.offset != self.next_offset or not self._may_set_aside():
+        intake = self._decode(record)
+        if not set_aside:
             return intake
         envelope = Envelope()
         if not narrowing.bare_dead_letter_due(self._narrowing):
@@ -258,11 +305,10 @@ class PartitionWorker:
         failure = DecodeFailure(DecodeErrorCode.UNPROCESSABLE, reason, envelope)
         return Intake(record.offset, record.key, record.value, failure, None)
 
-    def _may_set_aside(self) -> bool:
-        return (
-            narrowing.dead_letter_due(self._narrowing, self.next_offset)
-            and self._unprocessable_in_a_row < narrowing.UNPROCESSABLE_IN_A_ROW_MAX
-        )
+    @property
+    def narrowing_down(self) -> bool:
+        """Whether a failing range is being narrowed down (its batches go alone)."""
+        return narrowing.batch_size(self._narrowing, self.next_offset) is not None
 
     def failed(self, batch: Admitted, error: str, records_fault: bool) -> None:
         """The batch failed alone: narrow the range it covers down (see processor.narrowing)."""
@@ -271,15 +317,6 @@ class PartitionWorker:
             self._narrowing, self.next_offset, len(batch.intakes), batch.position.next_offset,
             records_fault,
         )  # fmt: skip
-
-    @property
-    def narrowing_quickly(self) -> bool:
-        """Whether a retry narrows the range on at once (no backoff): the failures so far are
-        the kind a record causes, and dead letters of that kind have not piled up."""
-        return (
-            self._narrowing is not None
-            and self._unprocessable_in_a_row < narrowing.UNPROCESSABLE_IN_A_ROW_MAX
-        )
 
     def plan(
         self,
@@ -305,12 +342,6 @@ class PartitionWorker:
     def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
         """The batch is stored: move on, and return what the outbox must publish."""
         self._remember(plan)
-        unprocessable = [o for o in plan.decided if o.code == DecodeErrorCode.UNPROCESSABLE]
-        self._unprocessable_in_a_row = (
-            self._unprocessable_in_a_row + len(unprocessable)
-            if len(unprocessable) == len(plan.decided)
-            else 0
-        )
         self._narrowing = narrowing.committed(self._narrowing, batch.position.next_offset)
         self.next_offset = batch.position.next_offset
         self._last = (batch.position.last_offset, batch.position.last_fingerprint)

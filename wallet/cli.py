@@ -414,10 +414,9 @@ def dead_letter(partition: int, offset: int, reason: str, requested_by: str | No
     reason = reason.strip()
     if not 1 <= len(reason) <= 500 or not 1 <= len(by) <= 200:
         raise click.BadParameter("--reason takes 1 to 500 characters, --by 1 to 200")
-    topic = settings.commands_topic
-    new = _on_db(lambda c: request_dead_letter(c, topic, partition, offset, reason, by))
+    new = _run(request_dead_letter(settings, partition, offset, reason, by))
     state = "requested" if new else "was already requested"
-    click.echo(f"dead letter of {topic}/{partition}@{offset} {state} (by {by})")
+    click.echo(f"dead letter of {settings.commands_topic}/{partition}@{offset} {state} (by {by})")
 
 
 @main.command()

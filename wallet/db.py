@@ -37,6 +37,8 @@ def records_fault(exc: BaseException) -> bool:
     of their data, or anything that is not a database error at all (the planner raising)."""
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in _RECORD_SQLSTATE_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return True  # asyncpg's own DataError: a value it cannot encode for the server
     return not isinstance(exc, RETRIABLE_DB_ERRORS)
 
 

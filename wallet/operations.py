@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
+from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,7 +23,7 @@ from projections.replay import pending_entries, rebuild, republish
 from projections.verify import EXAMPLES_MAX, CheckResult, verify
 from wallet.db import Conn, connection
 from wallet.errors import OperatorRequestError
-from wallet.kafka import make_producer, start_producer
+from wallet.kafka import make_consumer, make_producer, start_producer, topic_partitions
 from wallet.settings import Settings
 from wallet.status import gather
 
@@ -88,11 +90,38 @@ async def run_verify(settings: Settings) -> list[CheckResult]:
 
 
 async def request_dead_letter(
-    conn: Conn, topic: str, partition: int, offset: int, reason: str, requested_by: str
+    settings: Settings, partition: int, offset: int, reason: str, requested_by: str
 ) -> bool:
     """Record an operator's request to dead-letter one unprocessed record (append-only: the
     row is the audit record). The partition's owner applies it when it next claims the
-    partition, which a stalled partition does before every retry. False if already asked."""
+    partition, which a stalled partition does before every retry. False if already asked.
+    Refused for a record not in the log yet: a typo must not set aside a future command."""
+    topic = settings.commands_topic
+    log_end = await _log_end(settings, topic, partition)
+    if offset >= log_end:
+        raise OperatorRequestError(
+            f"partition {partition} has no record {offset} yet", log_end=log_end
+        )
+    async with connection(settings) as conn:
+        return await _record_request(conn, topic, partition, offset, reason, requested_by)
+
+
+async def _log_end(settings: Settings, topic: str, partition: int) -> int:
+    if partition not in (await topic_partitions(settings, [topic])).get(topic, ()):
+        raise OperatorRequestError(f"{topic} has no partition {partition}")
+    timeout_s = settings.kafka_timeout_ms / 1000
+    consumer = make_consumer(settings)
+    await asyncio.wait_for(consumer.start(), timeout_s)
+    try:
+        tp = TopicPartition(topic, partition)
+        return int((await asyncio.wait_for(consumer.end_offsets([tp]), timeout_s))[tp])
+    finally:
+        await asyncio.wait_for(consumer.stop(), timeout_s)
+
+
+async def _record_request(
+    conn: Conn, topic: str, partition: int, offset: int, reason: str, requested_by: str
+) -> bool:
     async with conn.transaction():
         state = await conn.fetchrow(
             "SELECT generation, next_offset FROM partition_state"

@@ -80,9 +80,12 @@ class TestDeadLetter:
             reply = await asyncio.wait_for(behind, 30)
             late = ("dead-letter", partition, "1", "--reason", "too late")
             done = await asyncio.to_thread(_wallet, settings, *late)
+            early = ("dead-letter", partition, "2", "--reason", "not there yet")
+            future = await asyncio.to_thread(_wallet, settings, *early)
         assert asked.returncode == 0 and "requested (by tester)" in asked.stdout
         assert again.returncode == 0 and "already requested" in again.stdout
         assert done.returncode != 0 and "already processed" in done.stderr
+        assert future.returncode != 0 and "has no record 2 yet" in future.stderr
         assert reply["status"] == "accepted" and reply["balance"] == 7 and not stuck.done()
         [letter] = [orjson.loads(v) for v in await _read_all(settings, settings.dlq_topic, 1)]
         assert letter["code"] == "operator_dead_lettered" and letter["source_offset"] == 0

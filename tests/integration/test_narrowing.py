@@ -14,18 +14,20 @@ from tests.integration.helpers import client_for, command, fetch, running_proces
 from tests.integration.test_bad_input import _read_all
 from wallet.settings import Settings
 
-# Refuses any command whose idempotency key starts with 'poison' while refuse_poison holds a
-# row: a real PostgreSQL error, raised by the database for one record only, as a value the
-# database cannot store would. The SQLSTATE is the test's choice: a record's kind of failure
+# Refuses any command whose idempotency key matches the pattern (by default, starts with
+# 'poison') while refuse_poison holds a row: a real PostgreSQL error, raised by the database for
+# those records only, as a value the database cannot store would; '%' refuses every command.
+# The SQLSTATE is the test's choice: a record's kind of failure
 # (check_violation) or the kind nobody's record causes (disk_full).
 _POISON_SQL = """
-CREATE TABLE refuse_poison (sqlstate text NOT NULL);
+CREATE TABLE refuse_poison (sqlstate text NOT NULL, pattern text NOT NULL);
 CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     code text;
+    keys text;
 BEGIN
-    SELECT sqlstate INTO code FROM refuse_poison LIMIT 1;
-    IF code IS NOT NULL AND NEW.idempotency_key LIKE 'poison%' THEN
+    SELECT sqlstate, pattern INTO code, keys FROM refuse_poison LIMIT 1;
+    IF code IS NOT NULL AND NEW.idempotency_key LIKE keys THEN
         RAISE EXCEPTION 'refused by the test: %', NEW.description USING ERRCODE = code;
     END IF;
     RETURN NEW;
@@ -36,7 +38,9 @@ CREATE TRIGGER refuse_poison BEFORE INSERT ON processed_commands
 """
 
 
-async def _refuse_poison(settings: Settings, sqlstate: str | None) -> None:
+async def _refuse_poison(
+    settings: Settings, sqlstate: str | None, pattern: str = "poison%"
+) -> None:
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
@@ -44,7 +48,7 @@ async def _refuse_poison(settings: Settings, sqlstate: str | None) -> None:
             await conn.execute(_POISON_SQL)
         await conn.execute("DELETE FROM refuse_poison")
         if sqlstate is not None:
-            await conn.execute("INSERT INTO refuse_poison VALUES ($1)", sqlstate)
+            await conn.execute("INSERT INTO refuse_poison VALUES ($1, $2)", sqlstate, pattern)
     finally:
         await conn.close()
 
@@ -84,27 +88,40 @@ class TestRecordTheLedgerRefuses:
         assert "batch failed" in logged.out + logged.err
         assert "words-no-log-may-hold" not in logged.out + logged.err
 
-    async def test_a_refusal_of_every_record_is_not_dead_lettered_forever(
-        self, stack: Settings
-    ) -> None:
-        """When every record fails alike (here each one a check violation), only a few are set
-        aside; then the partition waits, visibly, instead of emptying into the DLQ."""
+    async def test_a_lone_record_with_nothing_after_it_is_set_aside(self, stack: Settings) -> None:
+        """On an idle partition (no later record to compare with) the refused record is still
+        answered, invalid_command, within seconds."""
         await _refuse_poison(stack, "23514")
+        async with running_processor(stack), client_for(stack) as client:
+            started_s = time.monotonic()
+            reply = await client.request(command("top_up", "idle", 3, key="poison-1"))
+            took_s = time.monotonic() - started_s
+        assert reply.error is not None and reply.error.code == "invalid_command"
+        assert took_s < 5, took_s
+
+    async def test_a_refusal_of_every_record_sets_none_aside(self, stack: Settings) -> None:
+        """When the database refuses every command alike (a check violation on each), the
+        control (an ordinary command, written and rolled back) fails too: nothing is set
+        aside, the partition waits, visibly, and once the cause is gone every command is
+        accepted in order."""
+        await _refuse_poison(stack, "23514", "%")
         commands = [command("top_up", "bob", 1, key=f"poison-{i}") for i in range(8)]
         async with running_processor(stack), client_for(stack) as client:
             futures = [await client.publish(c) for c in commands]
             await client.flush()
-            done, _ = await asyncio.wait(futures, timeout=8)
-            await asyncio.sleep(2)
+            done, _ = await asyncio.wait(futures, timeout=6)
             state = await fetch(
                 stack, "SELECT failures_in_a_row, last_error FROM partition_state"
                 " WHERE failures_in_a_row > 0"
             )  # fmt: skip
             await _refuse_poison(stack, None)
-            rest = await asyncio.wait_for(asyncio.gather(*futures), 30)
-        assert len(done) == 3  # UNPROCESSABLE_IN_A_ROW_MAX
-        assert [r["status"] for r in rest] == ["rejected"] * 3 + ["accepted"] * 5
-        assert len(state) == 1 and "CheckViolationError" in state[0]["last_error"]
+            replies = await asyncio.wait_for(asyncio.gather(*futures), 30)
+        assert not done
+        assert [(r["status"], r["balance"]) for r in replies] == [
+            ("accepted", i + 1) for i in range(8)
+        ]
+        assert len(state) == 1 and "and on an ordinary command too" in state[0]["last_error"]
+        assert await _read_all(stack, stack.dlq_topic, 1) == []
 
 
 class TestDatabaseFailure:

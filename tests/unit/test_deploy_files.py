@@ -129,6 +129,11 @@ class TestCompose:
         image = compose["services"]["kafka"]["image"]
         assert image == f"apache/kafka:{KAFKA_VERSION}"
 
+    def test_kafka_never_creates_topics_on_demand(self, compose: dict[str, Any]) -> None:
+        """Topic auto-creation is off: a reply_to from a producer must not create topics."""
+        environment = compose["services"]["kafka"]["environment"]
+        assert environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
     def test_two_processors_and_named_volumes(self, compose: dict[str, Any]) -> None:
         """Two processors share the partitions; the data lives in named volumes."""
         services = compose["services"]

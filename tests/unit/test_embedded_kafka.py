@@ -72,7 +72,8 @@ class TestCacheDir:
 
 class TestNodeProperties:
     def test_single_node_replicates_internal_topics_once(self, tmp_path: Path) -> None:
-        """One node: internal topics with replication 1, on loopback listeners only."""
+        """One node: internal topics with replication 1, on loopback listeners only, and no
+        topic created because a client asked for it."""
         node = KafkaNode(1, tmp_path / "node-1", port=9092, controller_port=9093)
         lines = dict(
             line.split("=", 1) for line in node.properties("1@127.0.0.1:9093", 1).splitlines()
@@ -82,6 +83,7 @@ class TestNodeProperties:
         assert lines["offsets.topic.replication.factor"] == "1"
         assert lines["transaction.state.log.min.isr"] == "1"
         assert lines["log.dirs"] == str(tmp_path / "node-1" / "data")
+        assert lines["auto.create.topics.enable"] == "false"
 
     def test_three_nodes_are_all_voters(self, tmp_path: Path) -> None:
         """A three-node cluster lists every node as a controller voter and replicates its
