@@ -4,6 +4,7 @@ constraint) for a while. Processors pause and retry on their own; nothing is hal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import httpx
@@ -32,6 +33,9 @@ class TestPostgresOutage:
         procs = [WalletProcess(settings), WalletProcess(settings), api]
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=READY_ANSWER_S)
         async with http, under_load(settings, work, 400, procs) as load:
+            # The API must be serving before the database goes: one that starts during the
+            # outage cannot open its pool and exits (seen once on a fresh clone's cold start).
+            await _serving(http)
             server.stop()
             during = await _ready_codes(http, OUTAGE_S)
             server.start()
@@ -44,6 +48,17 @@ class TestPostgresOutage:
         assert any("batch failed" in p.log() or "could not claim" in p.log() for p in procs[:2])
         audit = await account(settings, work, load, replies)
         print(audit.line(f"PostgreSQL stopped {OUTAGE_S:.0f} s; /ready {during[0]} meanwhile"))
+
+
+async def _serving(http: httpx.AsyncClient, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    until_s = loop.time() + timeout_s
+    while loop.time() < until_s:
+        with contextlib.suppress(httpx.TransportError):
+            if (await http.get("/health")).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the API did not start")
 
 
 async def _ready_codes(http: httpx.AsyncClient, for_s: float) -> list[int]:
