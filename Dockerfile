@@ -5,11 +5,15 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY wallet ./wallet
+COPY foundation ./foundation
 COPY schemas ./schemas
-COPY commands ./commands
+COPY ledger ./ledger
+COPY storage ./storage
+COPY messaging ./messaging
 COPY processor ./processor
 COPY projections ./projections
+COPY commands ./commands
+COPY wallet ./wallet
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

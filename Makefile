@@ -18,7 +18,8 @@ up: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy schemas commands processor projections wallet
+	$(VENV)/bin/mypy foundation schemas ledger storage messaging processor projections commands wallet
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -m "not tansu_only"
 	WALLET_EMBEDDED_BROKER=tansu $(VENV)/bin/pytest -m "tansu_only or also_tansu"
 

@@ -18,14 +18,14 @@ import uuid
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from wallet.kafka import (
+from foundation.settings import load_settings
+from messaging.kafka import (
     RecordBatches,
     make_consumer,
     make_producer,
     security_options,
     wait_for_topics,
 )
-from wallet.settings import load_settings
 
 
 async def hop(rate: float, records: int) -> list[float]:

@@ -14,12 +14,12 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from processor.batch import BatchContext, decoded_intakes, plan_batch
-from processor.store import BatchPosition, PostgresEventStore, PublishedMark
+from foundation.settings import load_settings
+from ledger.plan import BatchContext, decoded_intakes, plan_batch
+from messaging.kafka import partition_for
 from schemas.commands import Command, CommandType
-from wallet.db import create_pool
-from wallet.kafka import partition_for
-from wallet.settings import load_settings
+from storage.db import create_pool
+from storage.event_store import BatchPosition, PostgresEventStore, PublishedMark
 
 TOPIC = "seed.commands"
 BATCH = 5_000

@@ -1,1 +1,2 @@
-"""The producer side: a Python client that publishes commands and awaits their replies."""
+"""The producer side: a Python client that publishes commands and awaits their replies, and
+the HTTP write routes built on it. Above messaging."""

@@ -17,11 +17,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from foundation.errors import BrokerUnavailableError, ReplyTimeoutError, WalletError
+from foundation.settings import Settings
+from messaging.kafka import RecordBatches, make_consumer, make_producer, start_producer
 from schemas.commands import Command
 from schemas.replies import Reply
-from wallet.errors import BrokerUnavailableError, ReplyTimeoutError, WalletError
-from wallet.kafka import RecordBatches, make_consumer, make_producer, start_producer
-from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.client")
 PENDING_MAX = 1_000_000

@@ -11,11 +11,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from processor.batch import Intake, payload_hash
+from ledger.plan import Intake, payload_hash
+from messaging.kafka import partition_for
 from schemas.codec import DecodeFailure, Envelope, decode_command
 from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
-from wallet.kafka import partition_for
 
 
 @dataclass(frozen=True, slots=True)

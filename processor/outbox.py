@@ -25,13 +25,13 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from processor.batch import dead_letter_bytes
-from processor.store import EventStore, OutboxMessage, PublishedMark
+from foundation import metrics
+from foundation.settings import Settings
+from ledger.plan import dead_letter_bytes
+from messaging.kafka import RecordBatches
 from schemas.dead_letters import DecodeErrorCode
-from wallet import metrics
-from wallet.db import RETRIABLE_DB_ERRORS
-from wallet.kafka import RecordBatches
-from wallet.settings import Settings
+from storage.db import RETRIABLE_DB_ERRORS
+from storage.event_store import EventStore, OutboxMessage, PublishedMark
 
 log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000

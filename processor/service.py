@@ -1,7 +1,8 @@
 """The processor process: one consumer-group member running a worker per assigned partition.
 
-Each loop fetches what is ready (bounded by `batch_size_max`), then commits every partition's
-batch concurrently, each in its own transaction, and hands the outbox rows to the relay.
+Each step fetches what is ready (bounded by `batch_size_max`), then commits the healthy
+partitions' batches together in one transaction (a failing or narrowing partition's alone),
+and hands the outbox rows to the relay.
 Batches grow with load on their own: under load a fetch returns many records at once; when
 idle, `fetch_wait_ms` bounds how long a lone command waits.
 """
@@ -23,22 +24,22 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
-from processor.decide import AccountState
+from foundation import metrics
+from foundation.errors import FencedError
+from foundation.settings import Settings
+from ledger.decide import AccountState
+from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from messaging.kafka import make_consumer, make_producer, start_producer
+from processor.health import RESYNC_BACKOFF_START_S, Health
 from processor.intake import IntakeRules
 from processor.outbox import OutboxPublisher, PublishJob
-from processor.store import EventStore, PostgresEventStore, StaleOffsetError
 from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
 from schemas.commands import Command
-from wallet import metrics
-from wallet.db import RETRIABLE_DB_ERRORS, Failure, failure_kind, records_fault
-from wallet.errors import FencedError
-from wallet.kafka import make_consumer, make_producer, start_producer
-from wallet.settings import Settings
+from storage.db import RETRIABLE_DB_ERRORS, Failure, failure_kind, records_fault
+from storage.event_store import EventStore, StaleOffsetError
 
 log = structlog.get_logger("wallet.processor")
 _LAG_COMMIT_INTERVAL_S = 1.0
-_RESYNC_BACKOFF_START_S = 0.1
 _SHORT_LOG_GRACE_S = 30.0  # Kafka's replica.lag.time.max.ms: a follower may lag that long
 
 
@@ -65,12 +66,8 @@ class Processor:
             ),
         )
         self._workers: dict[TopicPartition, PartitionWorker] = {}
-        # partition -> monotonic time of its next resync attempt
-        self._stale: dict[TopicPartition, float] = {}
-        # partition -> batches failed in a row (reset by a commit): drives the backoff, and
-        # with the last one's kind is stored at the next claim for /ready and `wallet status`
-        self._failures: dict[TopicPartition, int] = {}
-        self._errors: dict[TopicPartition, str] = {}
+        # failures in a row, backoff and staleness of each owned partition (processor.health)
+        self._health = Health(settings.retry_backoff_max_ms / 1000, time.monotonic)
         # partition -> seeks made so far: a fetch's records are used only if no seek of their
         # partition happened while the fetch was out (see _step)
         self._seeks: Counter[TopicPartition] = Counter()
@@ -218,7 +215,7 @@ class Processor:
             async with self._lock:
                 for tp in list(self._workers):
                     self._refetch(tp)
-            await asyncio.sleep(_RESYNC_BACKOFF_START_S)
+            await asyncio.sleep(RESYNC_BACKOFF_START_S)
         return None
 
     async def _out_of_range(self, tp: TopicPartition) -> None:
@@ -248,7 +245,7 @@ class Processor:
     def _refetch(self, tp: TopicPartition) -> None:
         """Fetch again from where the worker stands (records fetched before were dropped)."""
         worker = self._workers.get(tp)
-        if worker is not None and tp not in self._stale:
+        if worker is not None and not self._health.stale(tp):
             log.info("records fetched across a seek dropped; fetching again",
                      partition=tp.partition, fetch_from=worker.fetch_from)  # fmt: skip
             self._seek(tp, worker.fetch_from)
@@ -274,7 +271,7 @@ class Processor:
         admitted = []
         for tp, records in fetched.items():
             worker = self._workers.get(tp)
-            if worker is None or tp in self._stale or not records:
+            if worker is None or self._health.stale(tp) or not records:
                 continue
             records, position = self._in_order(tp, records, positions[tp])
             reason = worker.log_replaced(records)
@@ -286,7 +283,8 @@ class Processor:
                 admitted.append(batch)
         # Healthy partitions share one transaction; a partition whose batch failed recently is
         # committed alone, so one poisoned partition never holds up the others.
-        alone = [b for b in admitted if b.worker.tp in self._failures or b.worker.narrowing_down]
+        alone = [b for b in admitted
+                 if self._health.failing(b.worker.tp) or b.worker.narrowing_down]  # fmt: skip
         together = [b for b in admitted if b not in alone]
         groups = [[b] for b in alone]
         if together:
@@ -338,8 +336,7 @@ class Processor:
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started_s)
         for b, plan in zip(group, plans, strict=True):
             _observe(b, plan)
-            self._failures.pop(b.worker.tp, None)
-            self._errors.pop(b.worker.tp, None)
+            self._health.committed(b.worker.tp)
             messages = b.worker.committed(b, plan)
             if b.cut:  # the consumer read past the batch: fetch the rest again
                 self._seek(b.worker.tp, b.worker.next_offset)
@@ -377,8 +374,7 @@ class Processor:
         assert error is not None
         metrics.BATCH_FAILURES.inc()
         kind = f"{failure_kind(error)}, and on an ordinary command too"
-        self._errors[batch.worker.tp] = kind
-        failures = self._mark_stale(batch.worker.tp, failed=True)
+        failures = self._health.failed(batch.worker.tp, kind)
         log.error("an ordinary command fails too; retrying, nothing set aside",
                   partition=batch.worker.tp.partition, failures_in_a_row=failures,
                   error=kind)  # fmt: skip
@@ -405,9 +401,8 @@ class Processor:
         for b in group:
             if len(group) == 1:
                 b.worker.failed(b, kind, fault)
-            self._errors[b.worker.tp] = kind
             quick = len(group) == 1 and fault
-            failures = max(failures, self._mark_stale(b.worker.tp, failed=True, quick=quick))
+            failures = max(failures, self._health.failed(b.worker.tp, kind, quick))
         where = None
         if not isinstance(exc, RETRIABLE_DB_ERRORS) and exc.__traceback__ is not None:
             frame = traceback.extract_tb(exc.__traceback__)[-1]  # a planner bug: where it is
@@ -434,44 +429,17 @@ class Processor:
         # The others were fine but were rolled back with it: refetch them from storage.
         for b in group:
             if b.worker.tp != refused:
-                self._mark_stale(b.worker.tp, failed=False)
+                self._health.refetch(b.worker.tp)
         if isinstance(exc, StaleOffsetError):
-            self._mark_stale(refused, failed=False)
-
-    def _mark_stale(self, tp: TopicPartition, failed: bool, quick: bool = False) -> int:
-        """Stop using fetched records for `tp` until its position is reloaded from storage.
-
-        After a failure the resync waits, doubling with each failure in a row up to
-        `retry_backoff_max_ms`: a partition whose batch keeps failing (a disk error, a
-        database away) is retried slowly, with a log line each time, and never skipped. A
-        `quick` retry (narrowing down a record's failure) waits the shortest time. Returns the
-        failures in a row.
-        """
-        failures = self._failures.get(tp, 0) + (1 if failed else 0)
-        if failed:
-            self._failures[tp] = failures
-        wait_s = 0.0
-        if quick:
-            wait_s = _RESYNC_BACKOFF_START_S
-        elif failures:
-            wait_s = min(_RESYNC_BACKOFF_START_S * 2 ** (failures - 1),
-                         self._settings.retry_backoff_max_ms / 1000)  # fmt: skip
-        self._stale[tp] = time.monotonic() + wait_s
-        return failures
+            self._health.refetch(refused)
 
     async def _resync_stale(self) -> None:
-        for tp, retry_at_s in list(self._stale.items()):
-            if time.monotonic() < retry_at_s:
-                continue
+        for tp in self._health.due():
             worker = self._workers.get(tp)
             if worker is None:
-                self._stale.pop(tp, None)
-                continue
-            failure = None
-            if tp in self._failures:
-                failure = Failure(self._failures[tp], self._errors.get(tp, "unknown"))
-            if await self._take_over(worker, failure):
-                self._stale.pop(tp, None)
+                self._health.forget(tp)
+            elif await self._take_over(worker, self._health.failure(tp)):
+                self._health.resynced(tp)
 
     async def _take_over(self, worker: PartitionWorker, failure: Failure | None = None) -> bool:
         """Claim the partition, queue its unpublished outbox rows, seek to its position.
@@ -486,7 +454,7 @@ class Processor:
                                                  claim.epoch, after)  # fmt: skip
         except RETRIABLE_DB_ERRORS as exc:
             log.error("could not claim partition", partition=worker.tp.partition, error=repr(exc))
-            self._mark_stale(worker.tp, failed=True)
+            self._health.failed(worker.tp, failure_kind(exc))
             return False
         self._seek(worker.tp, worker.fetch_from)
         log.info("partition claimed", partition=worker.tp.partition, epoch=claim.epoch,
@@ -508,7 +476,7 @@ class Processor:
         now_s = time.monotonic()
         for tp, worker in list(self._workers.items()):
             highwater = self._highwater(tp)
-            if highwater is None or highwater >= worker.next_offset or tp in self._stale:
+            if highwater is None or highwater >= worker.next_offset or self._health.stale(tp):
                 self._short_since.pop(tp, None)
                 continue
             first_seen = tp not in self._short_since
@@ -539,16 +507,14 @@ class Processor:
             return
         except RETRIABLE_DB_ERRORS as exc:
             log.error("could not record partition reset", partition=tp.partition, error=repr(exc))
-            self._mark_stale(tp, failed=True)
+            self._health.failed(tp, failure_kind(exc))
             return
         await self._seek_to_beginning(tp)
 
     def _drop(self, tp: TopicPartition) -> None:
         self._short_since.pop(tp, None)
         self._workers.pop(tp, None)
-        self._stale.pop(tp, None)
-        self._failures.pop(tp, None)
-        self._errors.pop(tp, None)
+        self._health.forget(tp)
         if self._consumer is not None and tp in self._consumer.assignment():
             self._consumer.pause(tp)
 
@@ -587,7 +553,7 @@ class Processor:
         lags = {}
         for tp, worker in self._workers.items():
             end = self._consumer.last_stable_offset(tp)
-            if end is None or tp in self._stale:
+            if end is None or self._health.stale(tp):
                 continue
             position = worker.next_offset
             if end > position:  # asked only then: most steps of a healthy partition skip it
@@ -595,8 +561,7 @@ class Processor:
                     position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
             lags[tp.partition] = max(0, end - position)
         metrics.CONSUMER_LAG.set_all(lags)
-        metrics.PARTITION_FAILURES.set_all({tp.partition: self._failures.get(tp, 0)
-                                            for tp in self._workers})  # fmt: skip
+        metrics.PARTITION_FAILURES.set_all(self._health.failures_by_partition(iter(self._workers)))
         metrics.PARTITIONS_OWNED.set(len(self._workers))
 
     async def _commit_lag_offsets(self) -> None:
@@ -638,15 +603,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._processor.assigned(assigned)
-
-
-async def run_processor(settings: Settings, stop: asyncio.Event) -> None:
-    """The `wallet processor` entry point's body."""
-    from wallet.db import create_pool
-
-    pool = await create_pool(settings)
-    try:
-        processor = Processor(settings, PostgresEventStore(pool, settings.db_timeout_ms / 1000))
-        await metrics.beside(settings, "processor", processor.health, processor.run(stop))
-    finally:
-        await pool.close()

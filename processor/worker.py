@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from processor import narrowing
-from processor.batch import (
+from ledger.decide import AccountState
+from ledger.plan import (
     AccountKey,
     BatchContext,
     BatchPlan,
@@ -33,14 +33,14 @@ from processor.batch import (
     decoded_intakes,
     plan_batch,
 )
-from processor.decide import AccountState
+from messaging.kafka import partition_for
+from processor import narrowing
 from processor.intake import IntakeRules, admit, envelope_of
-from processor.store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
 from schemas.codec import DecodeFailure, Envelope
 from schemas.commands import Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
-from wallet.db import Failure
-from wallet.kafka import partition_for
+from storage.db import Failure
+from storage.event_store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
 
 log = structlog.get_logger("wallet.worker")
 

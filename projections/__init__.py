@@ -1,4 +1,2 @@
-"""The read side: projection worker, checkpoints, replay and the query API (issue: read side).
-
-Nothing here yet: balances are read from the ledger itself until the projector exists.
-"""
+"""The read side: the projection worker, replay, the audit (`wallet verify`'s checks), the
+queries and the HTTP query routes. Beside the processor; above storage."""

@@ -10,13 +10,13 @@ import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from foundation.settings import Settings
 from projections import queries
-from projections.projector import lag_seconds
 from projections.verify import verify
 from schemas.commands import AssetCode
-from wallet.db import RETRIABLE_DB_ERRORS
-from wallet.settings import Settings
-from wallet.stalls import stalls
+from storage.db import RETRIABLE_DB_ERRORS
+from storage.projection_store import lag_seconds
+from storage.stalls import stalls
 
 router = APIRouter(tags=["queries"])  # needs the wallets:read scope
 probes = APIRouter(tags=["probes"])  # open: load balancers and orchestrators call these

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from wallet.db import Conn
+from storage.db import Conn
 
 HISTORY_LIMIT_MAX = 200
 

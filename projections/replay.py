@@ -15,10 +15,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from processor.batch import event_document
-from processor.store import std_uuid
-from projections.projector import LIVE, REPLAY, apply_next, checkpoint, known_partitions
-from wallet.db import Conn
+from ledger.plan import event_document
+from storage.db import Conn
+from storage.event_store import std_uuid
+from storage.projection_store import LIVE, REPLAY, apply_next, checkpoint, known_partitions
 
 CHUNK_ENTRIES = 50_000
 REPUBLISH_PAGE = 5_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wallet.db import Conn
+from storage.db import Conn
 
 EXAMPLES_MAX = 5
 UNPUBLISHED_GRACE_S = 60

@@ -15,9 +15,9 @@ from uuid import UUID
 import orjson
 from pydantic import ValidationError
 
+from foundation.topic_names import DEFAULT_REPLIES_TOPIC, is_topic_name
 from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
-from schemas.topics import DEFAULT_REPLIES_TOPIC, is_topic_name
 
 # Reading an envelope out of a refused message costs a parse; past this size we do not try.
 ENVELOPE_SCAN_BYTES_MAX = 2 * 1024 * 1024

@@ -11,7 +11,7 @@ from uuid import UUID
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from schemas.topics import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_CHARS_MAX, TOPIC_NAME_PATTERN
+from foundation.topic_names import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_CHARS_MAX, TOPIC_NAME_PATTERN
 
 CANONICAL_UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _CANONICAL_UUID = re.compile(CANONICAL_UUID_PATTERN)

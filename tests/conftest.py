@@ -18,11 +18,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from foundation.settings import Settings
+from messaging.kafka import ensure_topics
 from tests.integration.processes import PROCESS_ROOT
 from wallet.devstack import EmbeddedPostgres, TansuBroker
 from wallet.embedded_kafka import KafkaCluster
-from wallet.kafka import ensure_topics
-from wallet.settings import Settings
 from wallet.stack import (
     Services,
     broker_kind,

@@ -21,13 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import gateway
 from commands.client import WalletClient
+from foundation.errors import WalletError
+from foundation.settings import Settings
 from projections import http
+from storage.db import create_pool
 from wallet.apikeys import KeyVerifier
-from wallet.db import create_pool
-from wallet.errors import WalletError
 from wallet.httpserver import listening_socket, run_server
-from wallet.metrics import RequestMetrics, exposition
-from wallet.settings import Settings
+from wallet.metrics_server import RequestMetrics, exposition
 
 
 class BodyLimit:

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from wallet.db import Conn
+from storage.db import Conn
 
 SCOPES = ("commands:write", "wallets:read", "ops")
 KEY_PREFIX = "dw"

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from commands.client import WalletClient
+from foundation.settings import Settings
 from schemas.commands import Command, CommandType
 from wallet.ceiling import copy_ceiling
-from wallet.settings import Settings
 
 _MIX = [CommandType.TOP_UP] * 5 + [CommandType.BONUS] + [CommandType.SPEND] * 4
 # Commands go out in record batches of at most this many; paced runs send what is due each tick.

@@ -16,13 +16,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from processor.batch import BatchContext, BatchPlan, decoded_intakes, plan_batch
-from processor.decide import AccountState
-from processor.store import BATCH_TABLES, batch_rows
+from foundation.settings import Settings
+from ledger.decide import AccountState
+from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from messaging.kafka import partition_for
 from schemas.commands import Command
-from wallet.db import Conn, connection
-from wallet.kafka import partition_for
-from wallet.settings import Settings
+from storage.db import Conn, connection
+from storage.event_store import BATCH_TABLES, batch_rows
 
 _TOPIC = "bench.ceiling"
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from wallet.errors import WalletError
-from wallet.logs import configure_logging
-from wallet.settings import Settings, load_settings
+from foundation.errors import WalletError
+from foundation.logs import configure_logging
+from foundation.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # imported lazily below: every command pays for what it imports
     import asyncpg
@@ -45,7 +45,7 @@ def _run(coro: Awaitable[T]) -> T:
 
 def _on_db(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run `work` on one short connection: an operator command's way to the database."""
-    from wallet.db import connection
+    from storage.db import connection
 
     async def go() -> T:
         async with connection(_settings()) as conn:
@@ -100,7 +100,7 @@ def up(broker: str | None) -> None:
 @main.command()
 def migrate() -> None:
     """Apply the schema migrations that are missing (idempotent)."""
-    from processor.schema_migrations import migrate as apply
+    from storage.schema_migrations import migrate as apply
 
     applied = _on_db(apply)
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
@@ -113,7 +113,7 @@ def grant(role: str) -> None:
     tables insert-only. Run the service as ROLE, migrations as the tables' owner."""
     import asyncpg
 
-    from processor.schema_migrations import grant_service_role
+    from storage.schema_migrations import grant_service_role
 
     try:
         _on_db(lambda conn: grant_service_role(conn, role))
@@ -125,7 +125,7 @@ def grant(role: str) -> None:
 @main.command()
 def topics() -> None:
     """Create the topics if missing (partition count from WALLET_PARTITIONS)."""
-    from wallet.kafka import ensure_topics
+    from messaging.kafka import ensure_topics
 
     created = _run(ensure_topics(_settings()))
     click.echo("created: " + ", ".join(created) if created else "topics exist")
@@ -134,7 +134,7 @@ def topics() -> None:
 @main.command()
 def processor() -> None:
     """Run one processor (a consumer-group member); run one per core to scale out."""
-    from processor.service import run_processor
+    from wallet.roles import run_processor
 
     _run_role(run_processor)
 
@@ -307,7 +307,7 @@ def keys_revoke(name: str) -> None:
 @main.command()
 def projector() -> None:
     """Run the projection worker (balances and system totals)."""
-    from projections.projector import run_projector
+    from wallet.roles import run_projector
 
     _run_role(run_projector)
 
@@ -368,7 +368,7 @@ def healthcheck(timeout_s: float) -> None:
     import urllib.error
     import urllib.request
 
-    from wallet.metrics import health_url
+    from wallet.metrics_server import health_url
 
     url = health_url(_settings())
     try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wallet.errors import DevStackError
+from foundation.errors import DevStackError
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0

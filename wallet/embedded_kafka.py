@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.errors import DevStackError
 from wallet.devstack import (
     START_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -30,7 +31,6 @@ from wallet.devstack import (
     free_port,
     stop_process,
 )
-from wallet.errors import DevStackError
 
 KAFKA_VERSION = "4.1.1"  # pinned: the compose file runs the same release
 _SCALA_VERSION = "2.13"

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from wallet.errors import ConfigError
+from foundation.errors import ConfigError
 
 
 class _Server(uvicorn.Server):

@@ -7,6 +7,7 @@ import time
 
 import structlog
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,14 +19,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from foundation.errors import OperatorRequestError
+from foundation.settings import Settings
+from messaging.kafka import make_consumer, make_producer, start_producer, topic_partitions
 from projections import queries
 from projections.replay import pending_entries, rebuild, republish
 from projections.verify import EXAMPLES_MAX, CheckResult, verify
-from wallet.db import Conn, connection
-from wallet.errors import OperatorRequestError
-from wallet.kafka import make_consumer, make_producer, start_producer, topic_partitions
-from wallet.settings import Settings
-from wallet.status import gather
+from storage.db import Conn, connection
+from storage.stalls import stalls
+from wallet.status import waiting_ages
 
 log = structlog.get_logger("wallet.operations")
 
@@ -77,13 +79,20 @@ async def run_verify(settings: Settings) -> list[CheckResult]:
     the log past WALLET_COMMAND_WAIT_MAX_MS (a processor down or stalled holds them there)."""
     async with connection(settings) as conn:
         results = await verify(conn)
-    report = await gather(settings)
-    stalled = [s.describe() for s in report.stalls]
+        found = await stalls(conn, settings.commands_topic, settings.stall_failures)
+        positions = await conn.fetch(
+            "SELECT partition, next_offset FROM partition_state WHERE topic = $1",
+            settings.commands_topic,
+        )
+    stalled = [s.describe() for s in found]
     results.append(CheckResult("no partition is stalled", len(stalled), stalled[:EXAMPLES_MAX]))
-    waiting = report.waiting_too_long()
-    if report.broker_error:
-        waiting.append(f"the broker did not answer: {report.broker_error}")
     bound_s = settings.command_wait_max_ms / 1000
+    try:
+        ages = await waiting_ages(settings, {r["partition"]: r["next_offset"] for r in positions})
+        waiting = [f"partition {p}: a command has waited {age_s:.0f} s"
+                   for p, age_s in sorted(ages.items()) if age_s > bound_s]  # fmt: skip
+    except (KafkaError, TimeoutError) as exc:
+        waiting = [f"the broker did not answer: {exc!r}"]
     name = f"no command has waited in the log longer than {bound_s:.0f} s"
     results.append(CheckResult(name, len(waiting), waiting[:EXAMPLES_MAX]))
     return results

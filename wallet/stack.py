@@ -12,13 +12,13 @@ from typing import Literal
 import asyncpg
 import click
 
-from processor.schema_migrations import migrate
-from wallet.db import connection
+from foundation.errors import DevStackError
+from foundation.settings import STACK_ENV_FILE, Settings
+from messaging.kafka import ensure_topics
+from storage.db import connection
+from storage.schema_migrations import migrate
 from wallet.devstack import EmbeddedPostgres, TansuBroker
 from wallet.embedded_kafka import KAFKA_VERSION, KafkaCluster, missing_tools
-from wallet.errors import DevStackError
-from wallet.kafka import ensure_topics
-from wallet.settings import STACK_ENV_FILE, Settings
 
 DATABASE_NAME = "wallet"
 

@@ -21,11 +21,11 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from projections.projector import LIVE, lag_by_partition
-from wallet.db import Conn, connection
-from wallet.kafka import make_consumer, topic_partitions
-from wallet.settings import Settings
-from wallet.stalls import Stall, stalls
+from foundation.settings import Settings
+from messaging.kafka import make_consumer, topic_partitions
+from storage.db import Conn, connection
+from storage.projection_store import LIVE, lag_by_partition
+from storage.stalls import Stall, stalls
 
 RECENT_ROWS_MAX = 5
 
@@ -189,6 +189,25 @@ async def _broker_view(settings: Settings, next_offsets: dict[int, int]) -> _Bro
             await asyncio.wait_for(consumer.stop(), timeout_s)
     bounds = {tp.partition: (starts[tp], ends[tp]) for tp in commands}
     return _BrokerView(bounds, sum(ends[tp] - starts[tp] for tp in dlq), waiting_s)
+
+
+async def waiting_ages(settings: Settings, next_offsets: dict[int, int]) -> dict[int, float]:
+    """Per partition of the commands topic, the age of its oldest unprocessed command: one
+    consumer, no admin client, everything within one WALLET_KAFKA_TIMEOUT_MS (for `wallet
+    verify`, which must answer even while a broker of the cluster is down)."""
+    timeout_s = settings.kafka_timeout_ms / 1000
+    consumer = make_consumer(settings)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+            tps = [TopicPartition(settings.commands_topic, p) for p in next_offsets]
+            ends = await consumer.end_offsets(tps)
+            behind = {tp: next_offsets[tp.partition] for tp in tps
+                      if ends[tp] > next_offsets[tp.partition]}  # fmt: skip
+            return await _waiting_ages(consumer, behind, timeout_s)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.stop(), timeout_s)
 
 
 async def _waiting_ages(

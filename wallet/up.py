@@ -12,14 +12,13 @@ import click
 import structlog
 
 from commands.client import WalletClient
-from processor.service import run_processor
-from projections.projector import run_projector
+from foundation.settings import STACK_ENV_FILE, Settings
 from schemas.commands import CommandType, new_command
+from storage.db import connection
 from wallet.api import serve
 from wallet.apikeys import SCOPES, create_key, revoke_key
-from wallet.db import connection
 from wallet.devstack import EmbeddedPostgres
-from wallet.settings import STACK_ENV_FILE, Settings
+from wallet.roles import run_processor, run_projector
 from wallet.stack import Services, embedded_services, ensure_database, prepare, write_stack_env
 
 log = structlog.get_logger("wallet.up")

@@ -23,12 +23,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from commands.client import WalletClient
+from foundation.errors import WalletError
+from foundation.settings import Settings
+from messaging.kafka import make_consumer
 from schemas.commands import AMOUNT_MAX, Command
 from tests.integration.helpers import client_for, command, fetch
 from tests.integration.processes import WalletProcess, run_wallet
-from wallet.errors import WalletError
-from wallet.kafka import make_consumer
-from wallet.settings import Settings
 
 CHUNK_SIZE = 50
 SEND_TIMEOUT_S = 15.0

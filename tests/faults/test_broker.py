@@ -15,13 +15,13 @@ import signal
 
 import pytest
 
+from foundation.settings import Settings
+from messaging.kafka import ensure_topics
 from tests.faults.load import account, replies_per_command, under_load, workload
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.devstack import TansuBroker
 from wallet.embedded_kafka import KafkaCluster
-from wallet.kafka import ensure_topics
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
 RESEND_AFTER_S = 8.0

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from foundation.settings import Settings
+from messaging.kafka import ensure_topics
 from tests.faults.load import account, replies_per_command, under_load, workload
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.embedded_kafka import KafkaCluster
-from wallet.kafka import ensure_topics
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
 

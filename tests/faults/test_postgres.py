@@ -10,10 +10,10 @@ import asyncpg
 import httpx
 import pytest
 
+from foundation.settings import Settings
 from tests.faults.load import account, under_load, workload
 from tests.integration.processes import WalletProcess
 from wallet.devstack import EmbeddedPostgres, free_port
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 10.0

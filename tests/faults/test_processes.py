@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from foundation.settings import Settings
 from tests.faults.load import account, under_load, workload
 from tests.integration.helpers import fetch, wait_projected
 from tests.integration.processes import WalletProcess
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,12 @@ from typing import Any
 import asyncpg
 
 from commands.client import WalletClient
+from foundation.settings import Settings
+from messaging.kafka import make_consumer
 from processor.service import Processor
-from processor.store import PostgresEventStore
 from schemas.commands import Command, CommandType
-from wallet.db import create_pool
-from wallet.settings import Settings
+from storage.db import create_pool
+from storage.event_store import PostgresEventStore
 
 
 def command(
@@ -94,7 +95,7 @@ async def asset_sums(settings: Settings) -> dict[str, int]:
 @contextlib.asynccontextmanager
 async def running_projector(settings: Settings) -> AsyncIterator[None]:
     """The live projector inside this test's event loop."""
-    from projections.projector import run_projector
+    from wallet.roles import run_projector
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_projector(settings, stop))
@@ -107,7 +108,7 @@ async def running_projector(settings: Settings) -> AsyncIterator[None]:
 
 async def wait_projected(settings: Settings, timeout_s: float = 60.0) -> None:
     """Wait until the projector has applied every committed ledger entry."""
-    from projections.projector import lag_seconds
+    from storage.projection_store import lag_seconds
 
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url, timeout=10)
@@ -128,5 +129,59 @@ async def audit(settings: Settings) -> dict[str, int]:
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
         return {r.name: r.problems for r in await verify(conn)}
+    finally:
+        await conn.close()
+
+
+async def read_topic(settings: Settings, topic: str, expected: int) -> list[bytes]:
+    """The values of `topic` from its start: `expected` of them, or what came within 20 s."""
+    consumer = make_consumer(settings, topic, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(values) < expected and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            values += [r.value for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+# Refuses any command whose idempotency key matches the pattern (by default, starts with
+# 'poison') while refuse_poison holds a row: a real PostgreSQL error, raised by the database for
+# those records only, as a value the database cannot store would; '%' refuses every command.
+# The SQLSTATE is the test's choice: a record's kind of failure
+# (check_violation) or the kind nobody's record causes (disk_full).
+_POISON_SQL = """
+CREATE TABLE refuse_poison (sqlstate text NOT NULL, pattern text NOT NULL);
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    code text;
+    keys text;
+BEGIN
+    SELECT sqlstate, pattern INTO code, keys FROM refuse_poison LIMIT 1;
+    IF code IS NOT NULL AND NEW.idempotency_key LIKE keys THEN
+        RAISE EXCEPTION 'refused by the test: %', NEW.description USING ERRCODE = code;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON processed_commands
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def refuse_commands(
+    settings: Settings, sqlstate: str | None, pattern: str = "poison%"
+) -> None:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('refuse_poison') IS NOT NULL"):
+            await conn.execute(_POISON_SQL)
+        await conn.execute("DELETE FROM refuse_poison")
+        if sqlstate is not None:
+            await conn.execute("INSERT INTO refuse_poison VALUES ($1, $2)", sqlstate, pattern)
     finally:
         await conn.close()

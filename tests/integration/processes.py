@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from foundation.settings import Settings
 from wallet.devstack import stop_process
-from wallet.settings import Settings
 
 # Every process's folder (its log) lives under this one, removed when the test session ends.
 PROCESS_ROOT = Path(tempfile.mkdtemp(prefix="wallet-procs-"))

@@ -12,11 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
+from foundation.settings import Settings
 from tests.integration.helpers import fetch, running_processor, running_projector, wait_projected
 from wallet.api import serve
 from wallet.apikeys import SCOPES, create_key, revoke_key
 from wallet.devstack import free_port
-from wallet.settings import Settings
 
 
 @pytest.fixture

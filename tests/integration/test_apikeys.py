@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from foundation.settings import Settings
+from storage.db import create_pool
 from tests.integration.processes import run_wallet
 from wallet.apikeys import SCOPES, KeyVerifier, create_key, parse_key, revoke_key
-from wallet.db import create_pool
-from wallet.settings import Settings
 
 KEY_SHAPE = re.compile(r"^dw_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 

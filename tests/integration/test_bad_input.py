@@ -9,9 +9,8 @@ from typing import Any
 
 import orjson
 
-from tests.integration.helpers import client_for, command, fetch, running_processor
-from wallet.kafka import make_consumer
-from wallet.settings import Settings
+from foundation.settings import Settings
+from tests.integration.helpers import client_for, command, fetch, read_topic, running_processor
 
 
 def _valid(reply_to: str) -> dict[str, Any]:
@@ -70,7 +69,7 @@ class TestBadInput:
         assert after.status == "accepted" and after.balance == 5
         entries = await fetch(stack, "SELECT count(*) AS n FROM ledger_entries")
         assert entries[0]["n"] == 2  # only the final valid top-up
-        dead = await _read_all(stack, stack.dlq_topic, len(cases) + len(undecodable))
+        dead = await read_topic(stack, stack.dlq_topic, len(cases) + len(undecodable))
         codes = sorted(orjson.loads(v)["code"] for v in dead)
         assert codes.count("not_utf8") == 1 and codes.count("not_json") == 1
         assert codes.count("too_large") == 1 and codes.count("not_an_object") == 1
@@ -115,20 +114,6 @@ class TestBadInput:
             reply = await asyncio.wait_for(future, 30)
         assert reply["status"] == "rejected"
         assert "key" in reply["error"]["message"]
-
-
-async def _read_all(settings: Settings, topic: str, expected: int) -> list[bytes]:
-    consumer = make_consumer(settings, topic, auto_offset_reset="earliest")
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(values) < expected and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            values += [r.value for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
-    return values
 
 
 def _encode(doc: dict[str, Any]) -> bytes:

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from foundation.settings import Settings
+from messaging.kafka import ensure_topics, make_consumer
 from tests.integration.helpers import balance, client_for, command, fetch, running_processor
 from tests.integration.processes import run_wallet
 from wallet.devstack import TansuBroker
-from wallet.kafka import ensure_topics, make_consumer
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.tansu_only
 
@@ -41,7 +41,7 @@ class TestTansuCompatibility:
         finally:
             await consumer.stop()
         assert highwater == 10
-        assert end < highwater, "Tansu now answers ListOffsets correctly: revisit DESIGN.md"
+        assert end < highwater, "Tansu answers ListOffsets right now: see status._log_ends"
 
     async def test_idempotent_producer_cannot_start(self, stack: Settings) -> None:
         """InitProducerId fails, which is why producer idempotence is a setting."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from foundation.settings import Settings
 from tests.integration.helpers import command, fetch
 from wallet.ceiling import copy_ceiling, plan_rows
-from wallet.settings import Settings
 
 
 class TestPlanRows:

@@ -8,13 +8,17 @@ import sys
 
 import orjson
 
-from tests.integration.helpers import client_for, command, fetch, running_processor
-from tests.integration.processes import run_wallet as _wallet
-from tests.integration.processes import settings_env
-from tests.integration.test_bad_input import _read_all
-from tests.integration.test_narrowing import _refuse_poison
-from wallet.kafka import partition_for
-from wallet.settings import Settings
+from foundation.settings import Settings
+from messaging.kafka import partition_for
+from tests.integration.helpers import (
+    client_for,
+    command,
+    fetch,
+    read_topic,
+    refuse_commands,
+    running_processor,
+)
+from tests.integration.processes import run_wallet, settings_env
 
 
 class TestAssets:
@@ -22,17 +26,17 @@ class TestAssets:
         """An asset added by the CLI is accepted by a running processor right away."""
         async with running_processor(stack), client_for(stack) as client:
             before = await client.request(command("top_up", "ivy", 5, asset="RUBIES"))
-            added = await asyncio.to_thread(_wallet, stack, "assets", "add", "RUBIES", "Rubies")
+            added = await asyncio.to_thread(run_wallet, stack, "assets", "add", "RUBIES", "Rubies")
             after = await client.request(command("top_up", "ivy", 5, asset="RUBIES"))
         assert before.error is not None and before.error.code == "unknown_asset"
         assert added.returncode == 0 and "added" in added.stdout
         assert after.status == "accepted"
-        listed = _wallet(stack, "assets", "list")
+        listed = run_wallet(stack, "assets", "list")
         assert "RUBIES" in listed.stdout and "GOLD" in listed.stdout
 
     def test_bad_code_is_refused(self, stack: Settings) -> None:
         """A malformed asset code is refused with a clear message."""
-        result = _wallet(stack, "assets", "add", "bad code", "x")
+        result = run_wallet(stack, "assets", "add", "bad code", "x")
         assert result.returncode != 0 and "not an asset code" in result.stderr
 
 
@@ -41,10 +45,10 @@ class TestSend:
         """`wallet send` publishes a command and prints its reply; a rejection exits 1."""
         async with running_processor(stack):
             ok = await asyncio.to_thread(
-                _wallet, stack, "send", "top-up", "--user", "jo", "--amount", "9"
+                run_wallet, stack, "send", "top-up", "--user", "jo", "--amount", "9"
             )
             refused = await asyncio.to_thread(
-                _wallet, stack, "send", "spend", "--user", "jo", "--amount", "10"
+                run_wallet, stack, "send", "spend", "--user", "jo", "--amount", "10"
             )
         assert ok.returncode == 0 and '"balance": 9' in ok.stdout
         assert refused.returncode == 1 and "insufficient_funds" in refused.stdout
@@ -67,7 +71,7 @@ class TestDeadLetter:
         is dead-lettered by `wallet dead-letter`: audited, applied before the next retry, and
         the command behind it is accepted; asking twice or for a processed record is said."""
         settings = stack.model_copy(update={"retry_backoff_max_ms": 200})
-        await _refuse_poison(settings, "53100")  # disk_full: the database's kind of failure
+        await refuse_commands(settings, "53100")  # disk_full: the database's kind of failure
         partition = str(partition_for("erin", settings.partitions))
         async with running_processor(settings), client_for(settings) as client:
             stuck = await client.publish(command("top_up", "erin", 5, key="poison-1"))
@@ -75,19 +79,19 @@ class TestDeadLetter:
             await client.flush()
             await asyncio.sleep(1)
             ask = ("dead-letter", partition, "0", "--by", "tester", "--reason")
-            asked = await asyncio.to_thread(_wallet, settings, *ask, "disk full on it")
-            again = await asyncio.to_thread(_wallet, settings, *ask, "again")
+            asked = await asyncio.to_thread(run_wallet, settings, *ask, "disk full on it")
+            again = await asyncio.to_thread(run_wallet, settings, *ask, "again")
             reply = await asyncio.wait_for(behind, 30)
             late = ("dead-letter", partition, "1", "--reason", "too late")
-            done = await asyncio.to_thread(_wallet, settings, *late)
+            done = await asyncio.to_thread(run_wallet, settings, *late)
             early = ("dead-letter", partition, "2", "--reason", "not there yet")
-            future = await asyncio.to_thread(_wallet, settings, *early)
+            future = await asyncio.to_thread(run_wallet, settings, *early)
         assert asked.returncode == 0 and "requested (by tester)" in asked.stdout
         assert again.returncode == 0 and "already requested" in again.stdout
         assert done.returncode != 0 and "already processed" in done.stderr
         assert future.returncode != 0 and "has no record 2 yet" in future.stderr
         assert reply["status"] == "accepted" and reply["balance"] == 7 and not stuck.done()
-        [letter] = [orjson.loads(v) for v in await _read_all(settings, settings.dlq_topic, 1)]
+        [letter] = [orjson.loads(v) for v in await read_topic(settings, settings.dlq_topic, 1)]
         assert letter["code"] == "operator_dead_lettered" and letter["source_offset"] == 0
         assert "disk full on it (by tester)" in letter["reason"]
         rows = await fetch(settings, "SELECT requested_by, reason FROM dead_letter_requests")
@@ -100,23 +104,23 @@ class TestOperatorCommands:
         async with running_processor(stack), client_for(stack) as client:
             await client.request(command("top_up", "kim", 40))
             await client.request(command("spend", "kim", 15, description="potion"))
-        replayed = await asyncio.to_thread(_wallet, stack, "replay", "--from-scratch")
+        replayed = await asyncio.to_thread(run_wallet, stack, "replay", "--from-scratch")
         assert replayed.returncode == 0 and "4 events replayed" in replayed.stdout
-        shown = _wallet(stack, "balance", "kim")
+        shown = run_wallet(stack, "balance", "kim")
         assert shown.returncode == 0 and "GOLD" in shown.stdout and "25" in shown.stdout
-        listed = _wallet(stack, "history", "kim")
+        listed = run_wallet(stack, "history", "kim")
         assert "potion" in listed.stdout and "-15" in listed.stdout and "+40" in listed.stdout
-        audit = _wallet(stack, "verify")
+        audit = run_wallet(stack, "verify")
         assert audit.returncode == 0 and "0 failed" in audit.stdout
 
     async def test_republish_sends_ledger_events_again(self, stack: Settings) -> None:
         """--republish re-emits every accepted transaction to the events topic, in order."""
-        from wallet.kafka import make_consumer
+        from messaging.kafka import make_consumer
 
         async with running_processor(stack), client_for(stack) as client:
             for amount in (1, 2, 3):
                 await client.request(command("top_up", "lee", amount))
-        sent = await asyncio.to_thread(_wallet, stack, "replay", "--republish", "--from", "0")
+        sent = await asyncio.to_thread(run_wallet, stack, "replay", "--republish", "--from", "0")
         assert sent.returncode == 0 and "republished 3 events" in sent.stdout
         consumer = make_consumer(stack, stack.events_topic, auto_offset_reset="earliest")
         await consumer.start()

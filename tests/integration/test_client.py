@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from foundation.settings import Settings
 from tests.integration.helpers import balance, client_for, command, running_processor
-from wallet.settings import Settings
 
 
 class TestPublishMany:

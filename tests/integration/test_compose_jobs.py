@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from foundation.settings import Settings
 from tests.integration.helpers import client_for, command, running_processor
 from tests.integration.processes import settings_env
 from tests.integration.tools import require
 from wallet.devstack import EmbeddedPostgres
-from wallet.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from foundation.settings import Settings
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from tests.integration.test_api import new_key
 from wallet.apikeys import SCOPES
 from wallet.devstack import free_port
-from wallet.settings import Settings
 
 pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 40

@@ -9,9 +9,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from foundation.settings import Settings
+from messaging.kafka import partition_for, security_options
 from tests.integration.helpers import balance, client_for, command, fetch, running_processor
-from wallet.kafka import partition_for, security_options
-from wallet.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,11 @@ import os
 import httpx
 import pytest
 
+from foundation.settings import Settings
 from schemas.commands import AMOUNT_MAX
 from tests.integration.helpers import client_for, command
 from tests.integration.processes import WalletProcess
 from wallet.devstack import free_port
-from wallet.settings import Settings
 
 MARKER = "payload-marker-7f3a"
 PASSWORD = "hunter2-db-password"

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from foundation.settings import Settings
 from tests.integration.helpers import client_for, command, send_all
 from tests.integration.processes import WalletProcess, run_wallet
 from wallet.devstack import free_port
-from wallet.settings import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

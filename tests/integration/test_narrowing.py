@@ -6,51 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import orjson
 import pytest
 
-from tests.integration.helpers import client_for, command, fetch, running_processor, send_all
-from tests.integration.test_bad_input import _read_all
-from wallet.settings import Settings
-
-# Refuses any command whose idempotency key matches the pattern (by default, starts with
-# 'poison') while refuse_poison holds a row: a real PostgreSQL error, raised by the database for
-# those records only, as a value the database cannot store would; '%' refuses every command.
-# The SQLSTATE is the test's choice: a record's kind of failure
-# (check_violation) or the kind nobody's record causes (disk_full).
-_POISON_SQL = """
-CREATE TABLE refuse_poison (sqlstate text NOT NULL, pattern text NOT NULL);
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    code text;
-    keys text;
-BEGIN
-    SELECT sqlstate, pattern INTO code, keys FROM refuse_poison LIMIT 1;
-    IF code IS NOT NULL AND NEW.idempotency_key LIKE keys THEN
-        RAISE EXCEPTION 'refused by the test: %', NEW.description USING ERRCODE = code;
-    END IF;
-    RETURN NEW;
-END;
-$$;
-CREATE TRIGGER refuse_poison BEFORE INSERT ON processed_commands
-    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
-
-
-async def _refuse_poison(
-    settings: Settings, sqlstate: str | None, pattern: str = "poison%"
-) -> None:
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url, timeout=10)
-    try:
-        if not await conn.fetchval("SELECT to_regclass('refuse_poison') IS NOT NULL"):
-            await conn.execute(_POISON_SQL)
-        await conn.execute("DELETE FROM refuse_poison")
-        if sqlstate is not None:
-            await conn.execute("INSERT INTO refuse_poison VALUES ($1, $2)", sqlstate, pattern)
-    finally:
-        await conn.close()
+from foundation.settings import Settings
+from tests.integration.helpers import (
+    client_for,
+    command,
+    fetch,
+    read_topic,
+    refuse_commands,
+    running_processor,
+    send_all,
+)
 
 
 class TestRecordTheLedgerRefuses:
@@ -61,7 +29,7 @@ class TestRecordTheLedgerRefuses:
         invalid_command and dead-lettered as unprocessable, the other 49 are accepted, a
         later command on the same partition is answered within seconds, and no log line
         quotes the command (the database's error message here does)."""
-        await _refuse_poison(stack, "23514")  # check_violation
+        await refuse_commands(stack, "23514")  # check_violation
         commands = [
             command("top_up", "alice", 1 + i, key=f"poison-{i}" if i == 20 else None,
                     description="words-no-log-may-hold" if i == 20 else None)
@@ -80,7 +48,7 @@ class TestRecordTheLedgerRefuses:
         assert [r["status"] for r in replies] == ["accepted"] * 49
         assert later.status == "accepted" and later_s < 5
         assert later.balance == sum(1 + i for i in range(50) if i != 20) + 1000
-        letters = [orjson.loads(v) for v in await _read_all(stack, stack.dlq_topic, 1)]
+        letters = [orjson.loads(v) for v in await read_topic(stack, stack.dlq_topic, 1)]
         assert [(d["code"], d["source_offset"]) for d in letters] == [("unprocessable", 20)]
         state = await fetch(stack, "SELECT sum(failures_in_a_row) AS n FROM partition_state")
         assert state[0]["n"] == 0  # the commits since cleared what the failures recorded
@@ -91,7 +59,7 @@ class TestRecordTheLedgerRefuses:
     async def test_a_lone_record_with_nothing_after_it_is_set_aside(self, stack: Settings) -> None:
         """On an idle partition (no later record to compare with) the refused record is still
         answered, invalid_command, within seconds."""
-        await _refuse_poison(stack, "23514")
+        await refuse_commands(stack, "23514")
         async with running_processor(stack), client_for(stack) as client:
             started_s = time.monotonic()
             reply = await client.request(command("top_up", "idle", 3, key="poison-1"))
@@ -104,7 +72,7 @@ class TestRecordTheLedgerRefuses:
         control (an ordinary command, written and rolled back) fails too: nothing is set
         aside, the partition waits, visibly, and once the cause is gone every command is
         accepted in order."""
-        await _refuse_poison(stack, "23514", "%")
+        await refuse_commands(stack, "23514", "%")
         commands = [command("top_up", "bob", 1, key=f"poison-{i}") for i in range(8)]
         async with running_processor(stack), client_for(stack) as client:
             futures = [await client.publish(c) for c in commands]
@@ -114,14 +82,14 @@ class TestRecordTheLedgerRefuses:
                 stack, "SELECT failures_in_a_row, last_error FROM partition_state"
                 " WHERE failures_in_a_row > 0"
             )  # fmt: skip
-            await _refuse_poison(stack, None)
+            await refuse_commands(stack, None)
             replies = await asyncio.wait_for(asyncio.gather(*futures), 30)
         assert not done
         assert [(r["status"], r["balance"]) for r in replies] == [
             ("accepted", i + 1) for i in range(8)
         ]
         assert len(state) == 1 and "and on an ordinary command too" in state[0]["last_error"]
-        assert await _read_all(stack, stack.dlq_topic, 1) == []
+        assert await read_topic(stack, stack.dlq_topic, 1) == []
 
 
 class TestDatabaseFailure:
@@ -129,7 +97,7 @@ class TestDatabaseFailure:
         """A failure of the database's own kind (disk_full) on one command is retried, never
         set aside: the command waits, the partition shows its failures in partition_state,
         and once the database accepts it again the command is accepted in order."""
-        await _refuse_poison(stack, "53100")  # disk_full
+        await refuse_commands(stack, "53100")  # disk_full
         first = command("top_up", "carol", 5, key="poison-1")
         second = command("top_up", "carol", 7)
         async with running_processor(stack), client_for(stack) as client:
@@ -140,10 +108,10 @@ class TestDatabaseFailure:
                 stack, "SELECT failures_in_a_row, last_error, failing_since FROM partition_state"
                 " WHERE failures_in_a_row > 0"
             )  # fmt: skip
-            await _refuse_poison(stack, None)
+            await refuse_commands(stack, None)
             replies = await asyncio.wait_for(asyncio.gather(*futures), 30)
         assert not done  # nothing skipped past the failing command
         assert len(state) == 1 and state[0]["failures_in_a_row"] >= 2
         assert "DiskFullError (SQLSTATE 53100)" in state[0]["last_error"]
         assert [(r["status"], r["balance"]) for r in replies] == [("accepted", 5), ("accepted", 12)]
-        assert await _read_all(stack, stack.dlq_topic, 1) == []
+        assert await read_topic(stack, stack.dlq_topic, 1) == []

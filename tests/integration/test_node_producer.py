@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from foundation.settings import Settings
 from tests.integration.helpers import balance, running_processor
 from tests.integration.tools import require
-from wallet.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-producer"
 NPM_TIMEOUT_S = 180

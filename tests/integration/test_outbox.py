@@ -7,10 +7,15 @@ import time
 
 import orjson
 
-from tests.integration.helpers import client_for, command, running_processor, send_all
-from tests.integration.test_bad_input import _read_all
-from wallet.kafka import make_consumer
-from wallet.settings import Settings
+from foundation.settings import Settings
+from messaging.kafka import make_consumer
+from tests.integration.helpers import (
+    client_for,
+    command,
+    read_topic,
+    running_processor,
+    send_all,
+)
 
 
 async def _topics(settings: Settings) -> set[str]:
@@ -36,7 +41,7 @@ class TestUnknownReplyTopics:
             started_s = time.monotonic()
             replies = await send_all(client, found, timeout_s=30)
             elapsed_s = time.monotonic() - started_s
-            letters = [orjson.loads(v) for v in await _read_all(stack, stack.dlq_topic, 40)]
+            letters = [orjson.loads(v) for v in await read_topic(stack, stack.dlq_topic, 40)]
         assert [r["status"] for r in replies] == ["accepted"] * 40
         assert elapsed_s < 5, elapsed_s  # was about 10 s per unknown topic, one after another
         assert {d["code"] for d in letters} == {"reply_undeliverable"} and len(letters) == 40
@@ -55,7 +60,7 @@ class TestAllowedReplyTopics:
         async with running_processor(settings), client_for(settings) as client:
             await client.publish_raw(b"zed", outside.encode())
             [reply] = await send_all(client, [command("top_up", "zed", 2)], timeout_s=30)
-            letters = [orjson.loads(v) for v in await _read_all(stack, stack.dlq_topic, 1)]
+            letters = [orjson.loads(v) for v in await read_topic(stack, stack.dlq_topic, 1)]
         assert reply["status"] == "accepted" and reply["balance"] == 2
         assert [d["code"] for d in letters] == ["forbidden_reply_topic"]
         assert "WALLET_REPLY_TOPICS" in letters[0]["reason"]

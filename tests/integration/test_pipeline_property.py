@@ -14,12 +14,12 @@ from aiokafka import ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from foundation.settings import Settings
+from messaging.kafka import partition_for
 from processor.intake import IntakeRules
-from processor.store import PostgresEventStore
 from processor.worker import AssetCatalog, PartitionWorker, WorkerConfig
-from wallet.db import create_pool
-from wallet.kafka import partition_for
-from wallet.settings import Settings
+from storage.db import create_pool
+from storage.event_store import PostgresEventStore
 
 USER = "fuzz-user"
 EXAMPLES = 300

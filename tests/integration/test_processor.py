@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
+from foundation.settings import Settings
 from tests.integration.helpers import (
     asset_sums,
     balance,
@@ -17,7 +18,6 @@ from tests.integration.helpers import (
     running_processor,
     send_all,
 )
-from wallet.settings import Settings
 
 # The core flows also run on Tansu: the no-Java fallback must keep working.
 pytestmark = pytest.mark.also_tansu
@@ -59,7 +59,7 @@ class TestFlows:
 
     async def test_unknown_asset_and_events_topic(self, stack: Settings) -> None:
         """An unknown asset is a recorded rejection; accepted commands reach wallet.events."""
-        from wallet.kafka import make_consumer
+        from messaging.kafka import make_consumer
 
         async with running_processor(stack), client_for(stack) as client:
             rejected = await client.request(command("top_up", "bob", 5, asset="RUBIES"))

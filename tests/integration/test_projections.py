@@ -8,6 +8,8 @@ import random
 import asyncpg
 import pytest
 
+from foundation.settings import Settings
+from messaging.kafka import partition_for
 from projections.replay import rebuild
 from schemas.commands import AMOUNT_MAX
 from tests.integration.helpers import (
@@ -21,8 +23,6 @@ from tests.integration.helpers import (
     wait_projected,
 )
 from tests.integration.processes import WalletProcess
-from wallet.kafka import partition_for
-from wallet.settings import Settings
 
 
 def _mixed_load(count: int, users: int, seed: int) -> list:  # type: ignore[type-arg]

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from foundation.settings import Settings
 from tests.integration.helpers import client_for, command, running_processor
 from tests.integration.processes import run_wallet
-from wallet.settings import Settings
 
 
 @pytest.fixture

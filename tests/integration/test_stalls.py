@@ -10,12 +10,11 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from tests.integration.helpers import client_for, command, running_processor
-from tests.integration.test_narrowing import _refuse_poison
+from foundation.settings import Settings
+from tests.integration.helpers import client_for, command, refuse_commands, running_processor
 from wallet.api import serve
 from wallet.devstack import free_port
 from wallet.operations import run_verify
-from wallet.settings import Settings
 from wallet.status import gather, render
 
 
@@ -43,7 +42,7 @@ class TestStalledPartition:
             "api_port": free_port(), "stall_failures": 3, "retry_backoff_max_ms": 200,
             "command_wait_max_ms": 1000,
         })  # fmt: skip
-        await _refuse_poison(settings, "53100")
+        await refuse_commands(settings, "53100")
         stop = asyncio.Event()
         async with running_processor(settings), client_for(settings) as client:
             server = asyncio.create_task(serve(settings, stop))
@@ -56,7 +55,7 @@ class TestStalledPartition:
                     await asyncio.sleep(1.5)  # past command_wait_max_ms
                     report = await gather(settings)
                     checks = {r.name: r for r in await run_verify(settings)}
-                    await _refuse_poison(settings, None)
+                    await refuse_commands(settings, None)
                     await asyncio.wait_for(reply, 30)
                     recovered = await _ready_until(api, 200)
                     checks_after = {r.name: r.ok for r in await run_verify(settings)}

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+from foundation.settings import Settings
 from tests.integration.helpers import (
     client_for,
     command,
@@ -14,7 +15,6 @@ from tests.integration.helpers import (
     wait_projected,
 )
 from tests.integration.processes import run_wallet
-from wallet.settings import Settings
 
 
 async def _status_once_published(settings: Settings) -> dict[str, Any]:

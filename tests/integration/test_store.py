@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from processor.batch import BatchContext, Intake, payload_hash, plan_batch
-from processor.decide import AccountState
-from processor.store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
+from foundation.errors import FencedError
+from foundation.settings import Settings
+from ledger.decide import AccountState
+from ledger.plan import BatchContext, Intake, payload_hash, plan_batch
+from storage.db import create_pool
+from storage.event_store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
 from tests.integration.helpers import command, fetch
-from wallet.db import create_pool
-from wallet.errors import FencedError
-from wallet.settings import Settings
 
 TOPIC = "contract.commands"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import trustme
 
+from foundation.settings import Settings
+from storage.db import connection
 from tests.integration.processes import run_wallet
 from tests.integration.tools import require
-from wallet.db import connection
 from wallet.devstack import EmbeddedPostgres
-from wallet.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from wallet.errors import ConfigError
-from wallet.kafka import ensure_topics
-from wallet.settings import DAY_MS, HOUR_MS, Settings
+from foundation.errors import ConfigError
+from foundation.settings import DAY_MS, HOUR_MS, Settings
+from messaging.kafka import ensure_topics
 
 TIMEOUT_S = 15
 

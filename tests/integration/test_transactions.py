@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from commands.client import WalletClient
+from foundation.settings import Settings
+from messaging.kafka import make_producer, partition_for, security_options
 from schemas.commands import Command
 from tests.integration.helpers import balance, client_for, command, fetch, running_processor
-from wallet.kafka import make_producer, partition_for, security_options
-from wallet.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.batch import ENTRY_AMOUNT, BatchContext, Intake, payload_hash, plan_batch
+from ledger.plan import ENTRY_AMOUNT, BatchContext, Intake, payload_hash, plan_batch
+from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
 from schemas.commands import Command
 from tests.integration.helpers import command
-from wallet.kafka import partition_for
 
 CTX = BatchContext("cmds", 0, 0, datetime(2026, 1, 1, tzinfo=UTC))
 ASSETS = frozenset({"GOLD"})

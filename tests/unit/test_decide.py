@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.decide import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
+from ledger.decide import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
 from schemas.events import AccountKind
 from tests.integration.helpers import command
 

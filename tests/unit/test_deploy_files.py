@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from foundation.settings import Settings
 from wallet.cli import main as cli
 from wallet.embedded_kafka import KAFKA_VERSION
-from wallet.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("processor", "projector", "api")

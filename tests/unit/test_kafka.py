@@ -15,9 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IncompatibleBrokerVersion
 
-from wallet import kafka
-from wallet.errors import ConfigError
-from wallet.kafka import (
+from foundation.errors import ConfigError
+from foundation.settings import DAY_MS, Settings, load_settings
+from messaging import kafka
+from messaging.kafka import (
     TopicProblem,
     TopicSpec,
     TopicState,
@@ -28,7 +29,6 @@ from wallet.kafka import (
     topic_problems,
     topic_specs,
 )
-from wallet.settings import DAY_MS, Settings, load_settings
 
 
 def _settings(**changes: object) -> Settings:

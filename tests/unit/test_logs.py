@@ -9,7 +9,7 @@ import orjson
 import pytest
 import structlog
 
-from wallet.logs import REDACTED, configure_logging, redact
+from foundation.logs import REDACTED, configure_logging, redact
 
 KEY = "dw_0123456789abcdef_" + "S" * 43
 

@@ -8,9 +8,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from wallet.errors import ConfigError
-from wallet.metrics import PartitionGauge, beside, health_url, metrics_app
-from wallet.settings import Settings
+from foundation.errors import ConfigError
+from foundation.metrics import PartitionGauge
+from foundation.settings import Settings
+from wallet.metrics_server import beside, health_url, metrics_app
 
 
 class TestPartitionGauge:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wallet.errors import ConfigError
-from wallet.settings import load_settings
+from foundation.errors import ConfigError
+from foundation.settings import load_settings
 
 
 class TestSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wallet.errors import DevStackError
+from foundation.errors import DevStackError
 from wallet.stack import broker_kind
 
 

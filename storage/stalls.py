@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from projections.projector import LIVE
-from wallet.db import Conn
+from storage.db import Conn
+from storage.projection_store import LIVE
 
 _STALLS_SQL = """
 SELECT 'processor' AS role, partition, failures_in_a_row, last_error, failing_since

@@ -1,6 +1,7 @@
 -- The ledger: assets, processed commands (idempotency records and transaction headers),
 -- double-entry ledger entries, per-partition consumer state (offsets, owner epochs) and the
--- transactional outbox. Integrity rules from DESIGN.md are enforced here as a second line
+-- transactional outbox. The ledger's integrity rules (README, "How the guarantees are kept")
+-- are enforced here as a second line
 -- behind the processor's own checks.
 
 CREATE TABLE assets (

@@ -27,10 +27,10 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from wallet.errors import BrokerUnavailableError, ConfigError
-from wallet.settings import Settings
+from foundation.errors import BrokerUnavailableError, ConfigError
+from foundation.settings import Settings
 
-log = structlog.get_logger("wallet.kafka")
+log = structlog.get_logger("messaging.kafka")
 T = TypeVar("T")
 _TOPIC_EXISTS = 36
 _INVALID_REPLICATION_FACTOR = 38

@@ -14,14 +14,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import (
+from foundation.errors import ConfigError
+from foundation.topic_names import (
     DEFAULT_COMMANDS_TOPIC,
     DEFAULT_DLQ_TOPIC,
     DEFAULT_EVENTS_TOPIC,
     DEFAULT_REPLIES_TOPIC,
     is_topic_name,
 )
-from wallet.errors import ConfigError
 
 STACK_ENV_FILE = Path(".wallet") / "stack.env"
 HOUR_MS = 3_600_000

@@ -19,7 +19,7 @@ log = structlog.get_logger("wallet.migrate")
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped with the package, in order."""
     found = []
-    for entry in resources.files("processor.migrations").iterdir():
+    for entry in resources.files("storage.migrations").iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text(encoding="utf-8")))

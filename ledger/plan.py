@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import orjson
 
-from processor.decide import (
+from ledger.decide import (
     EMPTY_ACCOUNT,
     SYSTEM_ACCOUNT,
     Accepted,

@@ -1,7 +1,8 @@
 """The event store: the small interface the partition worker needs, and its asyncpg version.
 
-Every method is one short statement or one transaction. The batch commit is the heart of the
-exactly-once design; see `PostgresEventStore.commit_batch` for why it is shaped as it is.
+Every method is one statement or one transaction (a probe is a transaction rolled back). The
+batch commit is the heart of the exactly-once design; see `PostgresEventStore.commit_batches`
+for why it is shaped as it is.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Protocol, overload
 
 import asyncpg
 
-from processor.batch import AccountKey, BatchPlan, IdempotencyId, StoredResult
-from processor.decide import AccountState
-from wallet.db import ERROR_CHARS_MAX, Conn, Failure
-from wallet.errors import FencedError
+from foundation.errors import FencedError
+from ledger.decide import AccountState
+from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from storage.db import ERROR_CHARS_MAX, Conn, Failure
 
 PROCESSED_COLUMNS = (
     "user_id", "idempotency_key", "command_id", "type", "asset", "amount", "payload_hash",
@@ -101,7 +102,7 @@ class PublishedMark:
 
 
 class EventStore(Protocol):
-    """What the write side needs from storage. Implementations pass tests/contract/."""
+    """What the write side needs from storage (PostgresEventStore implements it)."""
 
     async def claim_partition(
         self, topic: str, partition: int, owner: str, failure: Failure | None = None

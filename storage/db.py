@@ -10,7 +10,7 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from wallet.settings import Settings
+from foundation.settings import Settings
 
 # Errors of a database call that trying again later may cure: the server gone or restarting, a
 # timeout, a statement refused (its transaction rolled back whole). InternalClientError is
