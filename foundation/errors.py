@@ -40,6 +40,30 @@ class FencedError(WalletError):
     code = "fenced"
 
 
+class StorageError(WalletError):
+    """The database did not do what was asked. `message` is the error's kind (its class and
+    SQLSTATE), never the database's message: that may quote a record."""
+
+    code = "storage_error"
+
+
+class StorageUnavailableError(StorageError):
+    """The database could not be reached or gave up (connection lost, timeout, shutting down,
+    a deadlock or serialization failure): retry soon; nothing about the data is wrong."""
+
+    code = "storage_unavailable"
+    retriable = True
+
+
+class StorageRefusedError(StorageError):
+    """The database answered no. `data["records_fault"]` says whether the records themselves
+    may be the cause (a value it cannot store, a constraint they break: see
+    processor.narrowing) or not (a full disk, missing privileges, a missing table). Either
+    way: retry slowly, alert, never skip a record on the strength of this alone."""
+
+    code = "storage_refused"
+
+
 class BrokerUnavailableError(WalletError):
     """The Kafka-protocol broker did not answer in time; retry with backoff."""
 

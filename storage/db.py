@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from foundation.errors import StorageError, StorageRefusedError, StorageUnavailableError
 from foundation.settings import Settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# SQLSTATE classes of a database that is away or gave up, not one that refused: connection
+# exceptions, operator intervention (shutdown, cancel), transaction rollback (serialization,
+# deadlock), and lock_not_available.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "57", "40"})
+_UNAVAILABLE_SQLSTATES = frozenset({"55P03"})
 
 # Errors of a database call that trying again later may cure: the server gone or restarting, a
 # timeout, a statement refused (its transaction rolled back whole). InternalClientError is
 # asyncpg losing track of a connection the server dropped mid-operation (asyncpg issue #1069):
 # seen here when PostgreSQL was stopped under load; uncaught, it killed the processor.
 RETRIABLE_DB_ERRORS = (
+    StorageError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
@@ -32,9 +44,43 @@ RETRIABLE_DB_ERRORS = (
 _RECORD_SQLSTATE_CLASSES = frozenset({"22", "23", "54", "P0"})
 
 
+def storage_error(exc: BaseException) -> StorageError:
+    """The project's error for a database call's failure (see foundation.errors)."""
+    kind = failure_kind(exc)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    refused = isinstance(exc, asyncpg.PostgresError) or records_fault(exc)
+    if (
+        not refused
+        or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+        or (sqlstate in _UNAVAILABLE_SQLSTATES)
+    ):
+        return StorageUnavailableError(kind, sqlstate=sqlstate or None)
+    return StorageRefusedError(kind, sqlstate=sqlstate or None, records_fault=records_fault(exc))
+
+
+def translated(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A storage method whose database errors come out as StorageError."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except StorageError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                OSError, TimeoutError) as exc:  # fmt: skip
+            raise storage_error(exc) from exc
+
+    return wrapper
+
+
 def records_fault(exc: BaseException) -> bool:
     """Whether a failed batch's records may be the cause (see processor.narrowing): an error
     of their data, or anything that is not a database error at all (the planner raising)."""
+    if isinstance(exc, StorageError):
+        return exc.data.get("records_fault") is True
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in _RECORD_SQLSTATE_CLASSES
     if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
@@ -56,6 +102,8 @@ class Failure:
 def failure_kind(exc: BaseException) -> str:
     """An error's kind for logs and operators, never its message: a message may quote the
     record (PostgreSQL's "invalid input syntax ... \"<value>\"" does)."""
+    if isinstance(exc, StorageError):
+        return exc.message
     sqlstate = getattr(exc, "sqlstate", None)
     return f"{type(exc).__name__} (SQLSTATE {sqlstate})" if sqlstate else type(exc).__name__
 

@@ -17,7 +17,7 @@ import asyncpg
 from foundation.errors import FencedError
 from ledger.decide import AccountState
 from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
-from storage.db import ERROR_CHARS_MAX, Conn, Failure
+from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
 PROCESSED_COLUMNS = (
     "user_id", "idempotency_key", "command_id", "type", "asset", "amount", "payload_hash",
@@ -102,7 +102,8 @@ class PublishedMark:
 
 
 class EventStore(Protocol):
-    """What the write side needs from storage (PostgresEventStore implements it)."""
+    """What the write side needs from storage. Implementations (PostgresEventStore,
+    storage.memory_event_store.MemoryEventStore) pass tests/contract/."""
 
     async def claim_partition(
         self, topic: str, partition: int, owner: str, failure: Failure | None = None
@@ -155,6 +156,7 @@ class PostgresEventStore:
         self._pool = pool
         self._timeout_s = timeout_s
 
+    @translated
     async def claim_partition(
         self, topic: str, partition: int, owner: str, failure: Failure | None = None
     ) -> PartitionClaim:
@@ -208,6 +210,7 @@ class PostgresEventStore:
         )
         return {r["source_offset"]: f"{r['reason']} (by {r['requested_by']})" for r in rows}
 
+    @translated
     async def reset_partition(
         self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
     ) -> PartitionClaim:
@@ -259,10 +262,12 @@ class PostgresEventStore:
         assert row is not None
         return _claim(row, {})
 
+    @translated
     async def load_assets(self) -> frozenset[str]:
         rows = await self._pool.fetch("SELECT code FROM assets", timeout=self._timeout_s)
         return frozenset(r["code"] for r in rows)
 
+    @translated
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
         """The latest balance and version of each (user, asset); absent keys have no wallet."""
         if not keys:
@@ -284,6 +289,7 @@ class PostgresEventStore:
             (r["user_id"], r["asset"]): AccountState(r["balance_after"], r["version"]) for r in rows
         }
 
+    @translated
     async def find_processed(
         self, ids: Sequence[IdempotencyId]
     ) -> dict[IdempotencyId, StoredResult]:
@@ -324,6 +330,7 @@ class PostgresEventStore:
         """Write one partition's batch and advance its offset, all or nothing."""
         await self.commit_batches([(position, plan)])
 
+    @translated
     async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
         """Write several partitions' batches and advance their offsets, all or nothing.
 
@@ -342,6 +349,7 @@ class PostgresEventStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await self._write(conn, batches)
 
+    @translated
     async def probe_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
         """Write the batches as commit_batches would, then roll back: raises what the commit
         would raise, changes nothing. (See processor.narrowing: a control that tells a record
@@ -422,6 +430,7 @@ class PostgresEventStore:
             **data,
         )
 
+    @translated
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]:
@@ -455,6 +464,7 @@ class PostgresEventStore:
             for r in rows
         ]
 
+    @translated
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
         """Advance each partition's watermark; a mark from a fenced owner changes nothing."""
         if not marks:
@@ -482,6 +492,7 @@ class PostgresEventStore:
             timeout=self._timeout_s,
         )
 
+    @translated
     async def prune_outbox(self, marks: Sequence[PublishedMark], keep_rows: int, limit: int) -> int:
         """Delete published outbox rows older than the newest `keep_rows` of each partition,
         at most `limit` per partition. Walks the primary key from the oldest row, so the cost

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from foundation.errors import FencedError
+from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
 from ledger.decide import AccountState
 from ledger.plan import BatchContext, Intake, payload_hash, plan_batch
@@ -130,11 +130,14 @@ class TestDatabaseConstraints:
                 )
 
     async def test_account_version_cannot_repeat(self, store: PostgresEventStore) -> None:
-        """Two owners writing version 1 of one account: the second write fails whole."""
+        """Two owners writing version 1 of one account: the second write fails whole, refused
+        by the database as a unique violation (the store says so as its own error)."""
         claim = await store.claim_partition(TOPIC, 0, "owner")
         await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
-        with pytest.raises(asyncpg.UniqueViolationError):
+        with pytest.raises(StorageRefusedError) as refused:
             await store.commit_batch(_position(claim.epoch, 1, 2), _plan(1, 10))
+        assert refused.value.data["sqlstate"] == "23505"
+        assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
         assert await store.load_accounts([("zed", "GOLD")]) == {
             ("zed", "GOLD"): AccountState(10, 1)
         }

@@ -1,0 +1,221 @@
+"""The event store in memory, with the rules PostgreSQL enforces for the real one: the epoch
+fence, the expected offset, one idempotency record per (user, key), balanced entries whose
+balances continue and never go below zero, a watermark only the owner moves. For the
+processor's unit tests, and as the second implementation tests/contract/ runs.
+
+A commit checks everything before it changes anything: all or nothing, as a transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from foundation.errors import FencedError, StorageRefusedError
+from ledger.decide import AccountState
+from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from storage.db import Failure
+from storage.event_store import (
+    ENTRY_COLUMNS,
+    OUTBOX_COLUMNS,
+    PROCESSED_COLUMNS,
+    BatchPosition,
+    OutboxMessage,
+    PartitionClaim,
+    PublishedMark,
+    StaleOffsetError,
+)
+
+Row = dict[str, object]
+PartitionId = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Partition:
+    epoch: int = 0
+    generation: int = 0
+    next_offset: int = 0
+    last: tuple[int, bytes] | None = None
+    failure: Failure | None = None
+
+
+class MemoryEventStore:
+    """EventStore in memory (see the module docstring)."""
+
+    def __init__(self, assets: Iterable[str] = ("GOLD", "DIAMONDS")) -> None:
+        self.assets = set(assets)
+        self._partitions: dict[PartitionId, _Partition] = {}
+        self._processed: dict[IdempotencyId, Row] = {}
+        self._accounts: dict[AccountKey, AccountState] = {}
+        self._outbox: dict[PartitionId, dict[tuple[int, int], Row]] = {}
+        self._published: dict[PartitionId, tuple[int, int]] = {}
+        self.entries: list[Row] = []
+
+    def partition(self, topic: str, partition: int) -> _Partition:
+        """The partition's stored state (for tests)."""
+        return self._partitions.get((topic, partition), _Partition())
+
+    async def claim_partition(
+        self, topic: str, partition: int, owner: str, failure: Failure | None = None
+    ) -> PartitionClaim:
+        state = self.partition(topic, partition)
+        state = replace(state, epoch=state.epoch + 1, failure=failure or state.failure)
+        self._partitions[(topic, partition)] = state
+        return self._claim(topic, partition, state)
+
+    async def reset_partition(
+        self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
+    ) -> PartitionClaim:
+        state = self.partition(topic, partition)
+        if state.epoch != epoch:
+            raise FencedError("partition has a newer owner", topic=topic, partition=partition)
+        state = replace(state, generation=state.generation + 1, next_offset=0, last=None)
+        self._partitions[(topic, partition)] = state
+        return self._claim(topic, partition, state)
+
+    def _claim(self, topic: str, partition: int, state: _Partition) -> PartitionClaim:
+        published = self._published.get((topic, partition), (0, 0))
+        return PartitionClaim(
+            epoch=state.epoch, generation=state.generation, next_offset=state.next_offset,
+            last_offset=state.last[0] if state.last else None,
+            last_fingerprint=state.last[1] if state.last else None,
+            published_generation=published[0], published_offset=published[1], forced={},
+        )  # fmt: skip
+
+    async def load_assets(self) -> frozenset[str]:
+        return frozenset(self.assets)
+
+    async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
+        return {k: self._accounts[k] for k in keys if k in self._accounts}
+
+    async def find_processed(
+        self, ids: Sequence[IdempotencyId]
+    ) -> dict[IdempotencyId, StoredResult]:
+        found = {}
+        for key in ids:
+            row = self._processed.get(key)
+            if row is not None:
+                found[key] = StoredResult(**{f: row[f] for f in StoredResult.__slots__})  # type: ignore[arg-type]
+        return found
+
+    async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
+        await self.commit_batches([(position, plan)])
+
+    async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
+        accounts = self._check(batches)
+        self._apply(batches, accounts)
+
+    async def probe_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None:
+        self._check(batches)
+
+    def _check(
+        self, batches: Sequence[tuple[BatchPosition, BatchPlan]]
+    ) -> dict[AccountKey, AccountState]:
+        """Every rule the commit must keep, checked before anything changes; returns the
+        accounts as the batches leave them."""
+        assert batches, "nothing to commit"
+        for position, _ in batches:
+            assert position.first_offset <= position.last_offset < position.next_offset, position
+            self._check_position(position)
+        processed = [dict(zip(PROCESSED_COLUMNS, r, strict=True))
+                     for _, plan in batches for r in plan.processed_rows]  # fmt: skip
+        keys = Counter((r["user_id"], r["idempotency_key"]) for r in processed)
+        if any(n > 1 or key in self._processed for key, n in keys.items()):
+            raise _refused("23505", "an idempotency record exists already")
+        entries = [dict(zip(ENTRY_COLUMNS, r, strict=True))
+                   for _, plan in batches for r in plan.entry_rows]  # fmt: skip
+        return self._check_entries(entries, processed)
+
+    def _check_position(self, position: BatchPosition) -> None:
+        state = self.partition(position.topic, position.partition)
+        data = {"topic": position.topic, "partition": position.partition}
+        if state.epoch != position.epoch:
+            raise FencedError("partition has a newer owner", epoch=position.epoch, **data)
+        if state.generation != position.generation or state.next_offset != position.first_offset:
+            raise StaleOffsetError("stored offset is not where this batch starts",
+                                   expected=position.first_offset, stored=state.next_offset,
+                                   generation=state.generation, **data)  # fmt: skip
+
+    def _check_entries(
+        self, entries: list[Row], processed: list[Row]
+    ) -> dict[AccountKey, AccountState]:
+        sums: Counter[object] = Counter()
+        for entry in entries:
+            sums[entry["transaction_id"]] += entry["amount"]  # type: ignore[operator]
+        if any(sums.values()):
+            raise _refused("23514", "ledger entries of a transaction do not balance")
+        accepted = {r["transaction_id"] for r in processed if r["status"] == "accepted"}
+        accounts = dict(self._accounts)
+        for entry in (e for e in entries if e["account_kind"] == "user"):
+            if entry["transaction_id"] not in accepted:
+                raise _refused("23503", "entries do not match an accepted command")
+            key = (str(entry["user_id"]), str(entry["asset"]))
+            before = accounts.get(key, AccountState(0, 0))
+            after = AccountState(entry["balance_after"], entry["version"])  # type: ignore[arg-type]
+            if (after.version != before.version + 1 or after.balance < 0
+                    or before.balance + entry["amount"] != after.balance):  # type: ignore[operator]  # fmt: skip
+                raise _refused("23514", "an entry does not continue its account's balance")
+            accounts[key] = after
+        return accounts
+
+    def _apply(
+        self,
+        batches: Sequence[tuple[BatchPosition, BatchPlan]],
+        accounts: Mapping[AccountKey, AccountState],
+    ) -> None:
+        for position, plan in batches:
+            here = (position.topic, position.partition)
+            last = (position.last_offset, position.last_fingerprint)
+            self._partitions[here] = replace(self._partitions[here],
+                                             next_offset=position.next_offset, last=last,
+                                             failure=None)  # fmt: skip
+            for row in plan.processed_rows:
+                record = dict(zip(PROCESSED_COLUMNS, row, strict=True))
+                self._processed[(str(record["user_id"]), str(record["idempotency_key"]))] = record
+            self.entries += [dict(zip(ENTRY_COLUMNS, r, strict=True)) for r in plan.entry_rows]
+            for row in plan.outbox_rows:
+                record = dict(zip(OUTBOX_COLUMNS, row, strict=True))
+                outbox = self._outbox.setdefault(here, {})
+                outbox[(int(record["generation"]), int(record["source_offset"]))] = record  # type: ignore[call-overload]
+        self._accounts.update(accounts)
+
+    async def unpublished(
+        self, topic: str, partition: int, after: tuple[int, int], limit: int
+    ) -> list[OutboxMessage]:
+        rows = sorted(self._outbox.get((topic, partition), {}).items())
+        return [_message(r) for position, r in rows if position >= after][:limit]
+
+    async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
+        for mark in marks:
+            here = (mark.topic, mark.partition)
+            if self.partition(*here).epoch != mark.epoch:
+                continue  # a fenced owner's mark changes nothing
+            self._published[here] = max(self._published.get(here, (0, 0)),
+                                        (mark.generation, mark.upto))  # fmt: skip
+
+    async def prune_outbox(self, marks: Sequence[PublishedMark], keep_rows: int, limit: int) -> int:
+        deleted = 0
+        for mark in marks:
+            outbox = self._outbox.get((mark.topic, mark.partition), {})
+            old = sorted(p for p in outbox if p < (mark.generation, mark.upto - keep_rows))
+            for position in old[:limit]:
+                del outbox[position]
+            deleted += len(old[:limit])
+        return deleted
+
+
+def _refused(sqlstate: str, message: str) -> StorageRefusedError:
+    return StorageRefusedError(message, sqlstate=sqlstate, records_fault=True)
+
+
+def _message(row: Row) -> OutboxMessage:
+    return OutboxMessage(
+        source_offset=row["source_offset"],  # type: ignore[arg-type]
+        generation=row["generation"],  # type: ignore[arg-type]
+        key=row["message_key"],  # type: ignore[arg-type]
+        reply_topic=row["reply_topic"],  # type: ignore[arg-type]
+        reply_value=row["reply_value"],  # type: ignore[arg-type]
+        event_value=row["event_value"],  # type: ignore[arg-type]
+        dlq_value=row["dlq_value"],  # type: ignore[arg-type]
+    )

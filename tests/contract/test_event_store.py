@@ -1,0 +1,137 @@
+"""The event store's contract: every implementation (PostgreSQL, memory) keeps the same rules.
+Each test runs against both; the PostgreSQL one on a database of its own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from foundation.errors import FencedError, StorageRefusedError
+from foundation.settings import Settings
+from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from storage.db import create_pool
+from storage.event_store import (
+    BatchPosition,
+    EventStore,
+    PostgresEventStore,
+    PublishedMark,
+    StaleOffsetError,
+)
+from storage.memory_event_store import MemoryEventStore
+from tests.integration.helpers import command
+
+TOPIC, PARTITION = "contract.commands", 0
+
+
+@pytest.fixture(params=["postgres", "memory"])
+def database(request: pytest.FixtureRequest) -> Settings | None:
+    """A database of the test's own for the PostgreSQL store; None for the memory one."""
+    if request.param == "memory":
+        return None
+    stack: Settings = request.getfixturevalue("stack")
+    return stack
+
+
+@pytest.fixture
+async def store(database: Settings | None) -> AsyncIterator[EventStore]:
+    if database is None:
+        yield MemoryEventStore()
+        return
+    pool = await create_pool(database)
+    try:
+        yield PostgresEventStore(pool, 10.0)
+    finally:
+        await pool.close()
+
+
+async def _batch(
+    store: EventStore, epoch: int, first: int, amounts: list[int], key: str = "k"
+) -> tuple[BatchPosition, BatchPlan]:
+    """Top-ups of `amounts` for one user at offsets first.., planned on what the store holds."""
+    commands = [
+        command("top_up", "ana", a, key=f"{key}-{first + i}") for i, a in enumerate(amounts)
+    ]
+    items = decoded_intakes(commands, first)
+    accounts = await store.load_accounts([("ana", "GOLD")])
+    known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
+    ctx = BatchContext(TOPIC, PARTITION, 0, datetime.now(UTC))
+    plan = plan_batch(ctx, items, known, accounts, await store.load_assets())
+    end = first + len(amounts)
+    return BatchPosition(TOPIC, PARTITION, epoch, 0, first, end, end - 1, b"fp"), plan
+
+
+class TestClaims:
+    async def test_each_claim_fences_the_one_before(self, store: EventStore) -> None:
+        """A commit under an older epoch is refused as fenced and changes nothing."""
+        old = await store.claim_partition(TOPIC, PARTITION, "a")
+        new = await store.claim_partition(TOPIC, PARTITION, "b")
+        assert new.epoch == old.epoch + 1
+        with pytest.raises(FencedError) as refused:
+            await store.commit_batch(*await _batch(store, old.epoch, 0, [5]))
+        assert not isinstance(refused.value, StaleOffsetError)
+        assert (await store.claim_partition(TOPIC, PARTITION, "c")).next_offset == 0
+
+
+class TestCommits:
+    async def test_a_commit_moves_the_offset_and_the_balance(self, store: EventStore) -> None:
+        """The next claim starts after the batch's last record, and sees its balance and its
+        idempotency records."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        position, plan = await _batch(store, claim.epoch, 0, [5, 7])
+        await store.commit_batch(position, plan)
+        again = await store.claim_partition(TOPIC, PARTITION, "b")
+        assert (again.next_offset, again.last_offset, again.last_fingerprint) == (2, 1, b"fp")
+        accounts = await store.load_accounts([("ana", "GOLD")])
+        assert (accounts[("ana", "GOLD")].balance, accounts[("ana", "GOLD")].version) == (12, 2)
+        found = await store.find_processed([("ana", "k-0"), ("ana", "nope")])
+        assert list(found) == [("ana", "k-0")] and found[("ana", "k-0")].balance_after == 5
+
+    async def test_a_batch_not_starting_at_the_stored_offset_is_stale(
+        self, store: EventStore
+    ) -> None:
+        """A batch that does not begin where the last commit ended is refused."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        with pytest.raises(StaleOffsetError):
+            await store.commit_batch(*await _batch(store, claim.epoch, 3, [5]))
+
+    async def test_a_repeated_idempotency_record_is_refused_whole(self, store: EventStore) -> None:
+        """A second record for one (user, key) is refused as a record's fault, and nothing of
+        its batch is written."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        await store.commit_batch(*await _batch(store, claim.epoch, 0, [5]))
+        position, plan = await _batch(store, claim.epoch, 1, [7], key="k")
+        plan.processed_rows[0] = (*plan.processed_rows[0][:1], "k-0", *plan.processed_rows[0][2:])
+        with pytest.raises(StorageRefusedError) as refused:
+            await store.commit_batch(position, plan)
+        assert refused.value.data["records_fault"] is True
+        assert (await store.claim_partition(TOPIC, PARTITION, "b")).next_offset == 1
+
+    async def test_a_probe_changes_nothing(self, store: EventStore) -> None:
+        """A probed batch raises what its commit would raise, and writes nothing."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        await store.probe_batches([await _batch(store, claim.epoch, 0, [5])])
+        assert await store.load_accounts([("ana", "GOLD")]) == {}
+        with pytest.raises(StaleOffsetError):
+            await store.probe_batches([await _batch(store, claim.epoch, 4, [5])])
+
+
+class TestOutbox:
+    async def test_unpublished_until_the_owner_marks_it(self, store: EventStore) -> None:
+        """A batch's outbox rows stay unpublished until the owner marks them; a fenced owner's
+        mark changes nothing; the claim reports the watermark."""
+        old = await store.claim_partition(TOPIC, PARTITION, "a")
+        await store.commit_batch(*await _batch(store, old.epoch, 0, [1, 2, 3]))
+        assert [m.source_offset for m in await store.unpublished(TOPIC, PARTITION, (0, 0), 10)] == [
+            0, 1, 2
+        ]  # fmt: skip
+        new = await store.claim_partition(TOPIC, PARTITION, "b")
+        await store.mark_published([PublishedMark(TOPIC, PARTITION, old.epoch, 0, 3)])
+        assert (await store.claim_partition(TOPIC, PARTITION, "c")).published_offset == 0
+        latest = new.epoch + 1
+        await store.mark_published([PublishedMark(TOPIC, PARTITION, latest, 0, 2)])
+        claim = await store.claim_partition(TOPIC, PARTITION, "d")
+        assert (claim.published_generation, claim.published_offset) == (0, 2)
+        left = await store.unpublished(TOPIC, PARTITION, (0, 2), 10)
+        assert [m.source_offset for m in left] == [2]
