@@ -7,7 +7,6 @@ command in offset order and returns the rows to write in one transaction.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import uuid
@@ -19,25 +18,23 @@ from typing import NamedTuple
 
 import orjson
 
+from ledger import wire
 from ledger.decide import (
     EMPTY_ACCOUNT,
-    SYSTEM_ACCOUNT,
     Accepted,
     AccountState,
     Rejected,
     decide,
 )
 from schemas.codec import DecodeFailure
-from schemas.commands import Command, CommandType
+from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
 
 # Transaction ids are derived from (user, idempotency key): a retried batch plans the same ids.
 _TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
-DLQ_VALUE_BYTES_MAX = 64 * 1024
 
-ENTRY_AMOUNT = 5  # index of the signed amount in an entry row (see store.ENTRY_COLUMNS)
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -76,6 +73,58 @@ class BatchContext:
     processed_at: datetime
 
 
+class ProcessedRow(NamedTuple):
+    """A command's idempotency record (and, accepted, its transaction's header)."""
+
+    user_id: str
+    idempotency_key: str
+    command_id: uuid.UUID
+    type: str
+    asset: str
+    amount: int
+    payload_hash: bytes
+    status: str
+    error_code: str | None
+    error_message: str | None
+    transaction_id: uuid.UUID | None
+    balance_after: int | None
+    description: str | None
+    metadata: str  # JSON text
+    topic: str
+    partition: int
+    source_offset: int
+    processed_at: datetime
+
+
+class EntryRow(NamedTuple):
+    """One leg of a transaction: the user's (with its running balance) or a system account's."""
+
+    transaction_id: uuid.UUID
+    partition: int
+    asset: str
+    account_kind: str
+    user_id: str | None
+    amount: int  # signed
+    balance_after: int | None
+    version: int | None
+    created_at: datetime
+
+
+class OutboxRow(NamedTuple):
+    """What one consumed record makes the relay publish: its reply, event and dead letter."""
+
+    topic: str
+    partition: int
+    generation: int
+    source_offset: int
+    message_key: bytes | None
+    reply_topic: str | None
+    reply_value: bytes | None
+    event_value: bytes | None
+    dlq_value: bytes | None
+    created_at: datetime
+
+
 class Outcome(NamedTuple):
     """What became of one record: for metrics and its log line."""
 
@@ -86,9 +135,9 @@ class Outcome(NamedTuple):
 
 @dataclass(slots=True)
 class BatchPlan:
-    processed_rows: list[tuple[object, ...]] = field(default_factory=list)
-    entry_rows: list[tuple[object, ...]] = field(default_factory=list)
-    outbox_rows: list[tuple[object, ...]] = field(default_factory=list)
+    processed_rows: list[ProcessedRow] = field(default_factory=list)
+    entry_rows: list[EntryRow] = field(default_factory=list)
+    outbox_rows: list[OutboxRow] = field(default_factory=list)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
 
@@ -179,7 +228,7 @@ def _record(
         amount=command.amount,
     )
     plan.processed_rows.append(
-        (
+        ProcessedRow(
             command.user_id,
             command.idempotency_key,
             command.command_id,
@@ -210,7 +259,7 @@ def _entries(
     ctx: BatchContext, plan: BatchPlan, command: Command, tx_id: uuid.UUID, decision: Accepted
 ) -> None:
     plan.entry_rows.append(
-        (
+        EntryRow(
             tx_id,
             ctx.partition,
             command.asset,
@@ -223,7 +272,7 @@ def _entries(
         )
     )
     plan.entry_rows.append(
-        (
+        EntryRow(
             tx_id,
             ctx.partition,
             command.asset,
@@ -268,26 +317,15 @@ def _refuse(ctx: BatchContext, plan: BatchPlan, item: Intake, failure: DecodeFai
         code = ErrorCode.INVALID_COMMAND
         if failure.code is DecodeErrorCode.WRONG_PARTITION:
             code = ErrorCode.WRONG_PARTITION
-        error = {"code": code.value, "message": failure.reason}
-        reply = orjson.dumps(
-            {
-                "command_id": envelope.command_id,
-                "idempotency_key": envelope.idempotency_key,
-                "user_id": envelope.user_id,
-                "status": "rejected",
-                "duplicate": False,
-                "transaction_id": None,
-                "type": None,
-                "asset": None,
-                "amount": None,
-                "balance": None,
-                "error": error,
-                "processed_at": ctx.processed_at,
-            }
-        )
+        reply = wire.reply_bytes(
+            command_id=envelope.command_id, idempotency_key=envelope.idempotency_key,
+            user_id=envelope.user_id, status="rejected", duplicate=False, transaction_id=None,
+            type=None, asset=None, amount=None, balance=None,
+            error=(code.value, failure.reason), processed_at=ctx.processed_at,
+        )  # fmt: skip
     plan.decided.append(Outcome("unknown", "dead_lettered", failure.code.value))
     plan.outbox_rows.append(
-        (
+        OutboxRow(
             ctx.topic,
             ctx.partition,
             ctx.generation,
@@ -311,7 +349,7 @@ def _outbox(
     event: bytes | None,
 ) -> None:
     plan.outbox_rows.append(
-        (
+        OutboxRow(
             ctx.topic,
             ctx.partition,
             ctx.generation,
@@ -331,30 +369,21 @@ def _reply_bytes(
 ) -> bytes:
     error = None
     if result.error_code is not None:
-        error = {"code": result.error_code, "message": result.error_message}
-    return orjson.dumps(
-        {
-            "command_id": command.command_id,
-            "idempotency_key": command.idempotency_key,
-            "user_id": command.user_id,
-            "status": result.status,
-            "duplicate": duplicate,
-            "transaction_id": result.transaction_id,
-            "type": result.type,
-            "asset": result.asset,
-            "amount": result.amount,
-            "balance": result.balance_after,
-            "error": error,
-            "processed_at": ctx.processed_at,
-        }
-    )
+        error = (result.error_code, result.error_message or "")
+    return wire.reply_bytes(
+        command_id=command.command_id, idempotency_key=command.idempotency_key,
+        user_id=command.user_id, status=result.status, duplicate=duplicate,
+        transaction_id=result.transaction_id, type=result.type, asset=result.asset,
+        amount=result.amount, balance=result.balance_after, error=error,
+        processed_at=ctx.processed_at,
+    )  # fmt: skip
 
 
 def _event_bytes(
     ctx: BatchContext, command: Command, tx_id: uuid.UUID | None, decision: Accepted
 ) -> bytes:
     return orjson.dumps(
-        event_document(
+        wire.event_document(
             transaction_id=tx_id,
             command_id=command.command_id,
             idempotency_key=command.idempotency_key,
@@ -371,85 +400,17 @@ def _event_bytes(
     )
 
 
-def event_document(
-    *,
-    transaction_id: uuid.UUID | None,
-    command_id: uuid.UUID,
-    idempotency_key: str,
-    type: str,
-    user_id: str,
-    asset: str,
-    amount: int,
-    balance_after: int,
-    version: int,
-    user_amount: int,
-    description: str | None,
-    occurred_at: datetime,
-) -> dict[str, object]:
-    """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent)."""
-    system = SYSTEM_ACCOUNT[CommandType(type)].value
-    return {
-        "transaction_id": transaction_id,
-        "command_id": command_id,
-        "idempotency_key": idempotency_key,
-        "type": type,
-        "user_id": user_id,
-        "asset": asset,
-        "amount": amount,
-        "balance_after": balance_after,
-        "version": version,
-        "entries": [
-            {"account": AccountKind.USER.value, "amount": user_amount},
-            {"account": system, "amount": -user_amount},
-        ],
-        "description": description,
-        "occurred_at": occurred_at,
-    }
-
-
 def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:
     source = (ctx.topic, ctx.partition, item.offset)
-    return dead_letter_bytes(failure.code, failure.reason, source, item.key, item.value,
-                             ctx.processed_at)  # fmt: skip
-
-
-def dead_letter_bytes(
-    code: DecodeErrorCode,
-    reason: str,
-    source: tuple[str, int, int],
-    key: bytes | None,
-    value: bytes | None,
-    at: datetime,
-) -> bytes:
-    """A `wallet.commands.dlq` message (schemas.dead_letters.DeadLetter) for the message at
-    `source` (topic, partition, offset): its key and value, the value cut to a bound."""
-    raw = (value or b"")[:DLQ_VALUE_BYTES_MAX]
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return orjson.dumps(
-        {
-            "code": code.value,
-            "reason": reason,
-            "source_topic": source[0],
-            "source_partition": source[1],
-            "source_offset": source[2],
-            "key": key.decode("utf-8", "replace") if key is not None else None,
-            "value": text,
-            "value_encoding": encoding,
-            "value_bytes": len(value or b""),
-            "truncated": len(value or b"") > DLQ_VALUE_BYTES_MAX,
-            "refused_at": at,
-        }
-    )
+    return wire.dead_letter_bytes(failure.code, failure.reason, source, item.key, item.value,
+                                  ctx.processed_at)  # fmt: skip
 
 
 def _assert_balanced(plan: BatchPlan) -> None:
     """Postcondition: every transaction's entries sum to zero (rule 1)."""
     totals: Counter[object] = Counter()
     for row in plan.entry_rows:
-        totals[row[0]] += row[ENTRY_AMOUNT]  # type: ignore[operator]
+        totals[row.transaction_id] += row.amount
     assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
     accepted = sum(1 for d in plan.decided if d.outcome == "accepted")
     assert len(plan.entry_rows) == 2 * accepted

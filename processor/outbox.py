@@ -27,7 +27,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from foundation import metrics
 from foundation.settings import Settings
-from ledger.plan import dead_letter_bytes
+from ledger.wire import dead_letter_bytes
 from messaging.kafka import RecordBatches
 from schemas.dead_letters import DecodeErrorCode
 from storage.db import RETRIABLE_DB_ERRORS

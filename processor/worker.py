@@ -346,7 +346,7 @@ class PartitionWorker:
         self.next_offset = batch.position.next_offset
         self._last = (batch.position.last_offset, batch.position.last_fingerprint)
         _log_outcomes(self.tp.partition, batch.intakes, plan.decided)
-        return [_message(row) for row in plan.outbox_rows]
+        return [OutboxMessage.of(row) for row in plan.outbox_rows]
 
     def _remember(self, plan: BatchPlan) -> None:
         for key, state in plan.accounts.items():
@@ -375,15 +375,3 @@ def _log_outcomes(partition: int, intakes: Sequence[Intake], decided: Sequence[O
             bound.warning("record dead-lettered", command_id=envelope.command_id,
                           user_id=envelope.user_id, offset=intake.offset,
                           code=outcome.code)  # fmt: skip
-
-
-def _message(row: tuple[object, ...]) -> OutboxMessage:
-    return OutboxMessage(
-        source_offset=row[3],  # type: ignore[arg-type]
-        generation=row[2],  # type: ignore[arg-type]
-        key=row[4],  # type: ignore[arg-type]
-        reply_topic=row[5],  # type: ignore[arg-type]
-        reply_value=row[6],  # type: ignore[arg-type]
-        event_value=row[7],  # type: ignore[arg-type]
-        dlq_value=row[8],  # type: ignore[arg-type]
-    )

@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ledger.plan import event_document
+from ledger.wire import event_document
 from storage.db import Conn
 from storage.event_store import std_uuid
 from storage.projection_store import LIVE, REPLAY, apply_next, checkpoint, known_partitions

@@ -16,22 +16,21 @@ import asyncpg
 
 from foundation.errors import FencedError
 from ledger.decide import AccountState
-from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from ledger.plan import (
+    AccountKey,
+    BatchPlan,
+    EntryRow,
+    IdempotencyId,
+    OutboxRow,
+    ProcessedRow,
+    StoredResult,
+)
 from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
-PROCESSED_COLUMNS = (
-    "user_id", "idempotency_key", "command_id", "type", "asset", "amount", "payload_hash",
-    "status", "error_code", "error_message", "transaction_id", "balance_after", "description",
-    "metadata", "topic", "partition", "source_offset", "processed_at",
-)  # fmt: skip
-ENTRY_COLUMNS = (
-    "transaction_id", "partition", "asset", "account_kind", "user_id", "amount",
-    "balance_after", "version", "created_at",
-)  # fmt: skip
-OUTBOX_COLUMNS = (
-    "topic", "partition", "generation", "source_offset", "message_key", "reply_topic",
-    "reply_value", "event_value", "dlq_value", "created_at",
-)  # fmt: skip
+# Each table's columns: the plan's rows name their fields after them, in this order.
+PROCESSED_COLUMNS = ProcessedRow._fields
+ENTRY_COLUMNS = EntryRow._fields
+OUTBOX_COLUMNS = OutboxRow._fields
 DEAD_LETTER_REQUESTS_MAX = 1_000  # read per claim: an operator names records one at a time
 # The tables a batch writes, in the order it writes them (entries need their commands first).
 BATCH_TABLES = (
@@ -41,7 +40,7 @@ BATCH_TABLES = (
 )
 
 
-def batch_rows(plan: BatchPlan) -> tuple[list[tuple[object, ...]], ...]:
+def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
     """A plan's rows for each of BATCH_TABLES, in the same order."""
     return plan.processed_rows, plan.entry_rows, plan.outbox_rows
 
@@ -88,6 +87,12 @@ class OutboxMessage:
     reply_value: bytes | None
     event_value: bytes | None
     dlq_value: bytes | None
+
+    @classmethod
+    def of(cls, row: OutboxRow) -> OutboxMessage:
+        """What the relay needs of a planned outbox row."""
+        return cls(row.source_offset, row.generation, row.message_key, row.reply_topic,
+                   row.reply_value, row.event_value, row.dlq_value)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

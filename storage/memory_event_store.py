@@ -14,12 +14,17 @@ from dataclasses import dataclass, replace
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.decide import AccountState
-from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from ledger.plan import (
+    AccountKey,
+    BatchPlan,
+    EntryRow,
+    IdempotencyId,
+    OutboxRow,
+    ProcessedRow,
+    StoredResult,
+)
 from storage.db import Failure
 from storage.event_store import (
-    ENTRY_COLUMNS,
-    OUTBOX_COLUMNS,
-    PROCESSED_COLUMNS,
     BatchPosition,
     OutboxMessage,
     PartitionClaim,
@@ -27,7 +32,6 @@ from storage.event_store import (
     StaleOffsetError,
 )
 
-Row = dict[str, object]
 PartitionId = tuple[str, int]
 
 
@@ -46,11 +50,11 @@ class MemoryEventStore:
     def __init__(self, assets: Iterable[str] = ("GOLD", "DIAMONDS")) -> None:
         self.assets = set(assets)
         self._partitions: dict[PartitionId, _Partition] = {}
-        self._processed: dict[IdempotencyId, Row] = {}
+        self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}
-        self._outbox: dict[PartitionId, dict[tuple[int, int], Row]] = {}
+        self._outbox: dict[PartitionId, dict[tuple[int, int], OutboxRow]] = {}
         self._published: dict[PartitionId, tuple[int, int]] = {}
-        self.entries: list[Row] = []
+        self.entries: list[EntryRow] = []
 
     def partition(self, topic: str, partition: int) -> _Partition:
         """The partition's stored state (for tests)."""
@@ -96,7 +100,12 @@ class MemoryEventStore:
         for key in ids:
             row = self._processed.get(key)
             if row is not None:
-                found[key] = StoredResult(**{f: row[f] for f in StoredResult.__slots__})  # type: ignore[arg-type]
+                found[key] = StoredResult(
+                    payload_hash=row.payload_hash, status=row.status, error_code=row.error_code,
+                    error_message=row.error_message, transaction_id=row.transaction_id,
+                    balance_after=row.balance_after, type=row.type, asset=row.asset,
+                    amount=row.amount,
+                )  # fmt: skip
         return found
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
@@ -118,13 +127,11 @@ class MemoryEventStore:
         for position, _ in batches:
             assert position.first_offset <= position.last_offset < position.next_offset, position
             self._check_position(position)
-        processed = [dict(zip(PROCESSED_COLUMNS, r, strict=True))
-                     for _, plan in batches for r in plan.processed_rows]  # fmt: skip
-        keys = Counter((r["user_id"], r["idempotency_key"]) for r in processed)
+        processed = [r for _, plan in batches for r in plan.processed_rows]
+        keys = Counter((r.user_id, r.idempotency_key) for r in processed)
         if any(n > 1 or key in self._processed for key, n in keys.items()):
             raise _refused("23505", "an idempotency record exists already")
-        entries = [dict(zip(ENTRY_COLUMNS, r, strict=True))
-                   for _, plan in batches for r in plan.entry_rows]  # fmt: skip
+        entries = [r for _, plan in batches for r in plan.entry_rows]
         return self._check_entries(entries, processed)
 
     def _check_position(self, position: BatchPosition) -> None:
@@ -138,25 +145,26 @@ class MemoryEventStore:
                                    generation=state.generation, **data)  # fmt: skip
 
     def _check_entries(
-        self, entries: list[Row], processed: list[Row]
+        self, entries: list[EntryRow], processed: list[ProcessedRow]
     ) -> dict[AccountKey, AccountState]:
         sums: Counter[object] = Counter()
         for entry in entries:
-            sums[entry["transaction_id"]] += entry["amount"]  # type: ignore[operator]
+            sums[entry.transaction_id] += entry.amount
         if any(sums.values()):
             raise _refused("23514", "ledger entries of a transaction do not balance")
-        accepted = {r["transaction_id"] for r in processed if r["status"] == "accepted"}
+        accepted = {r.transaction_id for r in processed if r.status == "accepted"}
         accounts = dict(self._accounts)
-        for entry in (e for e in entries if e["account_kind"] == "user"):
-            if entry["transaction_id"] not in accepted:
+        for entry in (e for e in entries if e.account_kind == "user"):
+            assert entry.user_id is not None and entry.balance_after is not None
+            assert entry.version is not None
+            if entry.transaction_id not in accepted:
                 raise _refused("23503", "entries do not match an accepted command")
-            key = (str(entry["user_id"]), str(entry["asset"]))
-            before = accounts.get(key, AccountState(0, 0))
-            after = AccountState(entry["balance_after"], entry["version"])  # type: ignore[arg-type]
+            before = accounts.get((entry.user_id, entry.asset), AccountState(0, 0))
+            after = AccountState(entry.balance_after, entry.version)
             if (after.version != before.version + 1 or after.balance < 0
-                    or before.balance + entry["amount"] != after.balance):  # type: ignore[operator]  # fmt: skip
+                    or before.balance + entry.amount != after.balance):  # fmt: skip
                 raise _refused("23514", "an entry does not continue its account's balance")
-            accounts[key] = after
+            accounts[(entry.user_id, entry.asset)] = after
         return accounts
 
     def _apply(
@@ -170,21 +178,19 @@ class MemoryEventStore:
             self._partitions[here] = replace(self._partitions[here],
                                              next_offset=position.next_offset, last=last,
                                              failure=None)  # fmt: skip
-            for row in plan.processed_rows:
-                record = dict(zip(PROCESSED_COLUMNS, row, strict=True))
-                self._processed[(str(record["user_id"]), str(record["idempotency_key"]))] = record
-            self.entries += [dict(zip(ENTRY_COLUMNS, r, strict=True)) for r in plan.entry_rows]
+            for processed in plan.processed_rows:
+                self._processed[(processed.user_id, processed.idempotency_key)] = processed
+            self.entries += plan.entry_rows
+            outbox = self._outbox.setdefault(here, {})
             for row in plan.outbox_rows:
-                record = dict(zip(OUTBOX_COLUMNS, row, strict=True))
-                outbox = self._outbox.setdefault(here, {})
-                outbox[(int(record["generation"]), int(record["source_offset"]))] = record  # type: ignore[call-overload]
+                outbox[(row.generation, row.source_offset)] = row
         self._accounts.update(accounts)
 
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]:
         rows = sorted(self._outbox.get((topic, partition), {}).items())
-        return [_message(r) for position, r in rows if position >= after][:limit]
+        return [OutboxMessage.of(r) for position, r in rows if position >= after][:limit]
 
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
         for mark in marks:
@@ -207,15 +213,3 @@ class MemoryEventStore:
 
 def _refused(sqlstate: str, message: str) -> StorageRefusedError:
     return StorageRefusedError(message, sqlstate=sqlstate, records_fault=True)
-
-
-def _message(row: Row) -> OutboxMessage:
-    return OutboxMessage(
-        source_offset=row["source_offset"],  # type: ignore[arg-type]
-        generation=row["generation"],  # type: ignore[arg-type]
-        key=row["message_key"],  # type: ignore[arg-type]
-        reply_topic=row["reply_topic"],  # type: ignore[arg-type]
-        reply_value=row["reply_value"],  # type: ignore[arg-type]
-        event_value=row["event_value"],  # type: ignore[arg-type]
-        dlq_value=row["dlq_value"],  # type: ignore[arg-type]
-    )

@@ -102,7 +102,7 @@ class TestCommits:
         claim = await store.claim_partition(TOPIC, PARTITION, "a")
         await store.commit_batch(*await _batch(store, claim.epoch, 0, [5]))
         position, plan = await _batch(store, claim.epoch, 1, [7], key="k")
-        plan.processed_rows[0] = (*plan.processed_rows[0][:1], "k-0", *plan.processed_rows[0][2:])
+        plan.processed_rows[0] = plan.processed_rows[0]._replace(idempotency_key="k-0")
         with pytest.raises(StorageRefusedError) as refused:
             await store.commit_batch(position, plan)
         assert refused.value.data["records_fault"] is True

@@ -126,9 +126,9 @@ class _Pipeline:
         assert worker.next_offset == offset + 1, "the partition did not move on"
         [outcome] = plan.decided
         for row in plan.outbox_rows:  # what the relay would publish is valid JSON
-            for value_bytes in row[6:9]:
+            for value_bytes in (row.reply_value, row.event_value, row.dlq_value):
                 if value_bytes is not None:
-                    orjson.loads(value_bytes)  # type: ignore[arg-type]
+                    orjson.loads(value_bytes)
         return outcome.outcome
 
 

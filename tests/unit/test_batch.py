@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.plan import ENTRY_AMOUNT, BatchContext, Intake, payload_hash, plan_batch
+from ledger.plan import BatchContext, Intake, payload_hash, plan_batch
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
 from schemas.commands import Command
@@ -32,7 +32,7 @@ class TestPlan:
         again = first.model_copy(update={"command_id": command("top_up", "u", 1).command_id})
         plan = plan_batch(CTX, _items(first, again), {}, {}, ASSETS)
         assert len(plan.processed_rows) == 1 and len(plan.entry_rows) == 2
-        replies = [orjson.loads(row[6]) for row in plan.outbox_rows]
+        replies = [orjson.loads(row.reply_value or b"") for row in plan.outbox_rows]
         assert [r["duplicate"] for r in replies] == [False, True]
         assert replies[0]["transaction_id"] == replies[1]["transaction_id"]
 
@@ -42,7 +42,7 @@ class TestPlan:
             CTX, _items(command("top_up", "u", 10, key="a"), command("top_up", "u", 11, key="a")),
             {}, {}, ASSETS,
         )  # fmt: skip
-        second = orjson.loads(plan.outbox_rows[1][6])
+        second = orjson.loads(plan.outbox_rows[1].reply_value or b"")
         assert second["error"]["code"] == "idempotency_key_reused"
         assert len(plan.processed_rows) == 1
 
@@ -52,9 +52,9 @@ class TestPlan:
             CTX, _items(command("top_up", "u", 10), command("spend", "u", 10),
                         command("spend", "u", 1)), {}, {}, ASSETS,
         )  # fmt: skip
-        assert [orjson.loads(r[6])["status"] for r in plan.outbox_rows] == [
+        assert [orjson.loads(r.reply_value or b"")["status"] for r in plan.outbox_rows] == [
             "accepted", "accepted", "rejected"]  # fmt: skip
-        assert sum(row[ENTRY_AMOUNT] for row in plan.entry_rows) == 0
+        assert sum(row.amount for row in plan.entry_rows) == 0
 
 
 class TestOutcomes:
@@ -141,5 +141,7 @@ class TestAgainstAModel:
         for user in ("ann", "bob", "cy"):
             planned = plan.accounts.get((user, "GOLD"))
             assert (planned.balance if planned else 0) == model.get(user, 0)
-        assert all(row[6] >= 0 for row in plan.entry_rows if row[6] is not None)  # type: ignore[operator]
+        assert all(
+            row.balance_after >= 0 for row in plan.entry_rows if row.balance_after is not None
+        )
         assert len(plan.processed_rows) == len(used)

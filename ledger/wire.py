@@ -1,0 +1,120 @@
+"""The bytes the wallet publishes: replies, ledger events and dead letters, each shape written
+once, here. tests/unit/test_wire.py checks every one against its pydantic model
+(schemas.replies, schemas.events, schemas.dead_letters) and its committed JSON Schema."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+import orjson
+
+from ledger.decide import SYSTEM_ACCOUNT
+from schemas.commands import CommandType
+from schemas.dead_letters import DecodeErrorCode
+from schemas.events import AccountKind
+
+DLQ_VALUE_BYTES_MAX = 64 * 1024
+
+
+def reply_bytes(
+    *,
+    command_id: uuid.UUID | str | None,
+    idempotency_key: str | None,
+    user_id: str | None,
+    status: str,
+    duplicate: bool,
+    transaction_id: uuid.UUID | None,
+    type: str | None,
+    asset: str | None,
+    amount: int | None,
+    balance: int | None,
+    error: tuple[str, str] | None,  # (code, message)
+    processed_at: datetime,
+) -> bytes:
+    """A `wallet.replies` message (schemas.replies.Reply)."""
+    return orjson.dumps(
+        {
+            "command_id": command_id,
+            "idempotency_key": idempotency_key,
+            "user_id": user_id,
+            "status": status,
+            "duplicate": duplicate,
+            "transaction_id": transaction_id,
+            "type": type,
+            "asset": asset,
+            "amount": amount,
+            "balance": balance,
+            "error": {"code": error[0], "message": error[1]} if error else None,
+            "processed_at": processed_at,
+        }
+    )
+
+
+def event_document(
+    *,
+    transaction_id: uuid.UUID | None,
+    command_id: uuid.UUID,
+    idempotency_key: str,
+    type: str,
+    user_id: str,
+    asset: str,
+    amount: int,
+    balance_after: int,
+    version: int,
+    user_amount: int,
+    description: str | None,
+    occurred_at: datetime,
+) -> dict[str, object]:
+    """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent)."""
+    system = SYSTEM_ACCOUNT[CommandType(type)].value
+    return {
+        "transaction_id": transaction_id,
+        "command_id": command_id,
+        "idempotency_key": idempotency_key,
+        "type": type,
+        "user_id": user_id,
+        "asset": asset,
+        "amount": amount,
+        "balance_after": balance_after,
+        "version": version,
+        "entries": [
+            {"account": AccountKind.USER.value, "amount": user_amount},
+            {"account": system, "amount": -user_amount},
+        ],
+        "description": description,
+        "occurred_at": occurred_at,
+    }
+
+
+def dead_letter_bytes(
+    code: DecodeErrorCode,
+    reason: str,
+    source: tuple[str, int, int],
+    key: bytes | None,
+    value: bytes | None,
+    at: datetime,
+) -> bytes:
+    """A `wallet.commands.dlq` message (schemas.dead_letters.DeadLetter) for the message at
+    `source` (topic, partition, offset): its key and value, the value cut to a bound."""
+    raw = (value or b"")[:DLQ_VALUE_BYTES_MAX]
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return orjson.dumps(
+        {
+            "code": code.value,
+            "reason": reason,
+            "source_topic": source[0],
+            "source_partition": source[1],
+            "source_offset": source[2],
+            "key": key.decode("utf-8", "replace") if key is not None else None,
+            "value": text,
+            "value_encoding": encoding,
+            "value_bytes": len(value or b""),
+            "truncated": len(value or b"") > DLQ_VALUE_BYTES_MAX,
+            "refused_at": at,
+        }
+    )
