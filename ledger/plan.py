@@ -324,29 +324,18 @@ def _refuse(ctx: BatchContext, plan: BatchPlan, item: Intake, failure: DecodeFai
             error=(code.value, failure.reason), processed_at=ctx.processed_at,
         )  # fmt: skip
     plan.decided.append(Outcome("unknown", "dead_lettered", failure.code.value))
-    plan.outbox_rows.append(
-        OutboxRow(
-            ctx.topic,
-            ctx.partition,
-            ctx.generation,
-            item.offset,
-            item.key,
-            envelope.reply_to if reply else None,
-            reply,
-            None,
-            _dead_letter_bytes(ctx, item, failure),
-            ctx.processed_at,
-        )
-    )
+    reply_topic = envelope.reply_to if reply else None
+    _outbox(ctx, plan, item, reply_topic, reply, None, _dead_letter_bytes(ctx, item, failure))
 
 
 def _outbox(
     ctx: BatchContext,
     plan: BatchPlan,
     item: Intake,
-    reply_topic: str,
-    reply: bytes,
+    reply_topic: str | None,
+    reply: bytes | None,
     event: bytes | None,
+    dead_letter: bytes | None = None,
 ) -> None:
     plan.outbox_rows.append(
         OutboxRow(
@@ -358,7 +347,7 @@ def _outbox(
             reply_topic,
             reply,
             event,
-            None,
+            dead_letter,
             ctx.processed_at,
         )
     )

@@ -9,7 +9,7 @@ belong to the range that failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -45,9 +45,7 @@ class Health:
         health = self._of(tp)
         health.failures += 1
         health.error = kind
-        wait_s = RESYNC_BACKOFF_START_S
-        if not quick:
-            wait_s = min(RESYNC_BACKOFF_START_S * 2 ** (health.failures - 1), self._backoff_max_s)
+        wait_s = RESYNC_BACKOFF_START_S if quick else self._backoff_s(health.failures)
         health.resync_at_s = self._clock() + wait_s
         return health.failures
 
@@ -55,10 +53,13 @@ class Health:
         """Stale without a failure of its own (rolled back with another partition's batch, or
         its stored offset moved): resync at once, or after the backoff it already has."""
         health = self._of(tp)
-        wait_s = 0.0
-        if health.failures:
-            wait_s = min(RESYNC_BACKOFF_START_S * 2 ** (health.failures - 1), self._backoff_max_s)
-        health.resync_at_s = self._clock() + wait_s
+        health.resync_at_s = self._clock() + self._backoff_s(health.failures)
+
+    def _backoff_s(self, failures: int) -> float:
+        """0 without failures; then 0.1 s doubling with each failure in a row, up to the max."""
+        if not failures:
+            return 0.0
+        return min(RESYNC_BACKOFF_START_S * 2.0 ** (failures - 1), self._backoff_max_s)
 
     def committed(self, tp: TopicPartition) -> None:
         self._partitions.pop(tp, None)
@@ -93,7 +94,7 @@ class Health:
             return None
         return Failure(health.failures, health.error or "unknown")
 
-    def failures_by_partition(self, owned: Iterator[TopicPartition]) -> dict[int, int]:
+    def failures_by_partition(self, owned: Iterable[TopicPartition]) -> dict[int, int]:
         return {tp.partition: self.failures_of(tp) for tp in owned}
 
     def failures_of(self, tp: TopicPartition) -> int:

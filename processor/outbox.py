@@ -61,6 +61,7 @@ class OutboxPublisher:
         self._store = store
         self._events_topic = settings.events_topic
         self._dlq_topic = settings.dlq_topic
+        self._own_topics = frozenset({settings.events_topic, settings.dlq_topic})
         self._timeout_s = settings.kafka_timeout_ms / 1000
         self._backoff_max_s = settings.retry_backoff_max_ms / 1000
         # Bounded: when Kafka is slow, the processor waits here instead of growing memory.
@@ -177,10 +178,6 @@ class OutboxPublisher:
                           reply_topic=topic, error=type(exc).__name__)  # fmt: skip
                 self._refused[topic] = (until_s, f"refused the wallet: {type(exc).__name__}")
         raise failed[0][1]
-
-    @property
-    def _own_topics(self) -> frozenset[str]:
-        return frozenset({self._events_topic, self._dlq_topic})
 
     async def _prune(self, marks: dict[tuple[str, int], PublishedMark]) -> None:
         """Keep the outbox bounded: now and then, delete what is long published."""

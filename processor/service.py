@@ -283,10 +283,13 @@ class Processor:
                 admitted.append(batch)
         # Healthy partitions share one transaction; a partition whose batch failed recently is
         # committed alone, so one poisoned partition never holds up the others.
-        alone = [b for b in admitted
-                 if self._health.failing(b.worker.tp) or b.worker.narrowing_down]  # fmt: skip
-        together = [b for b in admitted if b not in alone]
-        groups = [[b] for b in alone]
+        groups: list[list[Admitted]] = []
+        together = []
+        for b in admitted:
+            if self._health.failing(b.worker.tp) or b.worker.narrowing_down:
+                groups.append([b])
+            else:
+                together.append(b)
         if together:
             groups.append(together)
         await asyncio.gather(*(self._commit(group) for group in groups))
@@ -561,7 +564,7 @@ class Processor:
                     position = max(position, await asyncio.wait_for(self._consumer.position(tp), 1))
             lags[tp.partition] = max(0, end - position)
         metrics.CONSUMER_LAG.set_all(lags)
-        metrics.PARTITION_FAILURES.set_all(self._health.failures_by_partition(iter(self._workers)))
+        metrics.PARTITION_FAILURES.set_all(self._health.failures_by_partition(self._workers))
         metrics.PARTITIONS_OWNED.set(len(self._workers))
 
     async def _commit_lag_offsets(self) -> None:

@@ -27,7 +27,7 @@ from projections.replay import pending_entries, rebuild, republish
 from projections.verify import EXAMPLES_MAX, CheckResult, verify
 from storage.db import Conn, connection
 from storage.stalls import stalls
-from wallet.status import waiting_ages
+from wallet.status import overdue, waiting_ages
 
 log = structlog.get_logger("wallet.operations")
 
@@ -89,8 +89,7 @@ async def run_verify(settings: Settings) -> list[CheckResult]:
     bound_s = settings.command_wait_max_ms / 1000
     try:
         ages = await waiting_ages(settings, {r["partition"]: r["next_offset"] for r in positions})
-        waiting = [f"partition {p}: a command has waited {age_s:.0f} s"
-                   for p, age_s in sorted(ages.items()) if age_s > bound_s]  # fmt: skip
+        waiting = overdue(ages, bound_s)
     except (KafkaError, TimeoutError) as exc:
         waiting = [f"the broker did not answer: {exc!r}"]
     name = f"no command has waited in the log longer than {bound_s:.0f} s"

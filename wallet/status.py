@@ -103,12 +103,14 @@ class StatusReport:
 
     def waiting_too_long(self) -> list[str]:
         """Partitions whose oldest unprocessed command waited past the bound."""
-        return [
-            f"partition {p.partition}: a command has waited {p.waiting_s:.0f} s"
-            f" (offset {p.next_offset})"
-            for p in self.partitions
-            if p.waiting_s is not None and p.waiting_s > self.command_wait_max_s
-        ]
+        ages = {p.partition: p.waiting_s for p in self.partitions if p.waiting_s is not None}
+        return overdue(ages, self.command_wait_max_s)
+
+
+def overdue(ages_s: dict[int, float], bound_s: float) -> list[str]:
+    """One line per partition whose oldest unprocessed command has waited past `bound_s`."""
+    return [f"partition {p}: a command has waited {age_s:.0f} s"
+            for p, age_s in sorted(ages_s.items()) if age_s > bound_s]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
