@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -55,6 +55,20 @@ class PublishJob:
     queued_s: float = field(default_factory=time.monotonic)
 
 
+class Outbox(Protocol):
+    """What the processor hands the relay (OutboxPublisher; unit tests give a recorder)."""
+
+    async def submit(self, job: PublishJob) -> None:
+        """Queue a committed batch's messages (waits while the queue is full)."""
+        ...
+
+    async def submit_backlog(
+        self, topic: str, partition: int, epoch: int, after: tuple[int, int]
+    ) -> None:
+        """Queue a claimed partition's unpublished outbox rows after watermark `after`."""
+        ...
+
+
 class OutboxPublisher:
     def __init__(self, producer: AIOKafkaProducer, store: EventStore, settings: Settings) -> None:
         self._producer = producer
@@ -86,7 +100,9 @@ class OutboxPublisher:
         """Wait until every submitted job is published (or its partition was lost)."""
         await self._queue.join()
 
-    async def submit_backlog(self, topic: str, partition: int, epoch: int, after: tuple[int, int]):
+    async def submit_backlog(
+        self, topic: str, partition: int, epoch: int, after: tuple[int, int]
+    ) -> None:
         """Queue what a previous owner committed but may not have published."""
         while True:
             page = await self._store.unpublished(topic, partition, after, BACKLOG_PAGE_MAX)

@@ -115,6 +115,8 @@ class PartitionWorker:
         self._narrowing: narrowing.Narrowing | None = None
         self._forced: Mapping[int, str] = {}  # offset -> why an operator dead-letters it
         self._last_error = ""  # the last failure's kind, for a dead letter's reason
+        # Monotonic time the log was first seen ending before next_offset (processor.log_ends)
+        self.short_since_s: float | None = None
 
     @property
     def epoch(self) -> int:

@@ -1,5 +1,5 @@
 """The projection worker: follows each partition's ledger entries and maintains `balances` and
-`system_totals` through storage.projection_store (exactly once: see there why)."""
+`system_totals` through a ProjectionStore (exactly once: see storage.projection_store why)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,11 @@ import contextlib
 import time
 from typing import Any
 
-import asyncpg
 import structlog
 
 from foundation import metrics
-from storage.db import (
-    RETRIABLE_DB_ERRORS,
-    Conn,
-    Failure,
-    failure_kind,
-)
-from storage.projection_store import (
-    LIVE,
-    apply_next,
-    checkpoint,
-    known_partitions,
-    lag_by_partition,
-    record_failure,
-)
+from storage.db import RETRIABLE_DB_ERRORS, Failure, failure_kind
+from storage.projection_store import LIVE, ProjectionStore
 
 log = structlog.get_logger("wallet.projector")
 IDLE_SLEEP_S = 0.05
@@ -44,8 +31,8 @@ class Projector:
     with its own backoff while the others go on, and its failures are recorded for /ready.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, store: ProjectionStore) -> None:
+        self._store = store
         self._looped_at_s: float | None = None  # monotonic time the last round ended
         self._partitions: list[int] = []
         self._positions: dict[int, int] = {}  # partition -> our checkpoint, read once, then kept
@@ -67,16 +54,15 @@ class Projector:
         while not stop.is_set():
             applied = 0
             try:
-                async with self._pool.acquire() as conn:
-                    now_s = time.monotonic()
-                    if now_s - refreshed_at_s > PARTITIONS_REFRESH_S or not self._partitions:
-                        self._partitions = await known_partitions(conn)
-                        refreshed_at_s = now_s
-                    for partition in self._partitions:
-                        applied += await self._step_alone(conn, partition)
-                    if now_s - lag_at_s > LAG_REFRESH_S:
-                        metrics.PROJECTOR_LAG_SECONDS.set_all(await lag_by_partition(conn))
-                        lag_at_s = now_s
+                now_s = time.monotonic()
+                if now_s - refreshed_at_s > PARTITIONS_REFRESH_S or not self._partitions:
+                    self._partitions = await self._store.known_partitions()
+                    refreshed_at_s = now_s
+                for partition in self._partitions:
+                    applied += await self._step_alone(partition)
+                if now_s - lag_at_s > LAG_REFRESH_S:
+                    metrics.PROJECTOR_LAG_SECONDS.set_all(await self._store.lag_by_partition(LIVE))
+                    lag_at_s = now_s
                 metrics.PROJECTED_ENTRIES.inc(applied)
                 backoff_s = IDLE_SLEEP_S
             except RETRIABLE_DB_ERRORS as exc:  # no connection, or no partition list
@@ -90,23 +76,23 @@ class Projector:
                     await asyncio.wait_for(stop.wait(), backoff_s)
         log.info("projector stopped")
 
-    async def _step_alone(self, conn: Conn, partition: int) -> int:
+    async def _step_alone(self, partition: int) -> int:
         """One partition's step; its failure is its own (see the class docstring)."""
         if time.monotonic() < self._retry_at_s.get(partition, 0.0):
             return 0
         try:
-            count = await self._step(conn, partition)
+            count = await self._step(partition)
         except AssertionError:
             raise
         except Exception as exc:  # the partition is retried later: see the class docstring
-            await self._failed(conn, partition, exc)
+            await self._failed(partition, exc)
             return 0
         if self._failures.pop(partition, None) is not None:
             self._retry_at_s.pop(partition, None)
             log.info("projection of the partition recovered", partition=partition)
         return count
 
-    async def _failed(self, conn: Conn, partition: int, exc: Exception) -> None:
+    async def _failed(self, partition: int, exc: Exception) -> None:
         self._positions.pop(partition, None)  # a commit whose answer was lost may have moved it
         failures = self._failures.get(partition, 0) + 1
         self._failures[partition] = failures
@@ -116,13 +102,13 @@ class Projector:
         log.error("projection of a partition failed; retrying", partition=partition,
                   failures_in_a_row=failures, error=kind, backoff_s=backoff_s)  # fmt: skip
         with contextlib.suppress(*RETRIABLE_DB_ERRORS):  # the database may be what failed
-            await record_failure(conn, LIVE, partition, Failure(failures, kind))
+            await self._store.record_failure(LIVE, partition, Failure(failures, kind))
 
-    async def _step(self, conn: Conn, partition: int) -> int:
+    async def _step(self, partition: int) -> int:
         after = self._positions.get(partition)
         if after is None:
-            after = await checkpoint(conn, LIVE, partition)
-        result = await apply_next(conn, LIVE, partition, after)
+            after = await self._store.checkpoint(LIVE, partition)
+        result = await self._store.apply_next(LIVE, partition, after)
         if result.position is None:
             self._positions.pop(partition, None)
         else:

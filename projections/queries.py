@@ -8,26 +8,26 @@ from typing import Any
 import asyncpg
 
 from storage.db import Conn
+from storage.projection_store import LIVE, projected_balances
 
 HISTORY_LIMIT_MAX = 200
 
 
 async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, int]:
     """Every asset's balance; `consistent` reads the ledger instead of the projection."""
-    if consistent:
-        rows = await conn.fetch(
-            """
-            SELECT a.code AS asset, e.balance_after AS balance
-              FROM assets a
-              CROSS JOIN LATERAL (
-                    SELECT balance_after FROM ledger_entries
-                     WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
-                     ORDER BY version DESC LIMIT 1) e
-            """,
-            user_id,
-        )
-    else:
-        rows = await conn.fetch("SELECT asset, balance FROM balances WHERE user_id = $1", user_id)
+    if not consistent:
+        return await projected_balances(conn, LIVE, user_id)
+    rows = await conn.fetch(
+        """
+        SELECT a.code AS asset, e.balance_after AS balance
+          FROM assets a
+          CROSS JOIN LATERAL (
+                SELECT balance_after FROM ledger_entries
+                 WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
+                 ORDER BY version DESC LIMIT 1) e
+        """,
+        user_id,
+    )
     return {r["asset"]: r["balance"] for r in sorted(rows, key=lambda r: r["asset"])}
 
 

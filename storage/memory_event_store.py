@@ -54,11 +54,15 @@ class MemoryEventStore:
         self._accounts: dict[AccountKey, AccountState] = {}
         self._outbox: dict[PartitionId, dict[tuple[int, int], OutboxRow]] = {}
         self._published: dict[PartitionId, tuple[int, int]] = {}
-        self.entries: list[EntryRow] = []
+        self.entries: list[EntryRow] = []  # entry id n is entries[n - 1], as a serial counts
 
     def partition(self, topic: str, partition: int) -> _Partition:
         """The partition's stored state (for tests)."""
         return self._partitions.get((topic, partition), _Partition())
+
+    def claimed_partitions(self) -> list[int]:
+        """Every partition number ever claimed, of any topic."""
+        return sorted({partition for _, partition in self._partitions})
 
     async def claim_partition(
         self, topic: str, partition: int, owner: str, failure: Failure | None = None

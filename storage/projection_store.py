@@ -14,8 +14,11 @@ apply one entry twice; and taking that row lock first gives every writer the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from storage.db import ERROR_CHARS_MAX, Conn, Failure
+import asyncpg
+
+from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
 BATCH_ENTRIES_MAX = 20_000
 
@@ -56,6 +59,94 @@ ON CONFLICT (asset, account_kind) DO UPDATE SET total = t.total + EXCLUDED.total
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    count: int  # entries projected by this call
+    position: int | None  # the checkpoint now; None when another writer moved it (read again)
+
+
+class ProjectionStore(Protocol):
+    """What the projector needs from storage. Implementations (PostgresProjectionStore,
+    storage.memory_projection_store.MemoryProjectionStore) pass tests/contract/."""
+
+    async def known_partitions(self) -> list[int]:
+        """Every partition a processor ever claimed."""
+        ...
+
+    async def checkpoint(self, target: Target, partition: int) -> int:
+        """The last entry id of `partition` projected into `target` (0 for none)."""
+        ...
+
+    async def apply_next(
+        self, target: Target, partition: int, after: int, limit: int = BATCH_ENTRIES_MAX
+    ) -> Applied:
+        """Project up to `limit` entries after `after`, moving the checkpoint from `after`
+        only (compare-and-set), atomically with the balances and totals."""
+        ...
+
+    async def lag_by_partition(self, target: Target) -> dict[int, float]:
+        """Per partition, the age in seconds of its oldest entry not yet projected."""
+        ...
+
+    async def record_failure(self, target: Target, partition: int, failure: Failure) -> None:
+        """A partition's failing steps, kept until its next applied step clears them."""
+        ...
+
+    async def balances(self, target: Target, user_id: str) -> dict[str, int]:
+        """A user's projected balance per asset."""
+        ...
+
+    async def totals(self, target: Target) -> dict[tuple[str, str], int]:
+        """Each system account's projected total by (asset, account kind)."""
+        ...
+
+
+class PostgresProjectionStore:
+    """ProjectionStore on PostgreSQL: each call borrows a pooled connection for the
+    functions below (which `wallet replay` also runs on one connection of its own)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @translated
+    async def known_partitions(self) -> list[int]:
+        async with self._pool.acquire() as conn:
+            return await known_partitions(conn)
+
+    @translated
+    async def checkpoint(self, target: Target, partition: int) -> int:
+        async with self._pool.acquire() as conn:
+            return await checkpoint(conn, target, partition)
+
+    @translated
+    async def apply_next(
+        self, target: Target, partition: int, after: int, limit: int = BATCH_ENTRIES_MAX
+    ) -> Applied:
+        async with self._pool.acquire() as conn:
+            return await apply_next(conn, target, partition, after, limit)
+
+    @translated
+    async def lag_by_partition(self, target: Target) -> dict[int, float]:
+        async with self._pool.acquire() as conn:
+            return await lag_by_partition(conn, target)
+
+    @translated
+    async def record_failure(self, target: Target, partition: int, failure: Failure) -> None:
+        async with self._pool.acquire() as conn:
+            await record_failure(conn, target, partition, failure)
+
+    @translated
+    async def balances(self, target: Target, user_id: str) -> dict[str, int]:
+        async with self._pool.acquire() as conn:
+            return await projected_balances(conn, target, user_id)
+
+    @translated
+    async def totals(self, target: Target) -> dict[tuple[str, str], int]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(f"SELECT asset, account_kind, total FROM {target.totals}")
+            return {(r["asset"], r["account_kind"]): int(r["total"]) for r in rows}
+
+
 async def known_partitions(conn: Conn) -> list[int]:
     rows = await conn.fetch("SELECT DISTINCT partition FROM partition_state ORDER BY 1")
     return [r["partition"] for r in rows]
@@ -68,12 +159,6 @@ async def checkpoint(conn: Conn, target: Target, partition: int) -> int:
         partition,
     )
     return int(position or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    count: int  # entries projected by this call
-    position: int | None  # the checkpoint now; None when another writer moved it (read again)
 
 
 async def apply_next(
@@ -118,6 +203,14 @@ async def apply_next(
             upto,
         )
     return Applied(int(count), int(upto))
+
+
+async def projected_balances(conn: Conn, target: Target, user_id: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        f"SELECT asset, balance FROM {target.balances} WHERE user_id = $1 ORDER BY asset",
+        user_id,
+    )
+    return {r["asset"]: r["balance"] for r in rows}
 
 
 async def lag_by_partition(conn: Conn, target: Target = LIVE) -> dict[int, float]:

@@ -10,6 +10,7 @@ from processor.service import Processor
 from projections.projector import Projector
 from storage.db import create_pool
 from storage.event_store import PostgresEventStore
+from storage.projection_store import PostgresProjectionStore
 from wallet.metrics_server import beside
 
 
@@ -27,7 +28,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     """The `wallet projector` entry point's body."""
     pool = await create_pool(settings, size_max=2)
     try:
-        projector = Projector(pool)
+        projector = Projector(PostgresProjectionStore(pool))
         await beside(settings, "projector", projector.health, projector.run(stop))
     finally:
         await pool.close()

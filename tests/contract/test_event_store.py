@@ -4,13 +4,12 @@ Each test runs against both; the PostgreSQL one on a database of its own."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
-from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from ledger.plan import BatchPlan
 from storage.db import create_pool
 from storage.event_store import (
     BatchPosition,
@@ -20,18 +19,9 @@ from storage.event_store import (
     StaleOffsetError,
 )
 from storage.memory_event_store import MemoryEventStore
-from tests.integration.helpers import command
+from tests.contract.batches import planned_batch
 
 TOPIC, PARTITION = "contract.commands", 0
-
-
-@pytest.fixture(params=["postgres", "memory"])
-def database(request: pytest.FixtureRequest) -> Settings | None:
-    """A database of the test's own for the PostgreSQL store; None for the memory one."""
-    if request.param == "memory":
-        return None
-    stack: Settings = request.getfixturevalue("stack")
-    return stack
 
 
 @pytest.fixture
@@ -49,17 +39,7 @@ async def store(database: Settings | None) -> AsyncIterator[EventStore]:
 async def _batch(
     store: EventStore, epoch: int, first: int, amounts: list[int], key: str = "k"
 ) -> tuple[BatchPosition, BatchPlan]:
-    """Top-ups of `amounts` for one user at offsets first.., planned on what the store holds."""
-    commands = [
-        command("top_up", "ana", a, key=f"{key}-{first + i}") for i, a in enumerate(amounts)
-    ]
-    items = decoded_intakes(commands, first)
-    accounts = await store.load_accounts([("ana", "GOLD")])
-    known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
-    ctx = BatchContext(TOPIC, PARTITION, 0, datetime.now(UTC))
-    plan = plan_batch(ctx, items, known, accounts, await store.load_assets())
-    end = first + len(amounts)
-    return BatchPosition(TOPIC, PARTITION, epoch, 0, first, end, end - 1, b"fp"), plan
+    return await planned_batch(store, TOPIC, PARTITION, epoch, first, amounts, key)
 
 
 class TestClaims:

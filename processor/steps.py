@@ -1,0 +1,115 @@
+"""One step of the processor: fetch what is ready, then admit, commit and report it, under the
+lock that rebalances take too (so a step never sees a partition half assigned)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+
+from foundation.settings import Settings
+from processor.committer import Committer
+from processor.health import RESYNC_BACKOFF_START_S, Health
+from processor.lag import LagReport
+from processor.log_ends import LogEnds
+from processor.outbox import Outbox
+from processor.partitions import Consumer, Partitions
+from processor.worker import WorkerConfig
+from storage.event_store import EventStore
+
+log = structlog.get_logger("wallet.processor")
+Fetched = dict[TopicPartition, list[ConsumerRecord]]
+
+
+class Steps:
+    """The processor's steps and rebalances over its parts (see docs/architecture.md)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        config: WorkerConfig,
+        settings: Settings,
+        consumer: Consumer,
+        outbox: Outbox,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._fetch_wait_ms = settings.fetch_wait_ms
+        self._batch_size_max = settings.batch_size_max
+        self._lock = asyncio.Lock()
+        # failures in a row, backoff and staleness of each owned partition
+        health = Health(settings.retry_backoff_max_ms / 1000, clock)
+        self.partitions = Partitions(store, config, health, consumer, outbox)
+        timeout_s = settings.kafka_timeout_ms / 1000
+        self.log_ends = LogEnds(self.partitions, consumer, timeout_s, clock)
+        self.committer = Committer(store, self.partitions, outbox)
+        self.lag = LagReport(self.partitions, consumer)
+
+    async def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            await self.partitions.assign(partitions)
+
+    async def drop(self, partitions: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                self.partitions.drop(tp)
+
+    async def step(self) -> None:
+        """Fetch, then decide and commit what is fresh, under the lock rebalances take too.
+
+        Why records fetched around a seek are told by seek counts and not by offsets: the
+        fetch that brought them was in flight while a claim, reset or retry moved the
+        partition (found by the PostgreSQL outage test: such records, taken as the next batch,
+        skipped every record between the stored offset and them). An offset comparison cannot
+        tell them from a fetch that starts past a gap: on Kafka, transaction markers, aborted
+        records and compaction leave offsets no consumer ever sees.
+        """
+        partitions = self.partitions
+        before = partitions.seeks.copy()
+        fetch = await self._fetch()
+        if fetch is None:
+            return
+        fetched, positions = fetch
+        after = partitions.seeks.copy()  # no await since the fetch returned
+        async with self._lock:
+            await partitions.resync_stale()
+            await self.log_ends.check()
+            fresh = {tp: r for tp, r in fetched.items() if before[tp] == partitions.seeks[tp]}
+            for tp in fetched.keys() - fresh.keys():
+                if before[tp] != after[tp] == partitions.seeks[tp]:
+                    # Seeked while the fetch was out: returning these records moved the
+                    # position past them, so it must be moved back. A seek made after the
+                    # fetch returned has already set the position where it belongs.
+                    partitions.refetch(tp)
+            await self.committer.commit_all(await partitions.admit(fresh, positions))
+            await self.lag.observe()
+        await self.lag.commit_offsets()
+
+    async def _fetch(self) -> tuple[Fetched, dict[TopicPartition, int]] | None:
+        """What is ready, and each partition's position right after it; None on a failure."""
+        try:
+            fetched = await self._consumer.getmany(
+                timeout_ms=self._fetch_wait_ms, max_records=self._batch_size_max
+            )
+            # No await yields between the fetch and here (a valid position is returned at
+            # once), so these are the positions right after the fetched records.
+            return fetched, {tp: await self._consumer.position(tp) for tp in fetched}
+        except OffsetOutOfRangeError as exc:
+            async with self._lock:
+                for tp in exc.args[0] if exc.args else ():
+                    await self.log_ends.out_of_range(tp)
+        except NoOffsetForPartitionError:
+            pass  # a partition assigned a moment ago, not yet positioned by its claim
+        except KafkaError as exc:
+            # aiokafka may have moved positions on its own (past part of an oversized batch,
+            # with RecordTooLargeError): fetch every partition again from where it stands.
+            log.warning("fetch failed; fetching again from the stored positions", error=repr(exc))
+            async with self._lock:
+                for tp in list(self.partitions.workers):
+                    self.partitions.refetch(tp)
+            await asyncio.sleep(RESYNC_BACKOFF_START_S)
+        return None

@@ -1,0 +1,34 @@
+"""Batches the contract tests commit: planned by the real planner on what the store holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from storage.event_store import BatchPosition, EventStore
+from tests.integration.helpers import command
+
+
+async def planned_batch(
+    store: EventStore,
+    topic: str,
+    partition: int,
+    epoch: int,
+    first: int,
+    amounts: list[int],
+    key: str = "k",
+    user: str = "ana",
+) -> tuple[BatchPosition, BatchPlan]:
+    """One user's commands at offsets first..: a top-up of each positive amount, a spend of
+    each negative one."""
+    commands = [
+        command("top_up" if a > 0 else "spend", user, abs(a), key=f"{key}-{first + i}")
+        for i, a in enumerate(amounts)
+    ]
+    items = decoded_intakes(commands, first)
+    accounts = await store.load_accounts([(user, "GOLD")])
+    known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
+    ctx = BatchContext(topic, partition, 0, datetime.now(UTC))
+    plan = plan_batch(ctx, items, known, accounts, await store.load_assets())
+    end = first + len(amounts)
+    return BatchPosition(topic, partition, epoch, 0, first, end, end - 1, b"fp"), plan
