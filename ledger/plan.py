@@ -35,6 +35,7 @@ from schemas.replies import ErrorCode
 # Transaction ids are derived from (user, idempotency key): a retried batch plans the same ids.
 _TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
 
+_USER_ACCOUNT = AccountKind.USER.value
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -50,9 +51,10 @@ class Intake:
     payload_hash: bytes | None  # set for commands: what a same-key retry must match
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    """The recorded outcome of a command, returned again to every retry with its key."""
+class StoredResult(NamedTuple):
+    """The recorded outcome of a command, returned again to every retry with its key.
+    (A named tuple, not a frozen dataclass: one is made per command, and a frozen dataclass
+    costs about 1.7 us to build against 0.4 us.)"""
 
     payload_hash: bytes
     status: str
@@ -207,32 +209,35 @@ def _record(
     balance: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    event: bytes | None = None
+    kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
         accepted_id = transaction_id_for(command.user_id, command.idempotency_key)
         tx_id, balance = accepted_id, decision.account.balance
         plan.accounts[(command.user_id, command.asset)] = decision.account
         _entries(ctx, plan, command, accepted_id, decision)
+        event = _event_bytes(ctx, command, kind, accepted_id, decision)
     else:
         error_code, error_message = decision.code.value, decision.message
         if decision.code is not ErrorCode.UNKNOWN_ASSET:
             balance = before.balance
     result = StoredResult(
-        payload_hash=item.payload_hash or b"",
-        status="accepted" if tx_id else "rejected",
-        error_code=error_code,
-        error_message=error_message,
-        transaction_id=tx_id,
-        balance_after=balance,
-        type=command.type.value,
-        asset=command.asset,
-        amount=command.amount,
+        item.payload_hash or b"",
+        "accepted" if tx_id else "rejected",
+        error_code,
+        error_message,
+        tx_id,
+        balance,
+        kind,
+        command.asset,
+        command.amount,
     )
     plan.processed_rows.append(
         ProcessedRow(
             command.user_id,
             command.idempotency_key,
             command.command_id,
-            command.type.value,
+            kind,
             command.asset,
             command.amount,
             result.payload_hash,
@@ -249,9 +254,8 @@ def _record(
             ctx.processed_at,
         )
     )
-    event = _event_bytes(ctx, command, tx_id, decision) if isinstance(decision, Accepted) else None
     _outbox(ctx, plan, item, command.reply_to, _reply_bytes(ctx, command, result, False), event)
-    plan.decided.append(Outcome(command.type.value, result.status, error_code or ""))
+    plan.decided.append(Outcome(kind, result.status, error_code or ""))
     return result
 
 
@@ -263,7 +267,7 @@ def _entries(
             tx_id,
             ctx.partition,
             command.asset,
-            AccountKind.USER.value,
+            _USER_ACCOUNT,
             command.user_id,
             decision.user_amount,
             decision.account.balance,
@@ -369,14 +373,14 @@ def _reply_bytes(
 
 
 def _event_bytes(
-    ctx: BatchContext, command: Command, tx_id: uuid.UUID | None, decision: Accepted
+    ctx: BatchContext, command: Command, kind: str, tx_id: uuid.UUID, decision: Accepted
 ) -> bytes:
     return orjson.dumps(
         wire.event_document(
             transaction_id=tx_id,
             command_id=command.command_id,
             idempotency_key=command.idempotency_key,
-            type=command.type.value,
+            type=kind,
             user_id=command.user_id,
             asset=command.asset,
             amount=command.amount,

@@ -54,13 +54,13 @@ class LogEnds:
             first_seen = worker.short_since_s is None
             if worker.short_since_s is None:
                 worker.short_since_s = now_s
-            if first_seen and worker.verify_again():
+            if first_seen and worker.last.verify_again():
                 log.warning("log ends before our position; checking the last record processed",
                             partition=tp.partition, log_end=highwater,
                             next_offset=worker.next_offset)  # fmt: skip
                 partitions.seek(tp, worker.fetch_from)
             elif first_seen or (
-                worker.verifying and now_s - worker.short_since_s > SHORT_LOG_GRACE_S
+                worker.last.verifying and now_s - worker.short_since_s > SHORT_LOG_GRACE_S
             ):
                 # Nothing to check, or the record never came back. Once it did and matched,
                 # the log is ours however short it looks: its end catches up.
@@ -71,7 +71,7 @@ class LogEnds:
         worker was about to check (an idle partition on Kafka loses every old segment after
         retention.ms), while its position is still in the log."""
         worker = self._partitions.workers.get(tp)
-        if worker is not None and worker.verifying:
+        if worker is not None and worker.last.verifying:
             try:
                 starts = await asyncio.wait_for(
                     self._consumer.beginning_offsets([tp]), self._timeout_s
@@ -85,7 +85,7 @@ class LogEnds:
                 log.info("last processed record removed by retention; carrying on",
                          partition=tp.partition, log_start=starts[tp],
                          next_offset=worker.next_offset)  # fmt: skip
-                worker.trust_log()
+                worker.last.trust_log()
                 self._partitions.seek(tp, worker.next_offset)
                 return
         await self._partitions.reset(tp, "offset out of range", None)

@@ -149,7 +149,7 @@ class Partitions:
             if worker is None or self.health.stale(tp) or not records:
                 continue
             records, position = self._in_order(tp, records, positions[tp])
-            reason = worker.log_replaced(records)
+            reason = worker.last.log_replaced(records)
             if reason is not None:
                 await self.reset(tp, reason, self._consumer.highwater(tp))
                 continue

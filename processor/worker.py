@@ -7,12 +7,7 @@ and updated only after a commit succeeds, so a failed batch leaves no trace in m
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import itertools
 import logging
-import struct
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,29 +25,17 @@ from ledger.plan import (
     Intake,
     Outcome,
     StoredResult,
-    decoded_intakes,
     plan_batch,
 )
-from messaging.kafka import partition_for
 from processor import narrowing
-from processor.intake import IntakeRules, admit, envelope_of
-from schemas.codec import DecodeFailure, Envelope
-from schemas.commands import Command, CommandType
-from schemas.dead_letters import DecodeErrorCode
+from processor.intake import IntakeRules
+from processor.last_record import LastRecord, fingerprint
+from processor.reader import RecordReader
+from schemas.commands import Command
 from storage.db import Failure
 from storage.event_store import BatchPosition, EventStore, OutboxMessage, PartitionClaim
 
 log = structlog.get_logger("wallet.worker")
-
-
-def fingerprint(record: ConsumerRecord) -> bytes:
-    """Identity of a record: a replaced log will not have the same one at the same offset."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(struct.pack(">qq", record.offset, record.timestamp))
-    digest.update(record.key or b"")
-    digest.update(b"\x00")
-    digest.update(record.value or b"")
-    return digest.digest()
 
 
 class AssetCatalog:
@@ -84,7 +67,7 @@ class Admitted:
     cut: bool  # narrowed: records fetched after the batch were left for the next one
     # Before its one record is set aside as unprocessable, two batches to write and roll
     # back: the record as it is (its cause may be gone by now), then an ordinary command (the
-    # control: does the database take anything at all?). See PartitionWorker._control.
+    # control: does the database take anything at all?). See RecordReader.control.
     probes: tuple[Admitted, Admitted] | None = None
 
 
@@ -106,14 +89,10 @@ class PartitionWorker:
         self._accounts: OrderedDict[AccountKey, AccountState] = OrderedDict()
         self.claim: PartitionClaim | None = None
         self.next_offset = 0
-        # The last processed record (offset, fingerprint), None before the first batch.
-        self._last: tuple[int, bytes] | None = None
-        # That record while it must be re-read and checked before the log is trusted again (a
-        # new owner's first fetch, a log that looks short); None once checked.
-        self._verify: tuple[int, bytes] | None = None
+        self.last = LastRecord()
         # A failing range being narrowed down to its failing record (see processor.narrowing).
         self._narrowing: narrowing.Narrowing | None = None
-        self._forced: Mapping[int, str] = {}  # offset -> why an operator dead-letters it
+        self._reader = RecordReader(config.rules, tp.partition)
         self._last_error = ""  # the last failure's kind, for a dead letter's reason
         # Monotonic time the log was first seen ending before next_offset (processor.log_ends)
         self.short_since_s: float | None = None
@@ -158,49 +137,12 @@ class PartitionWorker:
         if claim.next_offset != self.next_offset:
             self._narrowing = None  # another owner moved the partition: a new story
         self.next_offset = claim.next_offset
-        self._forced = claim.forced
-        self._last = None
-        if claim.last_offset is not None:
-            assert claim.last_fingerprint is not None and claim.last_offset < claim.next_offset
-            self._last = (claim.last_offset, claim.last_fingerprint)
-        self._verify = self._last
-
-    def verify_again(self) -> bool:
-        """Check the last processed record again before taking more records; False when no
-        record was processed (nothing to check)."""
-        self._verify = self._last
-        return self._verify is not None
-
-    def trust_log(self) -> None:
-        """Stop waiting for the last record: it is gone for a known, harmless reason."""
-        self._verify = None
-
-    @property
-    def verifying(self) -> bool:
-        return self._verify is not None
+        self._reader.forced = claim.forced
+        self.last.claimed(claim.last_offset, claim.last_fingerprint, claim.next_offset)
 
     @property
     def fetch_from(self) -> int:
-        """Where to seek: the last processed record when it must be checked first."""
-        return self._verify[0] if self._verify is not None else self.next_offset
-
-    def log_replaced(self, records: Sequence[ConsumerRecord]) -> str | None:
-        """Why the fetched records show a replaced log, or None when they continue ours.
-
-        The records come from a fetch that started at fetch_from. The first one a consumer
-        sees there must be the last record we processed: a committed record stays where it
-        was (read_committed never hid it from us, or we would not have processed it), so a
-        different record, or none until a later offset, means the log is not ours.
-        """
-        if self._verify is None:
-            return None
-        offset, expected = self._verify
-        first = records[0]
-        if first.offset != offset:
-            return f"record {offset} is gone: the log continues at {first.offset}"
-        if fingerprint(first) != expected:
-            return f"record {first.offset} is not the record processed at that offset"
-        return None
+        return self.last.fetch_from(self.next_offset)
 
     def admit(self, records: Sequence[ConsumerRecord], consumed_to: int) -> Admitted | None:
         """Decode the fetched records not processed yet; None when there are none.
@@ -209,11 +151,7 @@ class PartitionWorker:
         consumer's position after them. Offsets may have gaps (transaction markers, aborted
         records, compaction): the batch covers [next_offset, consumed_to) whatever they are.
         """
-        if self._verify is not None:
-            assert self.log_replaced(records) is None, "caller must check log_replaced first"
-            self._verify = None
-            records = records[1:]
-        records = [r for r in records if r.offset >= self.next_offset]
+        records = [r for r in self.last.checked(records) if r.offset >= self.next_offset]
         if not records:
             return None
         assert records[-1].offset < consumed_to, (records[-1].offset, consumed_to)
@@ -221,14 +159,21 @@ class PartitionWorker:
         cut = size is not None and len(records) > size
         if size is not None and cut:
             consumed_to, records = records[size].offset, records[:size]
-        set_aside = narrowing.dead_letter_due(self._narrowing, self.next_offset)
-        intakes = [self._intake(r, set_aside and i == 0) for i, r in enumerate(records)]
         last = (records[-1].offset, fingerprint(records[-1]))
-        if not set_aside:
-            return self._batch(intakes, last, consumed_to, cut)
+        if not narrowing.dead_letter_due(self._narrowing, self.next_offset):
+            return self._batch([self._reader.read(r) for r in records], last, consumed_to, cut)
         assert len(records) == 1, "a record is set aside only when it is alone"
-        plain = self._batch([self._decode(records[0])], last, consumed_to, cut)
-        return self._batch(intakes, last, consumed_to, cut, (plain, self._control()))
+        [record] = records
+        reason = (
+            f"the ledger refused this record {narrowing.RECORD_FAILURES_MAX} times in a row "
+            f"({self._last_error}); set aside so that the partition moves on"
+        )
+        bare = narrowing.bare_dead_letter_due(self._narrowing)
+        aside = self._reader.set_aside(record, reason, bare)
+        plain = self._batch([self._reader.decode(record)], last, consumed_to, cut)
+        control = self._reader.control(min(self._assets.codes, default="GOLD"), self.next_offset)
+        probe = self._batch([control], (self.next_offset, b"control"), self.next_offset + 1, False)
+        return self._batch([aside], last, consumed_to, cut, (plain, probe))
 
     def _batch(
         self,
@@ -263,49 +208,6 @@ class PartitionWorker:
             cut=cut,
             probes=probes,
         )
-
-    def _control(self) -> Admitted:
-        """A made-up top-up of 1 for a user of this partition, never committed: written and
-        rolled back to see whether the database takes an ordinary command right now."""
-        asset = min(self._assets.codes, default="GOLD")
-        command = Command(command_id=uuid.uuid4(), idempotency_key=uuid.uuid4().hex,
-                          type=CommandType.TOP_UP, user_id=self._control_user, asset=asset,
-                          amount=1, sent_at=datetime.now(UTC))  # fmt: skip
-        [intake] = decoded_intakes([command], self.next_offset)
-        return self._batch([intake], (self.next_offset, b"control"), self.next_offset + 1, False)
-
-    @functools.cached_property
-    def _control_user(self) -> str:
-        """A user id of this partition that no producer uses (a control is never committed)."""
-        candidates = (f"wallet-control-{i}" for i in itertools.count())
-        partitions = self._config.rules.partitions
-        return next(u for u in candidates if partition_for(u, partitions) == self.tp.partition)
-
-    def _decode(self, record: ConsumerRecord) -> Intake:
-        return admit(self._config.rules, self.tp.partition, record.offset, record.key,
-                     record.value)  # fmt: skip
-
-    def _intake(self, record: ConsumerRecord, set_aside: bool) -> Intake:
-        """A record decoded, unless an operator or the narrowing set it aside."""
-        forced = self._forced.get(record.offset)
-        if forced is not None:
-            # Not decoded at all: whatever in it stalled the partition is not touched again.
-            reason = f"dead-lettered by an operator: {forced}"
-            failure = DecodeFailure(DecodeErrorCode.OPERATOR_DEAD_LETTERED, reason, Envelope())
-            return Intake(record.offset, record.key, record.value, failure, None)
-        intake = self._decode(record)
-        if not set_aside:
-            return intake
-        envelope = Envelope()
-        if not narrowing.bare_dead_letter_due(self._narrowing):
-            admitted = intake.admitted
-            envelope = envelope_of(admitted) if isinstance(admitted, Command) else admitted.envelope
-        reason = (
-            f"the ledger refused this record {narrowing.RECORD_FAILURES_MAX} times in a row "
-            f"({self._last_error}); set aside so that the partition moves on"
-        )
-        failure = DecodeFailure(DecodeErrorCode.UNPROCESSABLE, reason, envelope)
-        return Intake(record.offset, record.key, record.value, failure, None)
 
     @property
     def narrowing_down(self) -> bool:
@@ -346,7 +248,7 @@ class PartitionWorker:
         self._remember(plan)
         self._narrowing = narrowing.committed(self._narrowing, batch.position.next_offset)
         self.next_offset = batch.position.next_offset
-        self._last = (batch.position.last_offset, batch.position.last_fingerprint)
+        self.last.processed(batch.position.last_offset, batch.position.last_fingerprint)
         _log_outcomes(self.tp.partition, batch.intakes, plan.decided)
         return [OutboxMessage.of(row) for row in plan.outbox_rows]
 
