@@ -22,6 +22,10 @@ def main() -> None:
         f" p50 {median('latency_p50_ms'):,.0f} ms, p99 {median('latency_p99_ms'):,.0f} ms,"
         f" batch mean {median('batch_mean'):,.0f} (each run: {each} commands/s)"
     )
+    print(
+        f"  published -> planned p50 {median('to_planned_p50_ms'):,.1f} ms,"
+        f" planned -> reply received p50 {median('planned_to_reply_p50_ms'):,.1f} ms"
+    )
     if all(r.get("ceiling_commands_per_s") for r in runs):
         ratios = [r["commands_per_s"] / r["ceiling_commands_per_s"] for r in runs]
         print(

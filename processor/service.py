@@ -95,6 +95,7 @@ class Processor:
             await self._until_stopped(stop, relay, timeout_s)
         finally:
             self._joined = False
+            self._steps.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._publisher.drain(), timeout_s)
             relay.cancel()

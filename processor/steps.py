@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import structlog
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from foundation.settings import Settings
@@ -18,11 +18,11 @@ from processor.lag import LagReport
 from processor.log_ends import LogEnds
 from processor.outbox import Outbox
 from processor.partitions import Consumer, Partitions
+from processor.prefetch import Fetch, Fetched, Prefetch
 from processor.worker import WorkerConfig
 from storage.event_store import EventStore
 
 log = structlog.get_logger("wallet.processor")
-Fetched = dict[TopicPartition, list[ConsumerRecord]]
 
 
 class Steps:
@@ -39,7 +39,6 @@ class Steps:
     ) -> None:
         self._consumer = consumer
         self._fetch_wait_ms = settings.fetch_wait_ms
-        self._batch_size_max = settings.batch_size_max
         self._lock = asyncio.Lock()
         # failures in a row, backoff and staleness of each owned partition
         health = Health(settings.retry_backoff_max_ms / 1000, clock)
@@ -48,6 +47,8 @@ class Steps:
         self.log_ends = LogEnds(self.partitions, consumer, timeout_s, clock)
         self.committer = Committer(store, self.partitions, outbox)
         self.lag = LagReport(self.partitions, consumer)
+        idle_s = max(settings.fetch_wait_ms, 1) / 1000
+        self._prefetch = Prefetch(self._fetch_between_seeks, settings.batch_size_max, idle_s)
 
     async def assign(self, partitions: Iterable[TopicPartition]) -> None:
         async with self._lock:
@@ -59,7 +60,8 @@ class Steps:
                 self.partitions.drop(tp)
 
     async def step(self) -> None:
-        """Fetch, then decide and commit what is fresh, under the lock rebalances take too.
+        """Take what was fetched (see processor.prefetch), then decide and commit what is
+        fresh, under the lock rebalances take too.
 
         Why records fetched around a seek are told by seek counts and not by offsets: the
         fetch that brought them was in flight while a claim, reset or retry moved the
@@ -68,32 +70,52 @@ class Steps:
         tell them from a fetch that starts past a gap: on Kafka, transaction markers, aborted
         records and compaction leave offsets no consumer ever sees.
         """
-        partitions = self.partitions
-        before = partitions.seeks.copy()
-        fetch = await self._fetch()
-        if fetch is None:
-            return
-        fetched, positions = fetch
-        after = partitions.seeks.copy()  # no await since the fetch returned
+        fetches = await self._prefetch.take(self._fetch_wait_ms / 1000)
         async with self._lock:
-            await partitions.resync_stale()
-            await self.log_ends.check()
-            fresh = {tp: r for tp, r in fetched.items() if before[tp] == partitions.seeks[tp]}
-            for tp in fetched.keys() - fresh.keys():
-                if before[tp] != after[tp] == partitions.seeks[tp]:
+            await self._commit_fresh(fetches)
+        await self.lag.commit_offsets()
+
+    def close(self) -> None:
+        """Stop fetching (the consumer is about to stop)."""
+        self._prefetch.close()
+
+    async def _fetch_between_seeks(self, records_max: int) -> Fetch | None:
+        """A fetch, with the partitions' seek counts before it and right after it."""
+        before = self.partitions.seeks.copy()
+        fetch = await self._fetch(records_max)
+        if fetch is None:
+            return None
+        fetched, positions = fetch
+        return Fetch(fetched, positions, before, self.partitions.seeks.copy())
+
+    async def _commit_fresh(self, fetches: list[Fetch]) -> None:
+        """Commit the records no seek made stale since their fetch began (see step). In a
+        partition a stale fetch makes every later one stale too: a seek came between."""
+        partitions = self.partitions
+        await partitions.resync_stale()
+        await self.log_ends.check()
+        seeks = partitions.seeks
+        fresh: Fetched = {}
+        positions: dict[TopicPartition, int] = {}
+        for fetch in fetches:
+            for tp, records in fetch.records.items():
+                before, after = fetch.seeks_before[tp], fetch.seeks_after[tp]
+                if before == seeks[tp]:
+                    fresh.setdefault(tp, []).extend(records)
+                    positions[tp] = fetch.positions[tp]
+                elif before != after == seeks[tp]:
                     # Seeked while the fetch was out: returning these records moved the
                     # position past them, so it must be moved back. A seek made after the
                     # fetch returned has already set the position where it belongs.
                     partitions.refetch(tp)
-            await self.committer.commit_all(await partitions.admit(fresh, positions))
-            await self.lag.observe()
-        await self.lag.commit_offsets()
+        await self.committer.commit_all(await partitions.admit(fresh, positions))
+        await self.lag.observe()
 
-    async def _fetch(self) -> tuple[Fetched, dict[TopicPartition, int]] | None:
+    async def _fetch(self, records_max: int) -> tuple[Fetched, dict[TopicPartition, int]] | None:
         """What is ready, and each partition's position right after it; None on a failure."""
         try:
             fetched = await self._consumer.getmany(
-                timeout_ms=self._fetch_wait_ms, max_records=self._batch_size_max
+                timeout_ms=self._fetch_wait_ms, max_records=records_max
             )
             # No await yields between the fetch and here (a valid position is returned at
             # once), so these are the positions right after the fetched records.

@@ -36,6 +36,11 @@ class BenchResult:
     commands_per_s: float
     latency_p50_ms: float
     latency_p99_ms: float
+    # The reply latency split at the command's processed_at (when its batch was planned):
+    # published -> planned (broker, fetch, waiting for a step, lookups), and planned -> reply
+    # received (commit, relay, reply topic, client). Medians, wall clocks of this machine.
+    to_planned_p50_ms: float
+    planned_to_reply_p50_ms: float
     outcomes: dict[str, int]
     batch_mean: float
     batch_max: int
@@ -46,6 +51,8 @@ class BenchResult:
             f"commands: {self.commands} over {self.users} users in {self.seconds:.2f} s",
             f"throughput: {self.commands_per_s:,.0f} commands/s (all replies received)",
             f"reply latency: p50 {self.latency_p50_ms:.1f} ms, p99 {self.latency_p99_ms:.1f} ms",
+            f"  published -> planned p50 {self.to_planned_p50_ms:.1f} ms, planned -> reply"
+            f" received p50 {self.planned_to_reply_p50_ms:.1f} ms",
             f"batch size (commands per transaction): mean {self.batch_mean:.0f},"
             f" max {self.batch_max}",
             "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
@@ -63,7 +70,7 @@ class BenchResult:
         ]
 
 
-def build_commands(count: int, users: int, asset: str, seed: int) -> list[Command]:
+def build_commands(count: int, users: int, asset: str, seed: int, reply_to: str) -> list[Command]:
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
     now = datetime.now(UTC)
@@ -76,6 +83,7 @@ def build_commands(count: int, users: int, asset: str, seed: int) -> list[Comman
             asset=asset,
             amount=rng.randint(1, 100),
             sent_at=now,
+            reply_to=reply_to,
         )
         for i in range(count)
     ]
@@ -90,10 +98,16 @@ async def run_bench(
     timeout_s: float = 600.0,
     ceiling: bool = True,
 ) -> BenchResult:
-    commands = build_commands(count, users, asset, seed=count * 31 + users)
+    # Replies come to the topic the settings name (WALLET_REPLIES_TOPIC), where the bench's
+    # client listens: a command left with the default reply_to hung the bench until its
+    # timeout whenever that setting was changed (found by tests/integration/test_bench.py).
+    commands = build_commands(
+        count, users, asset, seed=count * 31 + users, reply_to=settings.replies_topic
+    )
     encoded = [(c.user_id.encode(), c.encode(), str(c.command_id)) for c in commands]
     received: list[float] = [0.0] * count
     sent: list[float] = [0.0] * count
+    sent_wall: list[float] = [0.0] * count  # time.time(), to compare with processed_at
     replies: list[dict[str, Any]] = []
     async with WalletClient(settings) as client:
         start = time.perf_counter()
@@ -105,15 +119,17 @@ async def run_bench(
                 await asyncio.sleep(PACE_TICK_S)
                 continue
             chunk = await client.publish_many(encoded[len(futures) : due])
-            now = time.perf_counter()
+            now, now_wall = time.perf_counter(), time.time()
             for i, future in enumerate(chunk, start=len(futures)):
-                sent[i] = now
+                sent[i], sent_wall[i] = now, now_wall
                 future.add_done_callback(_stamp(received, i))
             futures.extend(chunk)
         await client.flush()
         replies = await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
     elapsed = max(received) - start
     latencies = sorted((r - s) * 1000 for r, s in zip(received, sent, strict=True))
+    planned = [datetime.fromisoformat(r["processed_at"]).timestamp() for r in replies]
+    received_wall = [w + (r - s) for w, r, s in zip(sent_wall, received, sent, strict=True)]
     batches = Counter(r["processed_at"] for r in replies)
     ceiling_per_s = (await copy_ceiling(settings, commands)).commands_per_s if ceiling else None
     return BenchResult(
@@ -123,6 +139,12 @@ async def run_bench(
         commands_per_s=count / elapsed,
         latency_p50_ms=statistics.median(latencies),
         latency_p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        to_planned_p50_ms=statistics.median(
+            (p - w) * 1000 for p, w in zip(planned, sent_wall, strict=True)
+        ),
+        planned_to_reply_p50_ms=statistics.median(
+            (r - p) * 1000 for r, p in zip(received_wall, planned, strict=True)
+        ),
         outcomes=dict(Counter(_outcome(r) for r in replies)),
         batch_mean=statistics.fmean(batches.values()),
         batch_max=max(batches.values()),
