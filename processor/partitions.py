@@ -1,7 +1,7 @@
 """The partitions this process owns: a worker each, their health, and every seek made on them.
 
 Every seek goes through `seek` or `seek_to_beginning` and is counted, so that a step knows
-which of its fetches a seek made stale (see processor.service, Processor._step).
+which of its fetches a seek made stale (see processor.steps, Steps.step).
 """
 
 from __future__ import annotations
