@@ -97,6 +97,13 @@ class ProcessedRow(NamedTuple):
     source_offset: int
     processed_at: datetime
 
+    def result(self) -> StoredResult:
+        """The outcome this record gives every retry with its key."""
+        return StoredResult(
+            self.payload_hash, self.status, self.error_code, self.error_message,
+            self.transaction_id, self.balance_after, self.type, self.asset, self.amount,
+        )  # fmt: skip
+
 
 class EntryRow(NamedTuple):
     """One leg of a transaction: the user's (with its running balance) or a system account's."""

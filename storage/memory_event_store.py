@@ -100,17 +100,7 @@ class MemoryEventStore:
     async def find_processed(
         self, ids: Sequence[IdempotencyId]
     ) -> dict[IdempotencyId, StoredResult]:
-        found = {}
-        for key in ids:
-            row = self._processed.get(key)
-            if row is not None:
-                found[key] = StoredResult(
-                    payload_hash=row.payload_hash, status=row.status, error_code=row.error_code,
-                    error_message=row.error_message, transaction_id=row.transaction_id,
-                    balance_after=row.balance_after, type=row.type, asset=row.asset,
-                    amount=row.amount,
-                )  # fmt: skip
-        return found
+        return {key: self._processed[key].result() for key in ids if key in self._processed}
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
         await self.commit_batches([(position, plan)])
