@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,20 @@ def die_with_parent(sig: int) -> Callable[[], None] | None:
     return set_parent_death_signal
 
 
+# Ports this process handed out: the kernel may offer a just-released port again, and two
+# listeners of one Kafka node were once given the same one (the cluster test failed to start).
+_HANDED_OUT: deque[int] = deque(maxlen=4096)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port, never one this process handed out before (of the last 4096)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
