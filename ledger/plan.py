@@ -27,7 +27,7 @@ from ledger.decide import (
     decide,
 )
 from schemas.codec import DecodeFailure
-from schemas.commands import Command
+from schemas.commands import Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -36,6 +36,7 @@ from schemas.replies import ErrorCode
 _TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
 
 _USER_ACCOUNT = AccountKind.USER.value
+_SPEND = CommandType.SPEND.value
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -96,6 +97,9 @@ class ProcessedRow(NamedTuple):
     partition: int
     source_offset: int
     processed_at: datetime
+    generation: int
+    reply_topic: str
+    version: int | None  # the account's version after an accepted command
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
@@ -149,6 +153,13 @@ class BatchPlan:
     outbox_rows: list[OutboxRow] = field(default_factory=list)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
+
+    def stored_outbox_rows(self) -> list[OutboxRow]:
+        """The outbox rows the ledger cannot rebuild: dead letters and the replies to repeated
+        keys. A decided command's reply and event are built again from its idempotency record
+        (messages_of) when they must be republished, so they are not stored twice."""
+        recorded = {row.source_offset for row in self.processed_rows}
+        return [row for row in self.outbox_rows if row.source_offset not in recorded]
 
 
 def payload_hash(command: Command) -> bytes:
@@ -214,56 +225,46 @@ def _record(
 ) -> StoredResult:
     tx_id: uuid.UUID | None = None
     balance: int | None = None
+    version: int | None = None
     error_code: str | None = None
     error_message: str | None = None
-    event: bytes | None = None
     kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
-        accepted_id = transaction_id_for(command.user_id, command.idempotency_key)
-        tx_id, balance = accepted_id, decision.account.balance
+        tx_id = transaction_id_for(command.user_id, command.idempotency_key)
+        balance, version = decision.account.balance, decision.account.version
         plan.accounts[(command.user_id, command.asset)] = decision.account
-        _entries(ctx, plan, command, accepted_id, decision)
-        event = _event_bytes(ctx, command, kind, accepted_id, decision)
+        _entries(ctx, plan, command, tx_id, decision)
     else:
         error_code, error_message = decision.code.value, decision.message
         if decision.code is not ErrorCode.UNKNOWN_ASSET:
             balance = before.balance
-    result = StoredResult(
+    row = ProcessedRow(
+        command.user_id,
+        command.idempotency_key,
+        command.command_id,
+        kind,
+        command.asset,
+        command.amount,
         item.payload_hash or b"",
         "accepted" if tx_id else "rejected",
         error_code,
         error_message,
         tx_id,
         balance,
-        kind,
-        command.asset,
-        command.amount,
+        command.description,
+        orjson.dumps(command.metadata).decode(),
+        ctx.topic,
+        ctx.partition,
+        item.offset,
+        ctx.processed_at,
+        ctx.generation,
+        command.reply_to,
+        version,
     )
-    plan.processed_rows.append(
-        ProcessedRow(
-            command.user_id,
-            command.idempotency_key,
-            command.command_id,
-            kind,
-            command.asset,
-            command.amount,
-            result.payload_hash,
-            result.status,
-            error_code,
-            error_message,
-            tx_id,
-            balance,
-            command.description,
-            orjson.dumps(command.metadata).decode(),
-            ctx.topic,
-            ctx.partition,
-            item.offset,
-            ctx.processed_at,
-        )
-    )
-    _outbox(ctx, plan, item, command.reply_to, _reply_bytes(ctx, command, result, False), event)
-    plan.decided.append(Outcome(kind, result.status, error_code or ""))
-    return result
+    plan.processed_rows.append(row)
+    plan.outbox_rows.append(outbox_row_of(row))
+    plan.decided.append(Outcome(kind, row.status, error_code or ""))
+    return row.result()
 
 
 def _entries(
@@ -379,25 +380,32 @@ def _reply_bytes(
     )  # fmt: skip
 
 
-def _event_bytes(
-    ctx: BatchContext, command: Command, kind: str, tx_id: uuid.UUID, decision: Accepted
-) -> bytes:
-    return orjson.dumps(
-        wire.event_document(
-            transaction_id=tx_id,
-            command_id=command.command_id,
-            idempotency_key=command.idempotency_key,
-            type=kind,
-            user_id=command.user_id,
-            asset=command.asset,
-            amount=command.amount,
-            balance_after=decision.account.balance,
-            version=decision.account.version,
-            user_amount=decision.user_amount,
-            description=command.description,
-            occurred_at=ctx.processed_at,
-        )
-    )
+def outbox_row_of(row: ProcessedRow) -> OutboxRow:
+    """What the relay publishes for a decided command, built from its idempotency record
+    alone: the planner calls it for each command, and the event store calls it again for a
+    record whose messages must be republished, so both publish the same bytes."""
+    error = None if row.error_code is None else (row.error_code, row.error_message or "")
+    reply = wire.reply_bytes(
+        command_id=row.command_id, idempotency_key=row.idempotency_key, user_id=row.user_id,
+        status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
+        asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
+        processed_at=row.processed_at,
+    )  # fmt: skip
+    event = None
+    if row.transaction_id is not None:
+        assert row.balance_after is not None and row.version is not None, row
+        user_amount = -row.amount if row.type == _SPEND else row.amount
+        event = orjson.dumps(wire.event_document(
+            transaction_id=row.transaction_id, command_id=row.command_id,
+            idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
+            asset=row.asset, amount=row.amount, balance_after=row.balance_after,
+            version=row.version, user_amount=user_amount, description=row.description,
+            occurred_at=row.processed_at,
+        ))  # fmt: skip
+    return OutboxRow(
+        row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
+        row.reply_topic, reply, event, None, row.processed_at,
+    )  # fmt: skip
 
 
 def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:

@@ -24,6 +24,7 @@ from ledger.plan import (
     OutboxRow,
     ProcessedRow,
     StoredResult,
+    outbox_row_of,
 )
 from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
@@ -42,7 +43,7 @@ BATCH_TABLES = (
 
 def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
     """A plan's rows for each of BATCH_TABLES, in the same order."""
-    return plan.processed_rows, plan.entry_rows, plan.outbox_rows
+    return plan.processed_rows, plan.entry_rows, plan.stored_outbox_rows()
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,35 +440,17 @@ class PostgresEventStore:
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]:
-        """Outbox rows at or past the watermark (generation, offset), oldest first."""
-        rows = await self._pool.fetch(
-            """
-            SELECT generation, source_offset, message_key, reply_topic, reply_value,
-                   event_value, dlq_value
-              FROM outbox
-             WHERE topic = $1 AND partition = $2 AND (generation, source_offset) >= ($3, $4)
-             ORDER BY generation, source_offset
-             LIMIT $5
-            """,
-            topic,
-            partition,
-            after[0],
-            after[1],
-            limit,
-            timeout=self._timeout_s,
-        )
-        return [
-            OutboxMessage(
-                source_offset=r["source_offset"],
-                generation=r["generation"],
-                key=r["message_key"],
-                reply_topic=r["reply_topic"],
-                reply_value=r["reply_value"],
-                event_value=r["event_value"],
-                dlq_value=r["dlq_value"],
-            )
-            for r in rows
-        ]
+        """What the relay must publish at or past the watermark (generation, offset), oldest
+        first: the outbox's rows, and each decided command's reply and event rebuilt from its
+        idempotency record (the same bytes the planner made; see ledger.plan.outbox_row_of)."""
+        args = (topic, partition, after[0], after[1], limit)
+        async with self._pool.acquire() as conn:
+            stored = await conn.fetch(_UNPUBLISHED_OUTBOX_SQL, *args, timeout=self._timeout_s)
+            decided = await conn.fetch(_UNPUBLISHED_DECIDED_SQL, *args, timeout=self._timeout_s)
+        messages = [OutboxMessage(*r) for r in stored]
+        messages += [OutboxMessage.of(outbox_row_of(_processed_row(r))) for r in decided]
+        messages.sort(key=lambda m: (m.generation, m.source_offset))
+        return messages[:limit]
 
     @translated
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
@@ -538,6 +521,30 @@ def std_uuid(value: None) -> None: ...
 def std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
     """asyncpg's own UUID type as the standard library's (orjson knows only the latter)."""
     return None if value is None else uuid.UUID(bytes=value.bytes)
+
+
+# Both in the order of the watermark, each through its table's index on that order.
+_UNPUBLISHED_OUTBOX_SQL = """
+SELECT source_offset, generation, message_key, reply_topic, reply_value, event_value, dlq_value
+  FROM outbox
+ WHERE topic = $1 AND partition = $2 AND (generation, source_offset) >= ($3, $4)
+ ORDER BY generation, source_offset
+ LIMIT $5"""
+_UNPUBLISHED_DECIDED_SQL = f"""
+SELECT {", ".join(PROCESSED_COLUMNS)}
+  FROM processed_commands
+ WHERE topic = $1 AND partition = $2 AND generation IS NOT NULL
+   AND (generation, source_offset) >= ($3, $4)
+ ORDER BY generation, source_offset
+ LIMIT $5"""
+
+
+def _processed_row(row: asyncpg.Record) -> ProcessedRow:
+    """A stored idempotency record as the planner made it (asyncpg's UUIDs as the stdlib's)."""
+    fields = dict(row.items())
+    fields["command_id"] = std_uuid(fields["command_id"])
+    fields["transaction_id"] = std_uuid(fields["transaction_id"])
+    return ProcessedRow(**fields)
 
 
 def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:

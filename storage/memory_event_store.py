@@ -22,6 +22,7 @@ from ledger.plan import (
     OutboxRow,
     ProcessedRow,
     StoredResult,
+    outbox_row_of,
 )
 from storage.db import Failure
 from storage.event_store import (
@@ -176,15 +177,20 @@ class MemoryEventStore:
                 self._processed[(processed.user_id, processed.idempotency_key)] = processed
             self.entries += plan.entry_rows
             outbox = self._outbox.setdefault(here, {})
-            for row in plan.outbox_rows:
+            for row in plan.stored_outbox_rows():
                 outbox[(row.generation, row.source_offset)] = row
         self._accounts.update(accounts)
 
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]:
-        rows = sorted(self._outbox.get((topic, partition), {}).items())
-        return [OutboxMessage.of(r) for position, r in rows if position >= after][:limit]
+        rows = list(self._outbox.get((topic, partition), {}).values())
+        rows += [outbox_row_of(r) for r in self._processed.values()
+                 if (r.topic, r.partition) == (topic, partition)]  # fmt: skip
+        rows.sort(key=lambda r: (r.generation, r.source_offset))
+        return [OutboxMessage.of(r) for r in rows if (r.generation, r.source_offset) >= after][
+            :limit
+        ]
 
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
         for mark in marks:

@@ -74,6 +74,7 @@ SERVICE_GRANTS = {
     "balances_replay": "SELECT, INSERT, UPDATE, DELETE, TRUNCATE",
     "system_totals_replay": "SELECT, INSERT, UPDATE, DELETE, TRUNCATE",
     "projection_checkpoints": "SELECT, INSERT, UPDATE, DELETE",
+    "unpublished_messages": "SELECT",  # a view
 }
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -32,14 +32,10 @@ RECENT_ROWS_MAX = 5
 _PARTITIONS_SQL = """
 SELECT ps.partition, ps.owner, ps.owner_epoch, ps.generation, ps.next_offset, ps.updated_at,
        ps.failures_in_a_row AS failures, pc.failures_in_a_row AS projector_failures,
-       (SELECT count(*) FROM outbox o
-         WHERE o.topic = ps.topic AND o.partition = ps.partition
-           AND (o.generation, o.source_offset)
-               >= (coalesce(op.published_generation, 0), coalesce(op.published_offset, 0))
-       ) AS unpublished,
+       (SELECT count(*) FROM unpublished_messages u
+         WHERE u.topic = ps.topic AND u.partition = ps.partition) AS unpublished,
        pc.position AS projected_entry
   FROM partition_state ps
-  LEFT JOIN outbox_positions op ON op.topic = ps.topic AND op.partition = ps.partition
   LEFT JOIN projection_checkpoints pc ON pc.projection = $2 AND pc.partition = ps.partition
  WHERE ps.topic = $1
  ORDER BY ps.partition
@@ -55,7 +51,7 @@ class PartitionStatus:
     next_offset: int  # the next command offset to process (stored with the ledger)
     log_start: int | None  # the commands log's first offset still held (retention moves it)
     log_end: int | None  # the commands log's end on the broker; None when it did not answer
-    unpublished: int  # committed outbox rows not yet published
+    unpublished: int  # committed replies, events and dead letters not yet published
     projected_entry: int | None  # the projector's checkpoint (a ledger entry id)
     projector_lag_s: float
     updated_at: datetime

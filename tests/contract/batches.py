@@ -18,12 +18,14 @@ async def planned_batch(
     amounts: list[int],
     key: str = "k",
     user: str = "ana",
+    keys: list[str] | None = None,
 ) -> tuple[BatchPosition, BatchPlan]:
     """One user's commands at offsets first..: a top-up of each positive amount, a spend of
-    each negative one."""
+    each negative one; idempotency keys `keys`, or f"{key}-{offset}"."""
+    keys = keys or [f"{key}-{first + i}" for i in range(len(amounts))]
     commands = [
-        command("top_up" if a > 0 else "spend", user, abs(a), key=f"{key}-{first + i}")
-        for i, a in enumerate(amounts)
+        command("top_up" if a > 0 else "spend", user, abs(a), key=k)
+        for a, k in zip(amounts, keys, strict=True)
     ]
     items = decoded_intakes(commands, first)
     accounts = await store.load_accounts([(user, "GOLD")])

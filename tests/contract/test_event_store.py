@@ -14,6 +14,7 @@ from storage.db import create_pool
 from storage.event_store import (
     BatchPosition,
     EventStore,
+    OutboxMessage,
     PostgresEventStore,
     PublishedMark,
     StaleOffsetError,
@@ -98,6 +99,20 @@ class TestCommits:
 
 
 class TestOutbox:
+    async def test_what_is_republished_is_what_was_planned(self, store: EventStore) -> None:
+        """After a crash the relay gets the very messages the planner made: replies and events
+        rebuilt from idempotency records, and the stored reply to a repeated key."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        first = await _batch(store, claim.epoch, 0, [5, -100, 7])  # the spend is refused
+        await store.commit_batch(*first)
+        second = await planned_batch(store, TOPIC, PARTITION, claim.epoch, 3, [5, 2],
+                                     keys=["k-0", "k-new"])  # fmt: skip
+        await store.commit_batch(*second)
+        planned = [OutboxMessage.of(r) for _, p in (first, second) for r in p.outbox_rows]
+        assert [m.event_value is not None for m in planned] == [True, False, True, False, True]
+        assert await store.unpublished(TOPIC, PARTITION, (0, 0), 10) == planned
+        assert await store.unpublished(TOPIC, PARTITION, (0, 2), 2) == planned[2:4]
+
     async def test_unpublished_until_the_owner_marks_it(self, store: EventStore) -> None:
         """A batch's outbox rows stay unpublished until the owner marks them; a fenced owner's
         mark changes nothing; the claim reports the watermark."""

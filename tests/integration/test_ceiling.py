@@ -9,13 +9,15 @@ from wallet.ceiling import copy_ceiling, plan_rows
 
 class TestPlanRows:
     def test_rows_are_the_processors_own(self) -> None:
-        """Each accepted top-up plans one idempotency record, two entries and one outbox row,
-        in batches no larger than the service's."""
+        """Each accepted top-up plans one idempotency record, two entries and one message for
+        the relay (rebuilt from the record, so not stored), in batches no larger than the
+        service's."""
         commands = [command("top_up", f"u{n % 5}", 3) for n in range(25)]
         plans = plan_rows(commands, partitions=3, batch_size=4)
         assert sum(len(p.processed_rows) for p in plans) == 25
         assert sum(len(p.entry_rows) for p in plans) == 50
         assert sum(len(p.outbox_rows) for p in plans) == 25
+        assert sum(len(p.stored_outbox_rows()) for p in plans) == 0
         assert all(len(p.processed_rows) <= 4 for p in plans)
 
 
@@ -24,7 +26,7 @@ class TestCopyCeiling:
         """The timed copy stores all rows, and neither scratch tables nor ledger rows remain."""
         commands = [command("top_up", f"u{n % 5}", 3) for n in range(25)]
         result = await copy_ceiling(stack, commands)
-        assert (result.commands, result.rows) == (25, 100)
+        assert (result.commands, result.rows) == (25, 75)
         assert result.commands_per_s > 0
         schemas = await fetch(
             stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'wallet_ceiling_%'"

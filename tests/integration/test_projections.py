@@ -171,7 +171,8 @@ class TestReplay:
 
 class TestVerify:
     async def test_clean_ledger_then_corrupted_rows_are_found(self, stack: Settings) -> None:
-        """verify is clean on a good ledger and names a corrupted projection and ledger row."""
+        """verify is clean on a good ledger and names a corrupted projection, ledger row and
+        idempotency record."""
         async with running_processor(stack), running_projector(stack), client_for(stack) as c:
             await send_all(c, _mixed_load(300, 30, seed=6))
             await wait_projected(stack)
@@ -188,11 +189,15 @@ class TestVerify:
             await conn.execute("SET session_replication_role = replica")
             await conn.execute("UPDATE ledger_entries SET amount = amount + 7 WHERE entry_id ="
                                " (SELECT min(entry_id) FROM ledger_entries)")  # fmt: skip
+            await conn.execute("UPDATE processed_commands SET version = version + 1 WHERE ctid ="
+                               " (SELECT min(ctid) FROM processed_commands"
+                               "   WHERE status = 'accepted')")  # fmt: skip
         finally:
             await conn.close()
         problems = await audit(stack)
         assert problems["every transaction's entries sum to zero"] == 1
         assert problems["every asset's entries sum to zero"] == 1
+        assert problems["each accepted command records its user entry's balance and version"] == 1
 
 
 class TestProjectorCrash:

@@ -11,12 +11,13 @@ import pytest
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
 from ledger.decide import AccountState
-from ledger.plan import BatchContext, Intake, payload_hash, plan_batch
+from ledger.plan import BatchContext, IdempotencyId, Intake, StoredResult, payload_hash, plan_batch
 from storage.db import create_pool
 from storage.event_store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
 from tests.integration.helpers import command, fetch
 
 TOPIC = "contract.commands"
+KnownResults = dict[IdempotencyId, StoredResult]
 
 
 @pytest.fixture
@@ -28,11 +29,13 @@ async def store(stack: Settings) -> AsyncIterator[PostgresEventStore]:
         await pool.close()
 
 
-def _plan(offset: int, amount: int, user: str = "zed"):  # type: ignore[no-untyped-def]
-    cmd = command("top_up", user, amount, key=f"k{offset}")
+def _plan(  # type: ignore[no-untyped-def]
+    offset: int, amount: int, user: str = "zed", key: str = "", known: KnownResults | None = None
+):
+    cmd = command("top_up", user, amount, key=key or f"k{offset}")
     ctx = BatchContext(TOPIC, 0, 0, datetime.now(UTC))
     item = Intake(offset, user.encode(), cmd.encode(), cmd, payload_hash(cmd))
-    return plan_batch(ctx, [item], {}, {}, frozenset({"GOLD"}))
+    return plan_batch(ctx, [item], known or {}, {}, frozenset({"GOLD"}))
 
 
 def _position(epoch: int, first: int, nxt: int) -> BatchPosition:
@@ -217,12 +220,13 @@ class TestOutboxPruning:
     ) -> None:
         """Pruning deletes published rows beyond the newest `keep_rows`, never past the mark."""
         claim = await store.claim_partition(TOPIC, 0, "owner")
-        for offset in range(6):
-            plan = _plan(offset, 1, user=f"user-{offset}")
+        for offset in range(6):  # one key six times: replies to offsets 1-5 are outbox rows
+            known = await store.find_processed([("zed", "again")])
+            plan = _plan(offset, 1, key="again", known=known)
             await store.commit_batch(_position(claim.epoch, offset, offset + 1), plan)
         mark = PublishedMark(TOPIC, 0, claim.epoch, 0, 4)  # offsets 0-3 published, 4-5 not
         await store.mark_published([mark])
-        assert await store.prune_outbox([mark], keep_rows=1, limit=100) == 3
+        assert await store.prune_outbox([mark], keep_rows=1, limit=100) == 2
         left = await fetch(stack, "SELECT source_offset FROM outbox ORDER BY 1")
         assert [r["source_offset"] for r in left] == [3, 4, 5]
         assert await store.prune_outbox([mark], keep_rows=0, limit=100) == 1
