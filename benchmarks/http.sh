@@ -16,7 +16,7 @@ done
 trap 'kill -INT "${pids[@]}"; wait' EXIT
 sleep 6
 url=http://127.0.0.1:$port
-write() { wrk -t2 -c128 -d"$1" -H "$auth" -s benchmarks/http_write.lua "$url" -- "${@:2}"; }
+write() { wrk -t2 -c128 -d"$1" -H "$auth" -s benchmarks/http_load.lua "$url" -- "${@:2}"; }
 write 5s topup 1000 1000000000 | grep -E "statuses"
 for _ in 1 2 3; do
     write 10s spend 1000 1 | grep -E "Requests/sec|statuses|latency:"

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # How long a checked API key is trusted without asking PostgreSQL again: a revoked key
     # stops working within this time.
     api_key_cache_ttl_ms: int = Field(5_000, ge=0, le=300_000)
+    # Users whose balances each API process caches, kept current by the events topic (0: none;
+    # every balance read is then a query). About 300 bytes each.
+    api_balance_cache_max: int = Field(100_000, ge=0, le=10_000_000)
+    # The cache is used only while the broker answered fetches of every events partition this
+    # recently (an idle fetch is answered after WALLET_FETCH_WAIT_MS).
+    api_balance_cache_trust_ms: int = Field(2_000, ge=1_000, le=60_000)
 
     # `wallet processor` and `wallet projector` serve /metrics and /health here; 0 = off (the
     # API serves /metrics on its own port).

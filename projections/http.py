@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from foundation.settings import Settings
 from projections import queries
+from projections.events_follower import EventsFollower
 from projections.verify import verify
 from schemas.commands import AssetCode
 from storage.db import RETRIABLE_DB_ERRORS
@@ -21,8 +22,10 @@ from storage.stalls import stalls
 router = APIRouter(tags=["queries"])  # needs the wallets:read scope
 probes = APIRouter(tags=["probes"])  # open: load balancers and orchestrators call these
 ops = APIRouter(prefix="/ops", tags=["ops"])  # needs the ops scope
+USER_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@+-]*"
+USER_ID_CHARS_MAX = 128
 UserPath = Annotated[
-    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+    str, Path(min_length=1, max_length=USER_ID_CHARS_MAX, pattern=f"^{USER_ID_PATTERN}$")
 ]
 READY_TIMEOUT_S = 2.0
 
@@ -45,10 +48,15 @@ async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[st
 async def get_balance(
     userId: UserPath, request: Request, consistent: bool = False
 ) -> dict[str, Any]:
-    """Every asset's balance. Reads the projection (eventually consistent) unless
-    `consistent=true`, which reads the ledger itself."""
-    async with _pool(request).acquire() as conn:
-        found = await queries.balances(conn, userId, consistent)
+    """Every asset's balance. Eventually consistent (the balance cache, kept by the ledger
+    events, or else the projection) unless `consistent=true`, which reads the ledger itself."""
+    follower: EventsFollower | None = request.app.state.follower
+    found = None
+    if follower is not None and not consistent:
+        found = await follower.balances(_pool(request), userId)
+    if found is None:
+        async with _pool(request).acquire() as conn:
+            found = await queries.balances(conn, userId, consistent)
     return {"userId": userId, "balances": found}
 
 

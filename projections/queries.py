@@ -17,18 +17,24 @@ async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, int]
     """Every asset's balance; `consistent` reads the ledger instead of the projection."""
     if not consistent:
         return await projected_balances(conn, LIVE, user_id)
+    accounts = await ledger_accounts(conn, user_id)
+    return {asset: accounts[asset][0] for asset in sorted(accounts)}
+
+
+async def ledger_accounts(conn: Conn, user_id: str) -> dict[str, tuple[int, int]]:
+    """Each asset's (balance, version) as the ledger's latest entry of the user says."""
     rows = await conn.fetch(
         """
-        SELECT a.code AS asset, e.balance_after AS balance
+        SELECT a.code AS asset, e.balance_after, e.version
           FROM assets a
           CROSS JOIN LATERAL (
-                SELECT balance_after FROM ledger_entries
+                SELECT balance_after, version FROM ledger_entries
                  WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
                  ORDER BY version DESC LIMIT 1) e
         """,
         user_id,
     )
-    return {r["asset"]: r["balance"] for r in sorted(rows, key=lambda r: r["asset"])}
+    return {r["asset"]: (r["balance_after"], r["version"]) for r in rows}
 
 
 _ITEM_COLUMNS = """

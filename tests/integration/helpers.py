@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,15 @@ async def send_all(
     futures = [await client.publish(c) for c in commands]
     await client.flush()
     return list(await asyncio.wait_for(asyncio.gather(*futures), timeout_s))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll `check` (every 20 ms) until it is true; fail after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never true: {what}")
 
 
 async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:

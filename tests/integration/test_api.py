@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from foundation.settings import Settings
-from tests.integration.helpers import fetch, running_processor, running_projector, wait_projected
+from tests.integration.helpers import (
+    eventually,
+    fetch,
+    running_processor,
+    running_projector,
+    wait_projected,
+)
 from wallet.api import serve
 from wallet.apikeys import SCOPES, create_key, revoke_key
 from wallet.devstack import free_port
@@ -301,3 +307,69 @@ def _json(body: Any) -> bytes:
     import json
 
     return json.dumps(body).encode()
+
+
+@contextlib.asynccontextmanager
+async def _api_without_projector(settings: Settings) -> AsyncIterator[str]:
+    """A processor and an API, no projector: the projection stays empty."""
+    stop = asyncio.Event()
+    async with running_processor(settings):
+        server = asyncio.create_task(serve(settings, stop))
+        base = f"http://127.0.0.1:{settings.api_port}"
+        try:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as probe:
+                await _wait_up(probe)
+            yield base
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, 30)
+
+
+async def _balances_become(api: httpx.AsyncClient, path: str, want: dict[str, int]) -> None:
+    async def shown() -> bool:
+        return bool((await api.get(path)).json()["balances"] == want)
+
+    await eventually(shown, 10, f"the balances become {want}")
+
+
+class TestBalanceCache:
+    async def test_balances_come_from_the_ledger_and_follow_its_events(
+        self, stack: Settings
+    ) -> None:
+        """With no projector running, a balance read still shows the ledger (the cache reads
+        it on a miss) and then every later top-up (the events move it)."""
+        settings = stack.model_copy(update={"api_port": free_port()})
+        key = await new_key(stack, "cache", list(SCOPES))
+        async with (
+            _api_without_projector(settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=30, headers=_bearer(key)) as api,
+        ):
+            await api.post("/wallet/topup", json=_body(userId="dee", amount=10))
+            assert (await api.get("/wallet/dee/balance")).json()["balances"] == {"GOLD": 10}
+            for amount in (5, 7):
+                await api.post("/wallet/topup", json=_body(userId="dee", amount=amount))
+            await api.post("/wallet/topup", json=_body(userId="dee", assetId="DIAMONDS", amount=2))
+            await _balances_become(api, "/wallet/dee/balance", {"DIAMONDS": 2, "GOLD": 22})
+        projected = await fetch(stack, "SELECT count(*) AS n FROM balances")
+        assert projected[0]["n"] == 0, "the projector ran: the test shows nothing"
+
+    async def test_the_fast_path_answers_as_the_route_does(
+        self, api: httpx.AsyncClient, api_url: str, stack: Settings
+    ) -> None:
+        """A plain balance read (answered before the route stack) and the same read through
+        the route give the same bytes; refusals are the route's own."""
+        await api.post("/wallet/topup", json=_body(userId="eve", amount=3))
+        plain = await api.get("/wallet/eve/balance")
+        routed = await api.get("/wallet/eve/balance", params={"consistent": "false"})
+        assert (plain.status_code, plain.content) == (routed.status_code, routed.content)
+        assert plain.headers["content-type"] == routed.headers["content-type"]
+        assert plain.json() == {"userId": "eve", "balances": {"GOLD": 3}}
+        head = await api.head("/wallet/eve/balance")
+        assert head.status_code == 200 and head.content == b""
+        writer = _bearer(await new_key(stack, "writes-only", ["commands:write"]))
+        async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+            assert (await http.get("/wallet/eve/balance", headers=writer)).status_code == 403
+            assert (await http.get("/wallet/eve/balance")).status_code == 401
+            wrong = {"Authorization": "Basic abc"}
+            assert (await http.get("/wallet/eve/balance", headers=wrong)).status_code == 401
+        assert (await api.get("/wallet/-eve/balance")).status_code == 422

@@ -16,6 +16,7 @@ from tests.integration.helpers import (
     audit,
     client_for,
     command,
+    eventually,
     fetch,
     running_processor,
     running_projector,
@@ -135,11 +136,10 @@ async def _execute(settings: Settings, sql: str) -> None:
 
 
 async def _wait_for(settings: Settings, sql: str, *args: object) -> None:
-    for _ in range(300):
-        if (await fetch(settings, sql, *args))[0]["ok"]:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never true: {sql}")
+    async def holds() -> bool:
+        return bool((await fetch(settings, sql, *args))[0]["ok"])
+
+    await eventually(holds, 30, sql)
 
 
 class TestReplay:
