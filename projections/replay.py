@@ -45,13 +45,8 @@ async def pending_entries(conn: Conn, from_scratch: bool) -> int:
 
 async def rebuild(conn: Conn, from_scratch: bool, progress: Progress) -> int:
     """Rebuild the projection into the shadow tables, then swap it in; return entries applied."""
-    if from_scratch:
-        async with conn.transaction():
-            await conn.execute("TRUNCATE balances_replay, system_totals_replay")
-            await conn.execute(
-                "DELETE FROM projection_checkpoints WHERE projection = $1", REPLAY.checkpoint
-            )
-    applied = await _catch_up(conn, progress)
+    applied = await _rebuild_in_one_pass(conn, progress) if from_scratch else 0
+    applied += await _catch_up(conn, progress)
     async with conn.transaction():
         # Pauses the live projector: its checkpoint update needs this table.
         await conn.execute("LOCK TABLE projection_checkpoints IN SHARE ROW EXCLUSIVE MODE")
@@ -72,6 +67,46 @@ async def rebuild(conn: Conn, from_scratch: bool, progress: Progress) -> int:
             REPLAY.checkpoint,
         )
     return applied
+
+
+async def _rebuild_in_one_pass(conn: Conn, progress: Progress) -> int:
+    """The shadow tables rebuilt from every entry in one snapshot of the ledger, with set-based
+    statements instead of the projector's chunks (several times faster: no upsert meets an
+    existing row, and each table is written once). The checkpoints are each partition's last
+    entry in the snapshot: within a partition entry ids only grow and none becomes visible
+    late (one writer commits a partition's batches in order), so every entry up to it is in
+    the snapshot, and the chunked catch-up that follows takes what committed after it."""
+    async with conn.transaction(isolation="repeatable_read"):
+        await conn.execute("TRUNCATE balances_replay, system_totals_replay")
+        await conn.execute(
+            "DELETE FROM projection_checkpoints WHERE projection = $1", REPLAY.checkpoint
+        )
+        positions = await conn.fetch(
+            "SELECT partition, max(entry_id) AS position, count(*) AS entries"
+            " FROM ledger_entries GROUP BY partition"
+        )
+        await conn.execute(_ONE_PASS_SQL.format(balances=REPLAY.balances, totals=REPLAY.totals))
+        await conn.executemany(
+            "INSERT INTO projection_checkpoints (projection, partition, position)"
+            " VALUES ($1, $2, $3)",
+            [(REPLAY.checkpoint, r["partition"], r["position"]) for r in positions],
+        )
+    applied = sum(int(r["entries"]) for r in positions)
+    progress(applied)
+    return applied
+
+
+# What the projector's chunks add up to (storage.projection_store._APPLY_SQL), in one pass.
+_ONE_PASS_SQL = """
+WITH latest AS (
+    INSERT INTO {balances} (user_id, asset, balance, version, updated_at)
+    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at
+      FROM ledger_entries WHERE account_kind = 'user'
+     ORDER BY user_id, asset, version DESC)
+INSERT INTO {totals} (asset, account_kind, total)
+SELECT asset, account_kind, sum(amount) FROM ledger_entries
+ WHERE account_kind <> 'user' GROUP BY asset, account_kind
+"""
 
 
 async def _catch_up(conn: Conn, progress: Progress) -> int:
