@@ -47,6 +47,16 @@ COMMIT_SECONDS = Histogram(
     "One step's transaction: lookups, planning and the commit of its partitions' batches",
     buckets=_LATENCY_BUCKETS_S,
 )
+STAGE_SECONDS = Histogram(
+    "wallet_step_stage_seconds",
+    "Time in each stage of the write path: admit (decode and route a step's records), lookup "
+    "(idempotency records and balances), plan, write (the batch transaction and its commit), "
+    "publish (one relay round: send, acknowledgements, watermark)",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, *_LATENCY_BUCKETS_S),
+)
+STAGES = ("admit", "lookup", "plan", "write", "publish")
+STAGE = {name: STAGE_SECONDS.labels(name) for name in STAGES}
 LATENCY_SECONDS = Histogram(
     "wallet_command_latency_seconds",
     "From a command's sent_at (the producer's clock) to the commit of its batch",

@@ -59,9 +59,10 @@ class Committer:
             group = [decided]
         try:
             plans = await self._plans(group)
-            await self._store.commit_batches(
-                [(b.position, p) for b, p in zip(group, plans, strict=True)]
-            )
+            with metrics.STAGE["write"].time():
+                await self._store.commit_batches(
+                    [(b.position, p) for b, p in zip(group, plans, strict=True)]
+                )
         except FencedError as exc:  # StaleOffsetError included: its partition is resynced
             self._refused(group, exc)
             return
@@ -81,11 +82,13 @@ class Committer:
                                                  b.worker.epoch, messages))  # fmt: skip
 
     async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
-        (known, loaded), assets = await asyncio.gather(
-            self._lookups(group),
-            self._partitions.assets.cover({a for b in group for a in b.assets}),
-        )
-        return [b.worker.plan(b, known, loaded, assets) for b in group]
+        with metrics.STAGE["lookup"].time():
+            (known, loaded), assets = await asyncio.gather(
+                self._lookups(group),
+                self._partitions.assets.cover({a for b in group for a in b.assets}),
+            )
+        with metrics.STAGE["plan"].time():
+            return [b.worker.plan(b, known, loaded, assets) for b in group]
 
     async def _lookups(
         self, group: list[Admitted]

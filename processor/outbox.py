@@ -133,7 +133,8 @@ class OutboxPublisher:
         backoff_s = 0.05
         while True:
             try:
-                await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
+                with metrics.STAGE["publish"].time():
+                    await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
                 return
             except (KafkaError, TimeoutError, *RETRIABLE_DB_ERRORS) as exc:
                 # A database error too: marking what was published failed, so it is published

@@ -11,6 +11,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
+from foundation import metrics
 from foundation.settings import Settings
 from processor.committer import Committer
 from processor.health import RESYNC_BACKOFF_START_S, Health
@@ -108,7 +109,9 @@ class Steps:
                     # position past them, so it must be moved back. A seek made after the
                     # fetch returned has already set the position where it belongs.
                     partitions.refetch(tp)
-        await self.committer.commit_all(await partitions.admit(fresh, positions))
+        with metrics.STAGE["admit"].time():
+            admitted = await partitions.admit(fresh, positions)
+        await self.committer.commit_all(admitted)
         await self.lag.observe()
 
     async def _fetch(self, records_max: int) -> tuple[Fetched, dict[TopicPartition, int]] | None:

@@ -67,7 +67,8 @@ def _role(settings: Settings, role: str, port: int, env: dict[str, str]) -> Iter
 class TestProcessorMetrics:
     async def test_a_known_mix_of_commands_is_counted(self, stack: Settings) -> None:
         """Accepted, rejected, duplicate and dead-lettered records are counted by type and
-        outcome; batch sizes, commit times and latencies cover every command; the lag of every
+        outcome; batch sizes, commit times, latencies and each write-path stage cover every
+        command; the lag of every
         owned partition is 0 afterwards and nothing is left to publish."""
         port = free_port()
         with _role(stack, "processor", port, {}):
@@ -91,6 +92,8 @@ class TestProcessorMetrics:
         assert _value(samples, "wallet_batch_size_records_sum") == 8
         assert _value(samples, "wallet_command_latency_seconds_count") == 7  # commands only
         assert _value(samples, "wallet_batch_commit_seconds_count") >= 1
+        for stage in ("admit", "lookup", "plan", "write", "publish"):
+            assert _value(samples, "wallet_step_stage_seconds_count", stage=stage) >= 1, stage
         assert _value(samples, "wallet_partitions_owned") == stack.partitions
         lags = [_value(samples, "wallet_consumer_lag_records", partition=str(p))
                 for p in range(stack.partitions)]  # fmt: skip
