@@ -68,8 +68,8 @@ class TestProcessorMetrics:
     async def test_a_known_mix_of_commands_is_counted(self, stack: Settings) -> None:
         """Accepted, rejected, duplicate and dead-lettered records are counted by type and
         outcome; batch sizes, commit times, latencies and each write-path stage cover every
-        command; the lag of every
-        owned partition is 0 afterwards and nothing is left to publish."""
+        command; the lag of every owned partition is 0 afterwards and nothing is left to
+        publish."""
         port = free_port()
         with _role(stack, "processor", port, {}):
             await _healthy(port)
