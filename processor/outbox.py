@@ -29,14 +29,13 @@ from foundation import metrics
 from foundation.settings import Settings
 from ledger.wire import dead_letter_bytes
 from messaging.kafka import RecordBatches
+from processor.watermarks import Watermarks
 from schemas.dead_letters import DecodeErrorCode
-from storage.db import RETRIABLE_DB_ERRORS
 from storage.event_store import EventStore, OutboxMessage, PublishedMark
 
 log = structlog.get_logger("wallet.outbox")
 BACKLOG_PAGE_MAX = 5_000
 JOBS_PER_ROUND_MAX = 256
-PRUNE_ROWS_MAX = 20_000  # per partition and pass: a pass stays short however far behind
 REFUSED_TOPIC_RECHECK_S = 60.0  # a reply topic that refused the wallet is tried again after
 # Send errors about one destination topic, not the broker: replies to it are dead-lettered.
 _TOPIC_REFUSALS = (TopicAuthorizationFailedError, InvalidTopicError, PolicyViolationError)
@@ -86,10 +85,7 @@ class OutboxPublisher:
         self._listed_at_s = float("-inf")  # monotonic time of that listing
         self._refused: dict[str, tuple[float, str]] = {}  # topic -> (until, why)
         self._partition_counts: dict[str, int] = {}
-        self._keep_rows = settings.outbox_keep_rows
-        self._prune_interval_s = settings.outbox_prune_interval_ms / 1000
-        self._prune_due_s = 0.0
-        self._prune_marks: dict[tuple[str, int], PublishedMark] = {}
+        self._watermarks = Watermarks(store, settings)
 
     async def submit(self, job: PublishJob) -> None:
         if job.messages:
@@ -97,8 +93,10 @@ class OutboxPublisher:
             metrics.OUTBOX_BACKLOG.inc(len(job.messages))
 
     async def drain(self) -> None:
-        """Wait until every submitted job is published (or its partition was lost)."""
+        """Wait until every submitted job is published (or its partition was lost) and its
+        watermark stored."""
         await self._queue.join()
+        await self._watermarks.flush()
 
     async def submit_backlog(
         self, topic: str, partition: int, epoch: int, after: tuple[int, int]
@@ -136,9 +134,7 @@ class OutboxPublisher:
                 with metrics.STAGE["publish"].time():
                     await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
                 return
-            except (KafkaError, TimeoutError, *RETRIABLE_DB_ERRORS) as exc:
-                # A database error too: marking what was published failed, so it is published
-                # again on the retry (replies and events are at-least-once; readers dedupe).
+            except (KafkaError, TimeoutError) as exc:
                 # A whole round is sent again, so a send that timed out after all went out
                 # goes out twice: WALLET_KAFKA_TIMEOUT_MS should outlast a leader failover.
                 log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
@@ -169,8 +165,7 @@ class OutboxPublisher:
                 job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
             )
         await self._delivered(await batches.send_by_topic())
-        await self._store.mark_published(list(marks.values()))
-        await self._prune(marks)
+        self._watermarks.published(marks)
 
     def _forget_topics(self) -> None:
         """After a failed round: a topic may be gone or changed, so list and count again."""
@@ -195,18 +190,6 @@ class OutboxPublisher:
                           reply_topic=topic, error=type(exc).__name__)  # fmt: skip
                 self._refused[topic] = (until_s, f"refused the wallet: {type(exc).__name__}")
         raise failed[0][1]
-
-    async def _prune(self, marks: dict[tuple[str, int], PublishedMark]) -> None:
-        """Keep the outbox bounded: now and then, delete what is long published."""
-        self._prune_marks.update(marks)
-        now_s = time.monotonic()
-        if now_s < self._prune_due_s:
-            return
-        self._prune_due_s = now_s + self._prune_interval_s
-        pending, self._prune_marks = list(self._prune_marks.values()), {}
-        deleted = await self._store.prune_outbox(pending, self._keep_rows, PRUNE_ROWS_MAX)
-        if deleted:
-            log.debug("outbox pruned", rows=deleted)
 
     async def _undeliverable(self, topic: str, queued_s: float) -> str | None:
         """Why a reply cannot go to `topic` (it does not exist, or refused the wallet), or None.

@@ -119,6 +119,10 @@ class FlakyStore(MemoryEventStore):
         self._check_up()
         await super().commit_batches(batches)
 
+    async def mark_published(self, marks):  # type: ignore[no-untyped-def]
+        self._check_up()
+        await super().mark_published(marks)
+
 
 def user_on(partition: int) -> str:
     """A user id the producers' partitioner sends to `partition`."""
