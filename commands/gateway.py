@@ -79,7 +79,15 @@ class WriteResponse(BaseModel):
 
 
 async def _write(kind: CommandType, body: WriteRequest, request: Request) -> JSONResponse:
-    client: WalletClient = request.app.state.client
+    state = request.app.state
+    status, content = await write(kind, body, state.client, state.reply_timeout_s)
+    return JSONResponse(content, status_code=status)
+
+
+async def write(
+    kind: CommandType, body: WriteRequest, client: WalletClient, timeout_s: float
+) -> tuple[int, dict[str, Any]]:
+    """Publish the command and await its reply: the response's status code and content."""
     command = Command(
         command_id=uuid.uuid4(),
         idempotency_key=body.idempotencyKey,
@@ -98,13 +106,11 @@ async def _write(kind: CommandType, body: WriteRequest, request: Request) -> JSO
         future = await client.publish(command)
         log.debug("command published", type=kind.value)
         try:
-            timeout_s = request.app.state.reply_timeout_s
             reply = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             log.info("reply late; answered 202", timeout_s=timeout_s)
-            late = {"status": "pending", "commandId": str(command.command_id)}
-            return JSONResponse(late, status_code=202)
-    return JSONResponse(_response(reply, body), status_code=_status_code(reply))
+            return 202, {"status": "pending", "commandId": str(command.command_id)}
+    return _status_code(reply), _response(reply, body)
 
 
 def _response(reply: dict[str, Any], body: WriteRequest) -> dict[str, Any]:

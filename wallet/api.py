@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
-import orjson
-from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,12 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import gateway
 from commands.client import WalletClient
-from foundation.errors import WalletError
 from foundation.settings import Settings
 from projections import http
 from projections.events_follower import EventsFollower
 from storage.db import create_pool
 from wallet.apikeys import KeyVerifier
+from wallet.fast_paths import UNAVAILABLE, FastPaths, unavailable
 from wallet.httpserver import listening_socket, run_server
 from wallet.metrics_server import RequestMetrics, exposition
 
@@ -90,57 +86,6 @@ class HeadAsGet:
         await self._app({**scope, "method": "GET"}, receive, headers_only)
 
 
-class CachedBalances:
-    """`GET /wallet/{userId}/balance` answered from the balance cache before the route stack:
-    FastAPI's dependencies, validation and encoding cost several times the answer itself.
-    Only a plain request is answered here (no query string, a valid user id, a key with the
-    wallets:read scope, a cache that vouches for its balances); anything else goes on to the
-    route, which answers it as ever, refusals included, from the same cache or a query."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
-            found = _BALANCE_PATH.fullmatch(scope["path"])
-            if found is not None and len(found[1]) <= http.USER_ID_CHARS_MAX:
-                body = await _cached_balances(scope, found[1])
-                if body is not None:
-                    await send({"type": "http.response.start", "status": 200, "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ]})  # fmt: skip
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self._app(scope, receive, send)
-
-
-# Failures of a service the API depends on: 503, never 500.
-_UNAVAILABLE = (
-    WalletError, KafkaError, OSError, TimeoutError, asyncpg.InterfaceError,
-    asyncpg.InternalClientError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-)  # fmt: skip
-_BALANCE_PATH = re.compile(f"/wallet/({http.USER_ID_PATTERN})/balance")
-
-
-async def _cached_balances(scope: Scope, user_id: str) -> bytes | None:
-    """The route's answer from the cache, or None to leave the request to the route."""
-    state = scope["app"].state
-    if state.follower is None:
-        return None
-    scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").decode().partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    try:
-        scopes = await state.keys.scopes(token)
-        if scopes is None or "wallets:read" not in scopes:
-            return None
-        found = await state.follower.balances(state.pool, user_id)
-    except _UNAVAILABLE:
-        return None  # the route meets the failure again and answers it (503)
-    return None if found is None else orjson.dumps({"userId": user_id, "balances": found})
-
-
 class _TooLarge(Exception):
     pass
 
@@ -181,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.ops, dependencies=[require_scope("ops")])
     app.include_router(http.probes)
     app.add_api_route("/metrics", exposition, include_in_schema=False)
-    app.add_middleware(CachedBalances)
+    app.add_middleware(FastPaths)
     app.add_middleware(BodyLimit, bytes_max=settings.api_body_bytes_max)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics)  # outermost: it sees the 413 and 415 answers too
@@ -193,11 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": detail}, 422)
 
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"service unavailable: {type(exc).__name__}"}, 503)
+    async def refuse_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(unavailable(exc), 503)
 
-    for kind in _UNAVAILABLE:
-        app.add_exception_handler(kind, unavailable)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, refuse_unavailable)
 
     return app
 

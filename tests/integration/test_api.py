@@ -373,3 +373,21 @@ class TestBalanceCache:
             wrong = {"Authorization": "Basic abc"}
             assert (await http.get("/wallet/eve/balance", headers=wrong)).status_code == 401
         assert (await api.get("/wallet/-eve/balance")).status_code == 422
+
+
+class TestWriteFastPath:
+    async def test_a_plain_write_answers_as_the_route_does(self, api: httpx.AsyncClient) -> None:
+        """A write answered before the route stack and the same write through the route (a
+        query string sends it there) give the same status and bytes."""
+        body = _body(userId="fay", amount=4, idempotencyKey="fast-1")
+        assert (await api.post("/wallet/topup", json=body)).status_code == 201
+        routed = await api.post("/wallet/topup", params={"via": "route"}, json=body)
+        fast = await api.post("/wallet/topup", json=body)
+        assert fast.status_code == 200 and fast.json()["duplicate"] is True
+        assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        overdraft = _body(userId="fay", amount=99)
+        routed = await api.post("/wallet/spend", params={"via": "route"}, json=overdraft)
+        fast = await api.post("/wallet/spend", json=overdraft | {"idempotencyKey": "fast-2"})
+        assert (fast.status_code, routed.status_code) == (402, 402)
+        assert fast.json() | {"transactionId": None} == routed.json() | {"transactionId": None}
