@@ -33,7 +33,9 @@ from schemas.events import AccountKind
 from schemas.replies import ErrorCode
 
 # Transaction ids are derived from (user, idempotency key): a retried batch plans the same ids.
-_TRANSACTION_NAMESPACE = uuid.UUID("7d0f7a52-6f0e-4c1e-9a63-5b8e1f3c2d10")
+# A keyed 128-bit BLAKE2b with the version 8 (custom) and RFC 4122 variant bits set: as unique
+# as a name-based uuid5 (122 free bits each) at about two thirds of its cost per command.
+_TRANSACTION_ID_KEY = b"dino-wallet/transaction-id/1"
 
 _USER_ACCOUNT = AccountKind.USER.value
 _SPEND = CommandType.SPEND.value
@@ -181,7 +183,13 @@ def decoded_intakes(commands: Sequence[Command], first_offset: int) -> list[Inta
 
 
 def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
-    return uuid.uuid5(_TRANSACTION_NAMESPACE, f"{user_id}\x00{idempotency_key}")
+    """The id of the transaction a command creates. Only ever derived when the command is
+    first decided (a repeat gets the stored id), so the derivation may change between versions."""
+    name = f"{user_id}\x00{idempotency_key}".encode()
+    digest = bytearray(hashlib.blake2b(name, digest_size=16, key=_TRANSACTION_ID_KEY).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
+    digest[8] = (digest[8] & 0x3F) | 0x80  # variant: RFC 4122
+    return uuid.UUID(bytes=bytes(digest))
 
 
 def plan_batch(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.plan import BatchContext, Intake, payload_hash, plan_batch
+from ledger.plan import BatchContext, Intake, payload_hash, plan_batch, transaction_id_for
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
 from schemas.commands import Command
@@ -55,6 +56,18 @@ class TestPlan:
         assert [orjson.loads(r.reply_value or b"")["status"] for r in plan.outbox_rows] == [
             "accepted", "accepted", "rejected"]  # fmt: skip
         assert sum(row.amount for row in plan.entry_rows) == 0
+
+
+class TestTransactionIds:
+    def test_one_id_per_user_and_key_in_uuid_form(self) -> None:
+        """A (user, key) always derives the same id, any other pair another one; each id is an
+        RFC 4122 UUID of version 8."""
+        first = transaction_id_for("ana", "k1")
+        assert transaction_id_for("ana", "k1") == first
+        pairs = [("ana", "k2"), ("bob", "k1"), ("an", "ak1")]
+        others = {transaction_id_for(user, key) for user, key in pairs}
+        assert first not in others and len(others) == 3
+        assert (first.version, first.variant) == (8, uuid.RFC_4122)
 
 
 class TestOutcomes:
