@@ -54,6 +54,16 @@ def partition_for(user_id: str, partitions: int) -> int:
     return key_hash(user_id.encode("utf-8")) % partitions
 
 
+@dataclass(frozen=True, slots=True)
+class SentBatch:
+    """One record batch handed to the producer: its delivery future, and the tags given with
+    its records (so that a failed batch's records alone can be sent again)."""
+
+    topic: str
+    future: asyncio.Future[Any]
+    tags: list[Any]
+
+
 class RecordBatches:
     """Records grouped per topic partition into record batches, sent a batch at a time.
 
@@ -67,36 +77,39 @@ class RecordBatches:
     def __init__(self, producer: AIOKafkaProducer, partition_counts: dict[str, int]) -> None:
         self._producer = producer
         self._partition_counts = partition_counts  # shared cache: topic -> partition count
-        self._open: dict[tuple[str, int], BatchBuilder] = {}
-        self._futures: list[tuple[str, asyncio.Future[Any]]] = []
+        self._open: dict[tuple[str, int], tuple[BatchBuilder, list[Any]]] = {}
+        self._sent: list[SentBatch] = []
 
-    async def add(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def add(self, topic: str, key: bytes | None, value: bytes, tag: Any = None) -> None:
+        """Append a record; `tag` comes back with its batch (see SentBatch)."""
         partition = await self._partition(topic, key)
-        builder = self._open.get((topic, partition))
-        if builder is None:
-            builder = self._open[(topic, partition)] = self._producer.create_batch()
-        if builder.append(timestamp=None, key=key, value=value) is not None:
-            return
-        await self._send(topic, partition, builder)  # full: send it, start the next one
-        builder = self._open[(topic, partition)] = self._producer.create_batch()
-        appended = builder.append(timestamp=None, key=key, value=value)
-        assert appended is not None, "an empty batch takes any one record"
+        builder, tags = self._open.get((topic, partition)) or self._start(topic, partition)
+        if builder.append(timestamp=None, key=key, value=value) is None:
+            await self._send(topic, partition)  # full: send it, start the next one
+            builder, tags = self._start(topic, partition)
+            appended = builder.append(timestamp=None, key=key, value=value)
+            assert appended is not None, "an empty batch takes any one record"
+        tags.append(tag)
 
     async def send(self) -> list[asyncio.Future[Any]]:
         """Send every open batch; return one delivery future per batch sent since creation."""
-        return [future for _, future in await self.send_by_topic()]
+        return [batch.future for batch in await self.send_tagged()]
 
-    async def send_by_topic(self) -> list[tuple[str, asyncio.Future[Any]]]:
-        """send(), with the topic of each batch's delivery future."""
-        for (topic, partition), builder in self._open.items():
-            await self._send(topic, partition, builder)
-        self._open.clear()
-        futures, self._futures = self._futures, []
-        return futures
+    async def send_tagged(self) -> list[SentBatch]:
+        """send(), with each batch's topic and the tags of its records."""
+        for topic, partition in list(self._open):
+            await self._send(topic, partition)
+        sent, self._sent = self._sent, []
+        return sent
 
-    async def _send(self, topic: str, partition: int, builder: BatchBuilder) -> None:
+    def _start(self, topic: str, partition: int) -> tuple[BatchBuilder, list[Any]]:
+        opened = self._open[(topic, partition)] = (self._producer.create_batch(), [])
+        return opened
+
+    async def _send(self, topic: str, partition: int) -> None:
+        builder, tags = self._open.pop((topic, partition))
         future = await self._producer.send_batch(builder, topic, partition=partition)
-        self._futures.append((topic, future))
+        self._sent.append(SentBatch(topic, future, tags))
 
     async def _partition(self, topic: str, key: bytes | None) -> int:
         partitions = self._partition_counts.get(topic)

@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Literal, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -28,7 +28,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from foundation import metrics
 from foundation.settings import Settings
 from ledger.wire import dead_letter_bytes
-from messaging.kafka import RecordBatches
+from messaging.kafka import RecordBatches, SentBatch
 from processor.watermarks import Watermarks
 from schemas.dead_letters import DecodeErrorCode
 from storage.event_store import EventStore, OutboxMessage, PublishedMark
@@ -126,46 +126,56 @@ class OutboxPublisher:
                     self._queue.task_done()
 
     async def _publish_until_done(self, jobs: list[PublishJob]) -> None:
-        # Deliberately no retry cap: a reply must never be dropped. Each attempt is bounded in
-        # time, the queue is bounded, so a long broker outage stops intake instead of losing data.
+        """Publish every record of the jobs, then hand their marks over.
+
+        Deliberately no retry cap: a reply must never be dropped. Each attempt is bounded in
+        time, the queue is bounded, so a long broker outage stops intake instead of losing
+        data. Why only the failed batches are sent again: a round's batches go to many
+        partitions, and a broker restart or leader move fails some while others land; sending
+        the whole round again answered the landed ones twice. Only a round that timed out
+        as a whole (its acknowledgements unknown) is sent again whole. A record sent again goes
+        after what its partition took meanwhile: readers match replies by command id and
+        apply events by account version, so order across a retry does not matter to them.
+        """
+        parts = [_Part(job, m, kind) for job in jobs for m in job.messages for kind in _kinds(m)]
         backoff_s = 0.05
-        while True:
+        while parts:
             try:
                 with metrics.STAGE["publish"].time():
-                    await asyncio.wait_for(self._publish(jobs), self._timeout_s * 2)
-                return
+                    failed = await asyncio.wait_for(self._publish(parts), self._timeout_s * 2)
             except (KafkaError, TimeoutError) as exc:
-                # A whole round is sent again, so a send that timed out after all went out
-                # goes out twice: WALLET_KAFKA_TIMEOUT_MS should outlast a leader failover.
-                log.warning("publish failed; retrying", jobs=len(jobs), error=repr(exc))
+                failed, error = parts, exc
+            else:
+                error = None if not failed else failed[0].error
+            if failed:
+                log.warning("publish failed; retrying", records=len(failed), error=repr(error))
                 self._forget_topics()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
+            parts = failed
+        self._watermarks.published(_marks(jobs))
 
-    async def _publish(self, jobs: list[PublishJob]) -> None:
+    async def _publish(self, parts: list[_Part]) -> list[_Part]:
+        """Send the parts in record batches; return those of the batches that failed."""
         batches = RecordBatches(self._producer, self._partition_counts)
-        marks: dict[tuple[str, int], PublishedMark] = {}
-        for job in jobs:
-            for m in job.messages:
-                if m.reply_value is not None and m.reply_topic:
-                    why = await self._undeliverable(m.reply_topic, job.queued_s)
-                    if why is None:
-                        await batches.add(m.reply_topic, m.key, m.reply_value)
-                    else:
-                        letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
-                        await batches.add(self._dlq_topic, m.key, letter)
-                        metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
-                if m.event_value is not None:
-                    await batches.add(self._events_topic, m.key, m.event_value)
-                if m.dlq_value is not None:
-                    await batches.add(self._dlq_topic, m.key, m.dlq_value)
-            last = job.messages[-1]
-            # Jobs of one partition are queued in order, so the last one's mark is the highest.
-            marks[(job.topic, job.partition)] = PublishedMark(
-                job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
-            )
-        await self._delivered(await batches.send_by_topic())
-        self._watermarks.published(marks)
+        for part in parts:
+            job, m = part.job, part.message
+            if part.kind == "event":
+                assert m.event_value is not None
+                await batches.add(self._events_topic, m.key, m.event_value, part)
+            elif part.kind == "dlq":
+                assert m.dlq_value is not None
+                await batches.add(self._dlq_topic, m.key, m.dlq_value, part)
+            else:
+                assert m.reply_value is not None and m.reply_topic
+                why = await self._undeliverable(m.reply_topic, job.queued_s)
+                if why is None:
+                    await batches.add(m.reply_topic, m.key, m.reply_value, part)
+                else:
+                    letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
+                    await batches.add(self._dlq_topic, m.key, letter, part)
+                    metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
+        return await self._delivered(await batches.send_tagged())
 
     def _forget_topics(self) -> None:
         """After a failed round: a topic may be gone or changed, so list and count again."""
@@ -174,22 +184,23 @@ class OutboxPublisher:
             if topic not in self._own_topics:
                 del self._partition_counts[topic]
 
-    async def _delivered(self, sent: list[tuple[str, asyncio.Future[Any]]]) -> None:
-        """Wait for every batch; raise the first failure, after noting reply topics that
-        refused the wallet (the round's retry dead-letters what it holds for them)."""
-        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
-        failed = [(t, r) for (t, _), r in zip(sent, results, strict=True)
-                  if isinstance(r, BaseException)]  # fmt: skip
-        if not failed:
-            return
-        self._forget_topics()
+    async def _delivered(self, sent: list[SentBatch]) -> list[_Part]:
+        """Wait for every batch; return the parts of those that failed (each carrying its
+        batch's error), after noting reply topics that refused the wallet (the retry
+        dead-letters what it holds for them)."""
+        results = await asyncio.gather(*(b.future for b in sent), return_exceptions=True)
+        failed: list[_Part] = []
         until_s = time.monotonic() + REFUSED_TOPIC_RECHECK_S
-        for topic, exc in failed:
-            if isinstance(exc, _TOPIC_REFUSALS) and topic not in self._own_topics:
+        for batch, result in zip(sent, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            failed += [part.failing(result) for part in batch.tags]
+            if isinstance(result, _TOPIC_REFUSALS) and batch.topic not in self._own_topics:
                 log.error("reply topic refused the wallet; its replies are dead-lettered",
-                          reply_topic=topic, error=type(exc).__name__)  # fmt: skip
-                self._refused[topic] = (until_s, f"refused the wallet: {type(exc).__name__}")
-        raise failed[0][1]
+                          reply_topic=batch.topic, error=type(result).__name__)  # fmt: skip
+                why = f"refused the wallet: {type(result).__name__}"
+                self._refused[batch.topic] = (until_s, why)
+        return failed
 
     async def _undeliverable(self, topic: str, queued_s: float) -> str | None:
         """Why a reply cannot go to `topic` (it does not exist, or refused the wallet), or None.
@@ -225,6 +236,42 @@ class OutboxPublisher:
         )
         # Each entry starts (error_code, topic, ...) in every version of the response.
         return frozenset(t[1] for t in response.topics if t[0] != _UNKNOWN_TOPIC_CODE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One record a message makes the relay send: its reply, its event or its dead letter."""
+
+    job: PublishJob
+    message: OutboxMessage
+    kind: Literal["reply", "event", "dlq"]
+    error: BaseException | None = None  # why its last send failed
+
+    def failing(self, error: BaseException) -> _Part:
+        return _Part(self.job, self.message, self.kind, error)
+
+
+def _kinds(m: OutboxMessage) -> list[Literal["reply", "event", "dlq"]]:
+    kinds: list[Literal["reply", "event", "dlq"]] = []
+    if m.reply_value is not None and m.reply_topic:
+        kinds.append("reply")
+    if m.event_value is not None:
+        kinds.append("event")
+    if m.dlq_value is not None:
+        kinds.append("dlq")
+    return kinds
+
+
+def _marks(jobs: list[PublishJob]) -> dict[tuple[str, int], PublishedMark]:
+    """Each partition's watermark after the jobs (a partition's jobs are queued in order, so
+    its last job's mark is the highest)."""
+    marks = {}
+    for job in jobs:
+        last = job.messages[-1]
+        marks[(job.topic, job.partition)] = PublishedMark(
+            job.topic, job.partition, job.epoch, last.generation, last.source_offset + 1
+        )
+    return marks
 
 
 def _reply_letter(job: PublishJob, message: OutboxMessage, reply: bytes, why: str) -> bytes:
