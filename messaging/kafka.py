@@ -107,8 +107,15 @@ class RecordBatches:
         return opened
 
     async def _send(self, topic: str, partition: int) -> None:
+        """Hand a batch to the producer. A refusal to take it (metadata not ready, the queue
+        full past its timeout) is its delivery failing: reported by its future, with its
+        tags, like any other failure of the batch, so that its records are never lost."""
         builder, tags = self._open.pop((topic, partition))
-        future = await self._producer.send_batch(builder, topic, partition=partition)
+        try:
+            future = await self._producer.send_batch(builder, topic, partition=partition)
+        except KafkaError as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
         self._sent.append(SentBatch(topic, future, tags))
 
     async def _partition(self, topic: str, key: bytes | None) -> int:

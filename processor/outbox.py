@@ -156,30 +156,44 @@ class OutboxPublisher:
         self._watermarks.published(_marks(jobs))
 
     async def _publish(self, parts: list[_Part]) -> list[_Part]:
-        """Send the parts in record batches; return those of the batches that failed."""
+        """Send the parts in record batches; return those that failed: the parts of batches
+        that failed, and, when the broker failed us while they were being added (a topic's
+        metadata, the topic listing), that part and the ones after it (each would wait out
+        the same timeout). What was added before is sent and awaited, never sent twice."""
         batches = RecordBatches(self._producer, self._partition_counts)
-        for part in parts:
-            job, m = part.job, part.message
-            if part.kind == "event":
-                assert m.event_value is not None
-                await batches.add(self._events_topic, m.key, m.event_value, part)
-            elif part.kind == "dlq":
-                assert m.dlq_value is not None
-                await batches.add(self._dlq_topic, m.key, m.dlq_value, part)
+        unsent: list[_Part] = []
+        for index, part in enumerate(parts):
+            try:
+                await self._add(batches, part)
+            except KafkaError as exc:
+                unsent = [p.failing(exc) for p in parts[index:]]
+                break
+        return await self._delivered(await batches.send_tagged()) + unsent
+
+    async def _add(self, batches: RecordBatches, part: _Part) -> None:
+        """Append the part's record: a reply to its topic, or dead-lettered when it cannot
+        be delivered there."""
+        job, m = part.job, part.message
+        if part.kind == "event":
+            assert m.event_value is not None
+            await batches.add(self._events_topic, m.key, m.event_value, part)
+        elif part.kind == "dlq":
+            assert m.dlq_value is not None
+            await batches.add(self._dlq_topic, m.key, m.dlq_value, part)
+        else:
+            assert m.reply_value is not None and m.reply_topic
+            why = await self._undeliverable(m.reply_topic, job.queued_s)
+            if why is None:
+                await batches.add(m.reply_topic, m.key, m.reply_value, part)
             else:
-                assert m.reply_value is not None and m.reply_topic
-                why = await self._undeliverable(m.reply_topic, job.queued_s)
-                if why is None:
-                    await batches.add(m.reply_topic, m.key, m.reply_value, part)
-                else:
-                    letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
-                    await batches.add(self._dlq_topic, m.key, letter, part)
-                    metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
-        return await self._delivered(await batches.send_tagged())
+                letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
+                await batches.add(self._dlq_topic, m.key, letter, part)
+                metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
 
     def _forget_topics(self) -> None:
         """After a failed round: a topic may be gone or changed, so list and count again."""
         self._listed_at_s = float("-inf")
+        self._topics = frozenset()
         for topic in list(self._partition_counts):
             if topic not in self._own_topics:
                 del self._partition_counts[topic]

@@ -96,15 +96,17 @@ class Processor:
         finally:
             self._joined = False
             self._steps.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publisher.drain(), timeout_s)
-            relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
-            # Bounded too: a broker that does not answer must not keep the process from exiting.
-            for client in (consumer, producer):
+            try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(client.stop(), timeout_s)
-            log.info("processor stopped", owner=self.owner)
+                    await asyncio.wait_for(self._publisher.drain(), timeout_s)
+            finally:  # a failure of the relay's (a bug) still raises, after the clean-up
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+                # Bounded: a broker that does not answer must not keep the process from exiting.
+                for client in (consumer, producer):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(client.stop(), timeout_s)
+                log.info("processor stopped", owner=self.owner)
 
     async def _until_stopped(
         self, stop: asyncio.Event, relay: asyncio.Task[None], timeout_s: float

@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from foundation.errors import BrokerUnavailableError
 from foundation.settings import Settings
@@ -53,7 +53,10 @@ class EventsFollower:
         if not self._partitions:
             raise BrokerUnavailableError("the events topic has no partitions", topic=topic)
         # A fetch returns as soon as an event arrives; the wait only spaces idle fetches.
-        consumer = make_consumer(self._settings, group_id=None, fetch_max_wait_ms=IDLE_FETCH_MS)
+        # Never skip silently: an offset gone from the log (retention, a truncated log) is an
+        # error here, and the cache is emptied before following on from the end.
+        consumer = make_consumer(self._settings, group_id=None, fetch_max_wait_ms=IDLE_FETCH_MS,
+                                 auto_offset_reset="none")  # fmt: skip
         await asyncio.wait_for(consumer.start(), self._timeout_s)
         self._consumer = consumer
         consumer.assign(self._partitions)
@@ -69,16 +72,18 @@ class EventsFollower:
             await asyncio.sleep(TRUST_POLL_S)
 
     async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None  # vouches for nothing from here on
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        if consumer is not None:
+            await consumer.stop()
 
     def trusted(self) -> bool:
-        """Whether the broker answered fetches of every partition lately."""
-        if self._consumer is None:
+        """Whether the follower is following, and the broker answered its fetches of every
+        partition lately."""
+        if self._consumer is None or self._task is None or self._task.done():
             return False
         now_ms = time.time() * 1000  # the fetcher stamps each fetch response in wall time
         for tp in self._partitions:
@@ -107,12 +112,19 @@ class EventsFollower:
         return {asset: accounts[asset][0] for asset in sorted(accounts)}
 
     async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
+        while self._consumer is not None:
             try:
                 batch = await self._consumer.getmany(
                     timeout_ms=POLL_TIMEOUT_MS, max_records=EVENTS_PER_POLL_MAX
                 )
+            except OffsetOutOfRangeError:
+                log.warning("ledger events were lost to the follower; the cache starts over")
+                self.cache.clear()
+                try:
+                    await self._consumer.seek_to_end(*self._partitions)
+                except KafkaError:  # the next poll says so again, after a pause
+                    await asyncio.sleep(FAILURE_BACKOFF_S)
+                continue
             except KafkaError as exc:
                 log.warning("following the events failed; retrying", error=repr(exc))
                 await asyncio.sleep(FAILURE_BACKOFF_S)

@@ -21,6 +21,9 @@ from storage.event_store import std_uuid
 from storage.projection_store import LIVE, REPLAY, apply_next, checkpoint, known_partitions
 
 CHUNK_ENTRIES = 50_000
+# The one-pass rebuild is a few statements over the whole ledger: minutes on a large one, far
+# past the per-statement WALLET_DB_TIMEOUT_MS meant for the write path; still bounded.
+ONE_PASS_STATEMENT_TIMEOUT_S = 3_600.0
 REPUBLISH_PAGE = 5_000
 
 Progress = Callable[[int], None]
@@ -83,9 +86,13 @@ async def _rebuild_in_one_pass(conn: Conn, progress: Progress) -> int:
         )
         positions = await conn.fetch(
             "SELECT partition, max(entry_id) AS position, count(*) AS entries"
-            " FROM ledger_entries GROUP BY partition"
+            " FROM ledger_entries GROUP BY partition",
+            timeout=ONE_PASS_STATEMENT_TIMEOUT_S,
         )
-        await conn.execute(_ONE_PASS_SQL.format(balances=REPLAY.balances, totals=REPLAY.totals))
+        await conn.execute(
+            _ONE_PASS_SQL.format(balances=REPLAY.balances, totals=REPLAY.totals),
+            timeout=ONE_PASS_STATEMENT_TIMEOUT_S,
+        )
         await conn.executemany(
             "INSERT INTO projection_checkpoints (projection, partition, position)"
             " VALUES ($1, $2, $3)",

@@ -81,8 +81,9 @@ class FastPaths:
 
 async def _allowed(scope: Scope, needed: str) -> bool:
     """Whether the request's bearer key is valid and has the scope."""
-    header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-    scheme, _, token = header.partition(" ")
+    # The first Authorization header, as the routes' HTTPBearer reads it.
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    scheme, _, token = header.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
     scopes = await scope["app"].state.keys.scopes(token)

@@ -372,6 +372,10 @@ class TestBalanceCache:
             assert (await http.get("/wallet/eve/balance")).status_code == 401
             wrong = {"Authorization": "Basic abc"}
             assert (await http.get("/wallet/eve/balance", headers=wrong)).status_code == 401
+            # Two keys: the first counts, on both paths (the routes' HTTPBearer reads it).
+            valid = api.headers["Authorization"]
+            both = [("Authorization", "Bearer not-a-key"), ("Authorization", valid)]
+            assert (await http.get("/wallet/eve/balance", headers=both)).status_code == 401
         assert (await api.get("/wallet/-eve/balance")).status_code == 422
 
 

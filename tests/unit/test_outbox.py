@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -39,6 +40,7 @@ class ProducerStandIn:
     """Takes record batches; fails the first one sent to `fail_topic`, acknowledges the rest."""
 
     fail_topic: str
+    refuse: bool = False  # refuse the batch at send_batch (raise) instead of failing its future
     client: _Client = field(default_factory=lambda: _Client(["unit.replies", "unit.events"]))
     delivered: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, n
     failures: int = 0
@@ -53,6 +55,8 @@ class ProducerStandIn:
         future = asyncio.get_running_loop().create_future()
         if topic == self.fail_topic and not self.failures:
             self.failures += 1
+            if self.refuse:
+                raise KafkaTimeoutError()
             future.set_exception(KafkaTimeoutError())
         else:
             self.delivered.append((topic, partition, batch.record_count()))
@@ -66,12 +70,14 @@ def _messages(count: int) -> list[OutboxMessage]:
 
 
 class TestRetries:
-    async def test_a_failed_batch_alone_is_sent_again(self) -> None:
-        """When one batch of a round fails, its records are sent again and the batches that
-        landed are not: every reply and event is delivered exactly once."""
+    @pytest.mark.parametrize("refuse", [False, True], ids=["delivery fails", "send refused"])
+    async def test_a_failed_batch_alone_is_sent_again(self, refuse: bool) -> None:
+        """When one batch of a round fails (its delivery, or the producer refusing to take
+        it), its records are sent again and the batches that landed are not: every reply and
+        event is delivered exactly once."""
         store = FlakyStore()
         epoch = (await store.claim_partition(TOPIC, 0, "me")).epoch
-        producer = ProducerStandIn(fail_topic="unit.events")
+        producer = ProducerStandIn(fail_topic="unit.events", refuse=refuse)
         relay = OutboxPublisher(producer, store, SETTINGS)  # type: ignore[arg-type]
         await relay.submit(PublishJob(TOPIC, 0, epoch, _messages(40)))
         running = asyncio.create_task(relay.run())
