@@ -159,7 +159,7 @@ class BatchPlan:
     def stored_outbox_rows(self) -> list[OutboxRow]:
         """The outbox rows the ledger cannot rebuild: dead letters and the replies to repeated
         keys. A decided command's reply and event are built again from its idempotency record
-        (messages_of) when they must be republished, so they are not stored twice."""
+        (outbox_row_of) when they must be republished, so they are not stored twice."""
         recorded = {row.source_offset for row in self.processed_rows}
         return [row for row in self.outbox_rows if row.source_offset not in recorded]
 

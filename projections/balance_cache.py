@@ -41,7 +41,7 @@ class BalanceCache:
         if accounts is None:
             return None
         self._users.move_to_end(user_id)
-        return {asset: accounts[asset][0] for asset in sorted(accounts)}
+        return balances_of(accounts)
 
     def wants(self, user_id: str) -> bool:
         """Whether an event of this user changes anything here (others are not decoded)."""
@@ -87,6 +87,11 @@ class BalanceCache:
     def clear(self) -> None:
         """Forget every user (reads in flight still finish, into an empty cache)."""
         self._users.clear()
+
+
+def balances_of(accounts: Accounts) -> dict[str, int]:
+    """Each asset's balance, in asset order: what a balance read answers."""
+    return {asset: accounts[asset][0] for asset in sorted(accounts)}
 
 
 def _advance(accounts: Accounts, asset: str, state: tuple[int, int]) -> None:

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from foundation.errors import BrokerUnavailableError
 from foundation.settings import Settings
 from messaging.kafka import make_consumer, topic_partitions
-from projections.balance_cache import Accounts, BalanceCache
+from projections.balance_cache import Accounts, BalanceCache, balances_of
 from projections.queries import ledger_accounts
 
 log = structlog.get_logger("wallet.balance_cache")
@@ -109,7 +109,7 @@ class EventsFollower:
         finally:
             # The consumer may have stopped while the read ran: keep nothing then.
             self.cache.loaded(user_id, held, accounts if self.trusted() else None)
-        return {asset: accounts[asset][0] for asset in sorted(accounts)}
+        return balances_of(accounts)
 
     async def _follow(self) -> None:
         while self._consumer is not None:

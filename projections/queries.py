@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from projections.balance_cache import balances_of
 from storage.db import Conn
 from storage.projection_store import LIVE, projected_balances
 
@@ -17,8 +18,7 @@ async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, int]
     """Every asset's balance; `consistent` reads the ledger instead of the projection."""
     if not consistent:
         return await projected_balances(conn, LIVE, user_id)
-    accounts = await ledger_accounts(conn, user_id)
-    return {asset: accounts[asset][0] for asset in sorted(accounts)}
+    return balances_of(await ledger_accounts(conn, user_id))
 
 
 async def ledger_accounts(conn: Conn, user_id: str) -> dict[str, tuple[int, int]]:
