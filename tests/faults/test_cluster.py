@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from foundation.settings import Settings
 from messaging.kafka import ensure_topics
-from tests.faults.load import account, replies_per_command, under_load, workload
+from tests.faults.load import account, assert_answered_once, owner_epochs, under_load, workload
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.embedded_kafka import KafkaCluster
@@ -70,7 +70,8 @@ class TestLeaderKilled:
         self, cluster: tuple[KafkaCluster, Settings]
     ) -> None:
         """The node leading most commands partitions dies under load: nothing is lost or
-        doubled, nothing is re-sent, every command is answered exactly once."""
+        doubled, nothing is re-sent, every command is answered once (twice at most, the same
+        reply, if its partition changed owners meanwhile)."""
         nodes, settings = cluster
         work = workload(6_000, 200, seed=11, reply_to=settings.replies_topic)
         procs = [WalletProcess(settings), WalletProcess(settings)]
@@ -78,14 +79,18 @@ class TestLeaderKilled:
                               send_timeout_s=90) as load:  # fmt: skip
             leader_id, led = (await _leaders(settings)).most_common(1)[0]
             victim = next(n for n in nodes.nodes if n.node_id == leader_id)
+            epochs = await owner_epochs(settings)
             nodes.stop_node(victim, signal.SIGKILL)
             replies = await load.settle(timeout_s=240)  # never re-sends
             assert all(p.alive() for p in procs)
             assert leader_id not in await _leaders(settings), "no new leaders elected"
         resets = await fetch(settings, "SELECT * FROM partition_resets")
         assert not resets, [dict(r) for r in resets]
-        counts = await replies_per_command(settings)
-        assert {str(c.command_id) for c in work.commands} == set(counts)
-        assert max(counts.values()) == 1, counts.most_common(3)
+        repeats = await assert_answered_once(settings, work, epochs)
         audit = await account(settings, work, load, replies)
-        print(audit.line(f"leader of {led} of 4 commands partitions killed (3 nodes, min ISR 2)"))
+        print(
+            audit.line(
+                f"leader of {led} of 4 commands partitions killed (3 nodes, min ISR 2,"
+                f" {repeats} repeated)"
+            )
+        )
