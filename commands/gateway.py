@@ -67,6 +67,11 @@ class WriteError(BaseModel):
     message: str
 
 
+class WriteConsumed(BaseModel):
+    paid: int
+    free: int
+
+
 class WriteResponse(BaseModel):
     status: str
     duplicate: bool
@@ -75,6 +80,9 @@ class WriteResponse(BaseModel):
     assetId: str
     amount: int
     balance: int | None
+    paid: int | None  # the paid part of balance; the rest is free
+    free: int | None
+    consumed: WriteConsumed | None  # an accepted spend: what it took
     error: WriteError | None
 
 
@@ -122,6 +130,9 @@ def _response(reply: dict[str, Any], body: WriteRequest) -> dict[str, Any]:
         "assetId": body.assetId,
         "amount": body.amount,
         "balance": reply["balance"],
+        "paid": reply["paid"],
+        "free": reply["free"],
+        "consumed": reply["consumed"],
         "error": reply["error"],
     }
 

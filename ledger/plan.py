@@ -23,6 +23,7 @@ from ledger.decide import (
     EMPTY_ACCOUNT,
     Accepted,
     AccountState,
+    Assets,
     Rejected,
     decide,
 )
@@ -68,6 +69,8 @@ class StoredResult(NamedTuple):
     type: str
     asset: str
     amount: int
+    paid_after: int | None  # None on records written before lots existed
+    consumed_paid: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +105,29 @@ class ProcessedRow(NamedTuple):
     generation: int
     reply_topic: str
     version: int | None  # the account's version after an accepted command
+    paid_after: int | None  # the paid part of balance_after
+    consumed_paid: int | None  # an accepted spend: the paid part of its amount
+    lots_taken: str | None  # an accepted spend: JSON [[lot id, amount], ...], in order taken
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
         return StoredResult(
             self.payload_hash, self.status, self.error_code, self.error_message,
             self.transaction_id, self.balance_after, self.type, self.asset, self.amount,
+            self.paid_after, self.consumed_paid,
         )  # fmt: skip
+
+
+class LotRow(NamedTuple):
+    """An open lot as a batch leaves it (remaining 0: the lot is closed, its row deleted)."""
+
+    user_id: str
+    asset: str
+    lot_id: uuid.UUID
+    partition: int
+    paid: bool
+    remaining: int
+    seq: int
 
 
 class EntryRow(NamedTuple):
@@ -123,6 +142,7 @@ class EntryRow(NamedTuple):
     balance_after: int | None
     version: int | None
     created_at: datetime
+    paid_after: int | None  # user legs: the paid part of balance_after
 
 
 class OutboxRow(NamedTuple):
@@ -153,6 +173,7 @@ class BatchPlan:
     processed_rows: list[ProcessedRow] = field(default_factory=list)
     entry_rows: list[EntryRow] = field(default_factory=list)
     outbox_rows: list[OutboxRow] = field(default_factory=list)
+    lots: dict[tuple[str, str, uuid.UUID], LotRow] = field(default_factory=dict)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
 
@@ -197,7 +218,7 @@ def plan_batch(
     items: Sequence[Intake],
     known: Mapping[IdempotencyId, StoredResult],
     accounts: Mapping[AccountKey, AccountState],
-    assets: frozenset[str],
+    assets: Assets,
 ) -> BatchPlan:
     """Decide every record of the batch in offset order."""
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
@@ -215,8 +236,9 @@ def plan_batch(
             continue
         account_key = (command.user_id, command.asset)
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
-        decision = decide(command, account, assets)
-        result = _record(ctx, plan, item, command, account, decision)
+        tx_id = transaction_id_for(command.user_id, command.idempotency_key)
+        decision = decide(command, account, assets, tx_id)
+        result = _record(ctx, plan, item, command, account, decision, tx_id)
         seen[(command.user_id, command.idempotency_key)] = result
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
@@ -230,22 +252,24 @@ def _record(
     command: Command,
     before: AccountState,
     decision: Accepted | Rejected,
+    transaction_id: uuid.UUID,
 ) -> StoredResult:
     tx_id: uuid.UUID | None = None
-    balance: int | None = None
-    version: int | None = None
-    error_code: str | None = None
-    error_message: str | None = None
+    balance = paid = version = consumed_paid = None
+    error_code = error_message = taken = None
     kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
-        tx_id = transaction_id_for(command.user_id, command.idempotency_key)
-        balance, version = decision.account.balance, decision.account.version
-        plan.accounts[(command.user_id, command.asset)] = decision.account
+        tx_id = transaction_id
+        after = decision.account
+        balance, paid, version = after.balance, after.paid, after.version
+        consumed_paid = decision.consumed_paid
+        plan.accounts[(command.user_id, command.asset)] = after
         _entries(ctx, plan, command, tx_id, decision)
+        taken = _lots(ctx, plan, command, before, decision)
     else:
         error_code, error_message = decision.code.value, decision.message
         if decision.code is not ErrorCode.UNKNOWN_ASSET:
-            balance = before.balance
+            balance, paid = before.balance, before.paid
     row = ProcessedRow(
         command.user_id,
         command.idempotency_key,
@@ -268,6 +292,9 @@ def _record(
         ctx.generation,
         command.reply_to,
         version,
+        paid,
+        consumed_paid,
+        taken,
     )
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row))
@@ -278,32 +305,39 @@ def _record(
 def _entries(
     ctx: BatchContext, plan: BatchPlan, command: Command, tx_id: uuid.UUID, decision: Accepted
 ) -> None:
+    after = decision.account
     plan.entry_rows.append(
-        EntryRow(
-            tx_id,
-            ctx.partition,
-            command.asset,
-            _USER_ACCOUNT,
-            command.user_id,
-            decision.user_amount,
-            decision.account.balance,
-            decision.account.version,
-            ctx.processed_at,
+        EntryRow(tx_id, ctx.partition, command.asset, _USER_ACCOUNT, command.user_id,
+                 decision.user_amount, after.balance, after.version, ctx.processed_at,
+                 after.paid)
+    )  # fmt: skip
+    for kind, amount in decision.legs:
+        plan.entry_rows.append(
+            EntryRow(tx_id, ctx.partition, command.asset, kind.value, None, amount, None, None,
+                     ctx.processed_at, None)
+        )  # fmt: skip
+
+
+def _lots(
+    ctx: BatchContext, plan: BatchPlan, command: Command, before: AccountState, decision: Accepted
+) -> str | None:
+    """Note the lots the command opened or drew on, as the batch leaves them; return a
+    spend's pieces as its record keeps them."""
+    user, asset = command.user_id, command.asset
+    if not decision.pieces:  # a credit: its lot is the last one
+        lot = decision.account.lots[-1]
+        plan.lots[(user, asset, lot.lot_id)] = LotRow(
+            user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq
         )
-    )
-    plan.entry_rows.append(
-        EntryRow(
-            tx_id,
-            ctx.partition,
-            command.asset,
-            decision.system_account.value,
-            None,
-            -decision.user_amount,
-            None,
-            None,
-            ctx.processed_at,
+        return None
+    opened = {lot.lot_id: lot for lot in before.lots}
+    left = {lot.lot_id: lot.remaining for lot in decision.account.lots}
+    for piece in decision.pieces:
+        lot = opened[piece.lot_id]
+        plan.lots[(user, asset, lot.lot_id)] = LotRow(
+            user, asset, lot.lot_id, ctx.partition, lot.paid, left.get(lot.lot_id, 0), lot.seq
         )
-    )
+    return orjson.dumps([[str(p.lot_id), p.amount] for p in decision.pieces]).decode()
 
 
 def _repeat(
@@ -324,6 +358,8 @@ def _repeat(
             type=command.type.value,
             asset=command.asset,
             amount=command.amount,
+            paid_after=None,
+            consumed_paid=None,
         )
         reply = _reply_bytes(ctx, command, reused, True)
         plan.decided.append(Outcome(command.type.value, "rejected", reused.error_code or ""))
@@ -384,7 +420,7 @@ def _reply_bytes(
         user_id=command.user_id, status=result.status, duplicate=duplicate,
         transaction_id=result.transaction_id, type=result.type, asset=result.asset,
         amount=result.amount, balance=result.balance_after, error=error,
-        processed_at=ctx.processed_at,
+        processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
     )  # fmt: skip
 
 
@@ -397,7 +433,7 @@ def outbox_row_of(row: ProcessedRow) -> OutboxRow:
         command_id=row.command_id, idempotency_key=row.idempotency_key, user_id=row.user_id,
         status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
-        processed_at=row.processed_at,
+        processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
     )  # fmt: skip
     event = None
     if row.transaction_id is not None:
@@ -408,7 +444,8 @@ def outbox_row_of(row: ProcessedRow) -> OutboxRow:
             idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
             asset=row.asset, amount=row.amount, balance_after=row.balance_after,
             version=row.version, user_amount=user_amount, description=row.description,
-            occurred_at=row.processed_at,
+            occurred_at=row.processed_at, paid_after=row.paid_after,
+            consumed_paid=row.consumed_paid,
         ))  # fmt: skip
     return OutboxRow(
         row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
@@ -428,5 +465,5 @@ def _assert_balanced(plan: BatchPlan) -> None:
     for row in plan.entry_rows:
         totals[row.transaction_id] += row.amount
     assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
-    accepted = sum(1 for d in plan.decided if d.outcome == "accepted")
-    assert len(plan.entry_rows) == 2 * accepted
+    users = sum(1 for row in plan.entry_rows if row.account_kind == _USER_ACCOUNT)
+    assert users == sum(1 for d in plan.decided if d.outcome == "accepted"), "one user leg each"

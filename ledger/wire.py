@@ -10,13 +10,11 @@ from datetime import datetime
 
 import orjson
 
-from ledger.decide import SYSTEM_ACCOUNT
+from ledger.decide import system_legs
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 
 DLQ_VALUE_BYTES_MAX = 64 * 1024
-# By plain strings: looking an enum up by value (CommandType(type)) costs about 3 us.
-_SYSTEM_ACCOUNT_OF = {kind.value: account.value for kind, account in SYSTEM_ACCOUNT.items()}
 _USER_ACCOUNT = AccountKind.USER.value
 
 
@@ -34,8 +32,17 @@ def reply_bytes(
     balance: int | None,
     error: tuple[str, str] | None,  # (code, message)
     processed_at: datetime,
+    paid: int | None = None,
+    consumed_paid: int | None = None,
 ) -> bytes:
-    """A `wallet.replies` message (schemas.replies.Reply)."""
+    """A `wallet.replies` message (schemas.replies.Reply). `paid` is the paid part of
+    `balance` (None where unknown: records written before lots existed); `consumed_paid`
+    the paid part of an accepted spend's amount."""
+    consumed = None
+    if consumed_paid is not None:
+        assert amount is not None
+        consumed = {"paid": consumed_paid, "free": amount - consumed_paid}
+    free = None if balance is None or paid is None else balance - paid
     return orjson.dumps(
         {
             "command_id": command_id,
@@ -48,6 +55,9 @@ def reply_bytes(
             "asset": asset,
             "amount": amount,
             "balance": balance,
+            "paid": None if free is None else paid,
+            "free": free,
+            "consumed": consumed,
             "error": {"code": error[0], "message": error[1]} if error else None,
             "processed_at": processed_at,
         }
@@ -68,9 +78,11 @@ def event_document(
     user_amount: int,
     description: str | None,
     occurred_at: datetime,
+    paid_after: int | None,
+    consumed_paid: int | None,
 ) -> dict[str, object]:
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent)."""
-    system = _SYSTEM_ACCOUNT_OF[type]
+    legs = system_legs(type, amount, consumed_paid)
     return {
         "transaction_id": transaction_id,
         "command_id": command_id,
@@ -81,9 +93,10 @@ def event_document(
         "amount": amount,
         "balance_after": balance_after,
         "version": version,
+        "paid_after": paid_after,
         "entries": [
             {"account": _USER_ACCOUNT, "amount": user_amount},
-            {"account": system, "amount": -user_amount},
+            *({"account": kind.value, "amount": n} for kind, n in legs),
         ],
         "description": description,
         "occurred_at": occurred_at,

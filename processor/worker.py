@@ -8,6 +8,7 @@ and updated only after a commit succeeds, so a failed batch leaves no trace in m
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from ledger.decide import AccountState
+from ledger.decide import AccountState, Assets
+from ledger.lots import SpendOrder
 from ledger.plan import (
     AccountKey,
     BatchContext,
@@ -39,17 +41,24 @@ log = structlog.get_logger("wallet.worker")
 
 
 class AssetCatalog:
-    """The asset codes, shared by a process's workers; reloaded when a batch names a new one."""
+    """The asset codes and their spend orders, shared by a process's workers; reloaded when
+    a batch names a new code, and at least every RELOAD_AFTER_S (a spend order changed by
+    `wallet assets set-order` applies within that)."""
+
+    RELOAD_AFTER_S = 10.0
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
-        self.codes: frozenset[str] = frozenset()
+        self.codes: dict[str, SpendOrder] = {}
+        self._loaded_at_s = float("-inf")
 
-    async def cover(self, codes: set[str]) -> frozenset[str]:
+    async def cover(self, codes: set[str]) -> dict[str, SpendOrder]:
         # Reload before rejecting: a rejection is recorded forever, so it must not come from
         # a stale list (an asset added a second ago by `wallet assets add`).
-        if not codes <= self.codes:
+        now_s = time.monotonic()
+        if not codes <= self.codes.keys() or now_s - self._loaded_at_s > self.RELOAD_AFTER_S:
             self.codes = await self._store.load_assets()
+            self._loaded_at_s = now_s
         return self.codes
 
 
@@ -227,7 +236,7 @@ class PartitionWorker:
         batch: Admitted,
         known: Mapping[IdempotencyId, StoredResult],
         loaded: Mapping[AccountKey, AccountState],
-        assets: frozenset[str],
+        assets: Assets,
     ) -> BatchPlan:
         """Decide the batch; `known` and `loaded` may hold other partitions' rows too."""
         assert batch.worker is self and batch.position.first_offset == self.next_offset

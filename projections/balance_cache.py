@@ -19,8 +19,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-Accounts = dict[str, tuple[int, int]]  # asset -> (balance, version)
-HeldEvents = list[tuple[str, int, int]]  # (asset, balance, version) consumed during a read
+from ledger.lots import Holding
+
+State = tuple[int, int, int]  # (balance, version, paid)
+Accounts = dict[str, State]  # asset -> its state
+HeldEvents = list[tuple[str, State]]  # (asset, state) consumed during a read
 
 
 class BalanceCache:
@@ -35,7 +38,7 @@ class BalanceCache:
     def __len__(self) -> int:
         return len(self._users)
 
-    def balances(self, user_id: str) -> dict[str, int] | None:
+    def balances(self, user_id: str) -> dict[str, Holding] | None:
         """The user's balance per asset (sorted by asset), or None when not cached."""
         accounts = self._users.get(user_id)
         if accounts is None:
@@ -64,21 +67,21 @@ class BalanceCache:
         merged = dict(self._users.get(user_id, {}))
         for asset, state in accounts.items():
             _advance(merged, asset, state)
-        for asset, balance, version in held:
-            _advance(merged, asset, (balance, version))
+        for asset, state in held:
+            _advance(merged, asset, state)
         self._users[user_id] = merged
         self._users.move_to_end(user_id)
         while len(self._users) > self._users_max:
             self._users.popitem(last=False)
 
-    def apply(self, user_id: str, asset: str, balance: int, version: int) -> None:
+    def apply(self, user_id: str, asset: str, state: State) -> None:
         """One ledger event: the account after it."""
-        assert balance >= 0 and version >= 1, (balance, version)
+        assert 0 <= state[2] <= state[0] and state[1] >= 1, state
         for held in self._reading.get(user_id, ()):
-            held.append((asset, balance, version))
+            held.append((asset, state))
         accounts = self._users.get(user_id)
         if accounts is not None:
-            _advance(accounts, asset, (balance, version))
+            _advance(accounts, asset, state)
 
     def forget(self, user_id: str) -> None:
         """Drop one user (read from the ledger again on the next request)."""
@@ -89,12 +92,22 @@ class BalanceCache:
         self._users.clear()
 
 
-def balances_of(accounts: Accounts) -> dict[str, int]:
-    """Each asset's balance, in asset order: what a balance read answers."""
-    return {asset: accounts[asset][0] for asset in sorted(accounts)}
+def balances_of(accounts: Accounts) -> dict[str, Holding]:
+    """Each asset's holding, in asset order: what a balance read answers."""
+    return {asset: Holding(accounts[asset][0], accounts[asset][2]) for asset in sorted(accounts)}
 
 
-def _advance(accounts: Accounts, asset: str, state: tuple[int, int]) -> None:
+def balance_document(user_id: str, found: dict[str, Holding]) -> dict[str, object]:
+    """The body of a balance read: each asset's balance (the shape the REST wallets this
+    replaces answered with), and beside it how much of it is paid and free."""
+    return {
+        "userId": user_id,
+        "balances": {asset: h.balance for asset, h in found.items()},
+        "breakdown": {asset: h.document() for asset, h in found.items()},
+    }
+
+
+def _advance(accounts: Accounts, asset: str, state: State) -> None:
     """Keep the later of two states of one account: the one with the higher version."""
     known = accounts.get(asset)
     if known is None or state[1] > known[1]:

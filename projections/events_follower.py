@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from foundation.errors import BrokerUnavailableError
 from foundation.settings import Settings
 from messaging.kafka import make_consumer, topic_partitions
-from projections.balance_cache import Accounts, BalanceCache, balances_of
+from projections.balance_cache import Accounts, BalanceCache, Holding, balances_of
 from projections.queries import ledger_accounts
 
 log = structlog.get_logger("wallet.balance_cache")
@@ -92,7 +92,7 @@ class EventsFollower:
                 return False
         return True
 
-    async def balances(self, pool: asyncpg.Pool, user_id: str) -> dict[str, int] | None:
+    async def balances(self, pool: asyncpg.Pool, user_id: str) -> dict[str, Holding] | None:
         """The user's balances from the cache, read into it from the ledger on a miss; None
         when the cache cannot vouch for them (the caller reads the projection)."""
         if not self.trusted():
@@ -140,14 +140,17 @@ class EventsFollower:
         try:
             event = orjson.loads(value or b"")
             asset, balance, version = event["asset"], event["balance_after"], event["version"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            asset = balance = version = None
-        if isinstance(asset, str) and _count(balance, 0) and _count(version, 1):
-            self.cache.apply(user_id, asset, balance, version)
+            paid = event.get("paid_after")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            asset = balance = version = paid = None
+        if (isinstance(asset, str) and _count(balance, 0) and _count(version, 1)
+                and _count(paid, 0) and paid <= balance):  # fmt: skip
+            self.cache.apply(user_id, asset, (balance, version, paid))
             return
-        # Not a ledger event (the topic is the wallet's own; something else wrote to it): this
-        # user's cached accounts can no longer be vouched for.
-        log.warning("unreadable ledger event; the user's cached balances dropped")
+        # Not a ledger event (the topic is the wallet's own; something else wrote to it), or
+        # one republished from before lots (its paid part unknown): this user's cached
+        # accounts can no longer be vouched for.
+        log.warning("ledger event without a usable state; the user's cached balances dropped")
         self.cache.forget(user_id)
 
 

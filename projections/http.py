@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from foundation.settings import Settings
 from projections import queries
+from projections.balance_cache import balance_document
 from projections.events_follower import EventsFollower
 from projections.verify import verify
 from schemas.commands import AssetCode
@@ -48,8 +49,9 @@ async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[st
 async def get_balance(
     userId: UserPath, request: Request, consistent: bool = False
 ) -> dict[str, Any]:
-    """Every asset's balance. Eventually consistent (the balance cache, kept by the ledger
-    events, or else the projection) unless `consistent=true`, which reads the ledger itself."""
+    """Every asset's balance, and how much of it is paid and free. Eventually consistent (the
+    balance cache, kept by the ledger events, or else the projection) unless
+    `consistent=true`, which reads the ledger itself."""
     follower: EventsFollower | None = request.app.state.follower
     found = None
     if follower is not None and not consistent:
@@ -57,7 +59,7 @@ async def get_balance(
     if found is None:
         async with _pool(request).acquire() as conn:
             found = await queries.balances(conn, userId, consistent)
-    return {"userId": userId, "balances": found}
+    return balance_document(userId, found)
 
 
 @router.get("/wallet/{userId}/transactions")

@@ -7,34 +7,36 @@ from typing import Any
 
 import asyncpg
 
-from projections.balance_cache import balances_of
+from projections.balance_cache import Accounts, Holding, balances_of
 from storage.db import Conn
 from storage.projection_store import LIVE, projected_balances
 
 HISTORY_LIMIT_MAX = 200
 
 
-async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, int]:
-    """Every asset's balance; `consistent` reads the ledger instead of the projection."""
+async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, Holding]:
+    """Every asset's holding; `consistent` reads the ledger instead of the projection."""
     if not consistent:
         return await projected_balances(conn, LIVE, user_id)
     return balances_of(await ledger_accounts(conn, user_id))
 
 
-async def ledger_accounts(conn: Conn, user_id: str) -> dict[str, tuple[int, int]]:
-    """Each asset's (balance, version) as the ledger's latest entry of the user says."""
+async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
+    """Each asset's (balance, version, paid) as the ledger's latest entry of the user says."""
     rows = await conn.fetch(
         """
-        SELECT a.code AS asset, e.balance_after, e.version
+        SELECT a.code AS asset, e.balance_after, e.version, e.paid_after
           FROM assets a
           CROSS JOIN LATERAL (
-                SELECT balance_after, version FROM ledger_entries
+                SELECT balance_after, version, paid_after FROM ledger_entries
                  WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
                  ORDER BY version DESC LIMIT 1) e
         """,
         user_id,
     )
-    return {r["asset"]: (r["balance_after"], r["version"]) for r in rows}
+    # The latest entry of every account carries its paid part (migration 008 gave it to
+    # the accounts it found): no NULL reaches here.
+    return {r["asset"]: (r["balance_after"], r["version"], r["paid_after"]) for r in rows}
 
 
 _ITEM_COLUMNS = """

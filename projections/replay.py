@@ -106,8 +106,9 @@ async def _rebuild_in_one_pass(conn: Conn, progress: Progress) -> int:
 # What the projector's chunks add up to (storage.projection_store._APPLY_SQL), in one pass.
 _ONE_PASS_SQL = """
 WITH latest AS (
-    INSERT INTO {balances} (user_id, asset, balance, version, updated_at)
-    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at
+    INSERT INTO {balances} (user_id, asset, balance, version, updated_at, paid)
+    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at,
+           coalesce(paid_after, 0)
       FROM ledger_entries WHERE account_kind = 'user'
      ORDER BY user_id, asset, version DESC)
 INSERT INTO {totals} (asset, account_kind, total)
@@ -145,7 +146,7 @@ async def republish(
             """
             SELECT e.entry_id, e.transaction_id, e.user_id, e.asset, e.amount, e.balance_after,
                    e.version, e.created_at, c.command_id, c.idempotency_key, c.type,
-                   c.amount AS command_amount, c.description
+                   c.amount AS command_amount, c.description, c.paid_after, c.consumed_paid
               FROM ledger_entries e
               JOIN processed_commands c ON c.transaction_id = e.transaction_id
              WHERE e.account_kind = 'user' AND e.entry_id > $1
@@ -180,4 +181,6 @@ def _event(row: asyncpg.Record) -> dict[str, object]:
         user_amount=row["amount"],
         description=row["description"],
         occurred_at=row["created_at"],
+        paid_after=row["paid_after"],
+        consumed_paid=row["consumed_paid"],
     )

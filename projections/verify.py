@@ -39,25 +39,80 @@ CHECKS: list[tuple[str, str]] = [
                OR balance_after <> coalesce(prev_balance, 0) + amount""",
     ),
     (
-        "every accepted command has its two entries",
+        # The legs a record implies (ledger.decide.system_legs): a credit's source; a spend's
+        # paid part to revenue and free part to free_spent (a spend from before lots: all of
+        # it to revenue).
+        "every accepted command has one user entry and the system entries its record implies",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
-            WHERE c.status = 'accepted' GROUP BY c.transaction_id HAVING count(e.*) <> 2""",
+            WHERE c.status = 'accepted'
+            GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid
+           HAVING count(*) FILTER (WHERE e.account_kind = 'user') <> 1
+               OR count(*) FILTER (WHERE e.account_kind <> 'user') = 0
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'treasury'), 0)
+                  <> CASE c.type WHEN 'top_up' THEN -c.amount ELSE 0 END
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'bonus_pool'), 0)
+                  <> CASE c.type WHEN 'bonus' THEN -c.amount ELSE 0 END
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'revenue'), 0)
+                  <> CASE c.type WHEN 'spend' THEN coalesce(c.consumed_paid, c.amount) ELSE 0 END
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'free_spent'), 0)
+                  <> CASE c.type WHEN 'spend' THEN c.amount - coalesce(c.consumed_paid, c.amount)
+                     ELSE 0 END""",
     ),
     (
         # Replies and events are rebuilt from the command's record: it must say what the
-        # user's entry says (records from before the rebuild have no generation, and no version).
-        "each accepted command records its user entry's balance and version",
+        # user's entry says (records from before the rebuild have no generation, and no version;
+        # records from before lots no paid part).
+        "each accepted command records its user entry's balance, paid part and version",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
               JOIN ledger_entries e
                 ON e.transaction_id = c.transaction_id AND e.account_kind = 'user'
              WHERE c.status = 'accepted' AND c.generation IS NOT NULL
-               AND (e.version <> c.version OR e.balance_after <> c.balance_after)""",
+               AND (e.version <> c.version OR e.balance_after <> c.balance_after
+                    OR (c.paid_after IS NOT NULL
+                        AND e.paid_after IS DISTINCT FROM c.paid_after))""",
     ),
     (
-        "each projected balance equals the ledger's (up to the projector's checkpoints)",
+        "each account's open lots sum to its balance, and their paid part to its paid part",
+        """WITH latest AS (
+                SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, paid_after
+                  FROM ledger_entries WHERE account_kind = 'user'
+                 ORDER BY user_id, asset, version DESC),
+            held AS (
+                SELECT user_id, asset, sum(remaining) AS total,
+                       coalesce(sum(remaining) FILTER (WHERE paid), 0) AS paid
+                  FROM lots GROUP BY user_id, asset)
+            SELECT user_id || ' ' || asset || ': balance ' || coalesce(balance_after, 0)
+                   || ' (paid ' || coalesce(paid_after, 0) || '), lots '
+                   || coalesce(total, 0) || ' (paid ' || coalesce(paid, 0) || ')' AS example
+              FROM latest FULL JOIN held USING (user_id, asset)
+             WHERE coalesce(balance_after, 0) <> coalesce(total, 0)
+                OR coalesce(paid_after, 0) <> coalesce(paid, 0)""",
+    ),
+    (
+        # Every lot opened by a credit since lots exist: what is left of it is its amount less
+        # what the spends recorded taking from it (lots_taken), and of its credit's kind.
+        "each credit's lot holds its amount less what spends took from it",
+        """WITH taken AS (
+                SELECT c.user_id, c.asset, (t->>0)::uuid AS lot_id, sum((t->>1)::bigint) AS n
+                  FROM processed_commands c CROSS JOIN jsonb_array_elements(c.lots_taken) t
+                 WHERE c.lots_taken IS NOT NULL GROUP BY 1, 2, 3)
+            SELECT c.transaction_id::text AS example
+              FROM processed_commands c
+              LEFT JOIN taken t
+                ON t.user_id = c.user_id AND t.asset = c.asset AND t.lot_id = c.transaction_id
+              LEFT JOIN lots l
+                ON l.user_id = c.user_id AND l.asset = c.asset AND l.lot_id = c.transaction_id
+             WHERE c.type IN ('top_up', 'bonus') AND c.status = 'accepted'
+               AND c.paid_after IS NOT NULL
+               AND (c.amount - coalesce(t.n, 0) <> coalesce(l.remaining, 0)
+                    OR l.paid <> (c.type = 'top_up'))""",
+    ),
+    (
+        "each projected balance and paid part equals the ledger's (up to the checkpoints)",
         """WITH ledger AS (
-                SELECT DISTINCT ON (e.user_id, e.asset) e.user_id, e.asset, e.balance_after
+                SELECT DISTINCT ON (e.user_id, e.asset) e.user_id, e.asset, e.balance_after,
+                       coalesce(e.paid_after, 0) AS paid
                   FROM ledger_entries e
                   JOIN projection_checkpoints c
                     ON c.projection = 'balances' AND c.partition = e.partition
@@ -67,7 +122,7 @@ CHECKS: list[tuple[str, str]] = [
                    || ': ledger ' || coalesce(l.balance_after::text, 'none')
                    || ', projected ' || coalesce(b.balance::text, 'none') AS example
               FROM ledger l FULL JOIN balances b USING (user_id, asset)
-             WHERE l.balance_after IS DISTINCT FROM b.balance""",
+             WHERE l.balance_after IS DISTINCT FROM b.balance OR l.paid IS DISTINCT FROM b.paid""",
     ),
     (
         "each projected system total equals the ledger's (up to the checkpoints)",

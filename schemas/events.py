@@ -16,7 +16,8 @@ class AccountKind(StrEnum):
     USER = "user"
     TREASURY = "treasury"  # source of paid top-ups
     BONUS_POOL = "bonus_pool"  # source of free credits
-    REVENUE = "revenue"  # sink of spends
+    REVENUE = "revenue"  # sink of spends of paid currency: revenue, as finance books it
+    FREE_SPENT = "free_spent"  # sink of spends of free currency (given away, never revenue)
 
 
 class Entry(BaseModel):
@@ -40,6 +41,7 @@ class LedgerEvent(BaseModel):
     amount: int
     balance_after: int
     version: int
+    paid_after: int | None  # the paid part of balance_after; None before lots existed
     entries: list[Entry]
     description: str | None
     occurred_at: AwareDatetime

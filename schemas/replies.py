@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.commands import CommandType
 
@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     BALANCE_LIMIT_EXCEEDED = "balance_limit_exceeded"
     WRONG_PARTITION = "wrong_partition"
+    TOO_MANY_LOTS = "too_many_lots"
 
 
 class ErrorInfo(BaseModel):
@@ -31,6 +32,15 @@ class ErrorInfo(BaseModel):
 
     code: ErrorCode
     message: str
+
+
+class Consumed(BaseModel):
+    """What an accepted spend took: paid currency (revenue) and free currency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    paid: int
+    free: int
 
 
 class Reply(BaseModel):
@@ -48,5 +58,8 @@ class Reply(BaseModel):
     asset: str | None
     amount: int | None
     balance: int | None
+    paid: int | None = Field(description="The paid part of `balance` (bought currency).")
+    free: int | None = Field(description="The free part of `balance` (bonuses).")
+    consumed: Consumed | None = Field(description="An accepted spend: what it took.")
     error: ErrorInfo | None
     processed_at: AwareDatetime

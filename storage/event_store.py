@@ -16,6 +16,7 @@ import asyncpg
 
 from foundation.errors import FencedError
 from ledger.decide import AccountState
+from ledger.lots import Lot, SpendOrder, lot_order
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -33,7 +34,8 @@ PROCESSED_COLUMNS = ProcessedRow._fields
 ENTRY_COLUMNS = EntryRow._fields
 OUTBOX_COLUMNS = OutboxRow._fields
 DEAD_LETTER_REQUESTS_MAX = 1_000  # read per claim: an operator names records one at a time
-# The tables a batch writes, in the order it writes them (entries need their commands first).
+# The tables a batch copies rows into, in the order it writes them (entries need their
+# commands first); the open lots it leaves are written after them (_LOTS_SQL).
 BATCH_TABLES = (
     ("processed_commands", PROCESSED_COLUMNS),
     ("ledger_entries", ENTRY_COLUMNS),
@@ -44,6 +46,24 @@ BATCH_TABLES = (
 def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
     """A plan's rows for each of BATCH_TABLES, in the same order."""
     return plan.processed_rows, plan.entry_rows, plan.stored_outbox_rows()
+
+
+# The lots a batch opened or drew on, as it leaves them: one statement that deletes the lots
+# used up and writes the others (a lot opened and used up within the batch is deleted before
+# it was ever written: a no-op).
+_LOTS_SQL = """
+WITH given AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int[], $5::bool[],
+                         $6::bigint[], $7::bigint[])
+           AS k(user_id, asset, lot_id, partition, paid, remaining, seq)),
+closed AS (
+    DELETE FROM lots l USING given g
+     WHERE g.remaining = 0
+       AND l.user_id = g.user_id AND l.asset = g.asset AND l.lot_id = g.lot_id)
+INSERT INTO lots AS l (user_id, asset, lot_id, partition, paid, remaining, seq)
+SELECT user_id, asset, lot_id, partition, paid, remaining, seq FROM given WHERE remaining > 0
+ON CONFLICT (user_id, asset, lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +139,7 @@ class EventStore(Protocol):
         self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
     ) -> PartitionClaim: ...
 
-    async def load_assets(self) -> frozenset[str]: ...
+    async def load_assets(self) -> dict[str, SpendOrder]: ...
 
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]: ...
 
@@ -269,31 +289,37 @@ class PostgresEventStore:
         return _claim(row, {})
 
     @translated
-    async def load_assets(self) -> frozenset[str]:
-        rows = await self._pool.fetch("SELECT code FROM assets", timeout=self._timeout_s)
-        return frozenset(r["code"] for r in rows)
+    async def load_assets(self) -> dict[str, SpendOrder]:
+        """Each asset's code and spend order."""
+        rows = await self._pool.fetch(
+            "SELECT code, spend_order FROM assets", timeout=self._timeout_s
+        )
+        return {r["code"]: SpendOrder(r["spend_order"]) for r in rows}
 
     @translated
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
-        """The latest balance and version of each (user, asset); absent keys have no wallet."""
+        """The latest balance, version and paid part of each (user, asset), with its open
+        lots; absent keys have no wallet."""
         if not keys:
             return {}
         rows = await self._pool.fetch(
             """
-            SELECT k.user_id, k.asset, e.balance_after, e.version
+            SELECT k.user_id, k.asset, e.balance_after, e.version, e.paid_after, l.*
               FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
               CROSS JOIN LATERAL (
-                    SELECT balance_after, version FROM ledger_entries
+                    SELECT balance_after, version, paid_after FROM ledger_entries
                      WHERE account_kind = 'user' AND user_id = k.user_id AND asset = k.asset
                      ORDER BY version DESC LIMIT 1) AS e
+              CROSS JOIN LATERAL (
+                    SELECT array_agg(lot_id) AS lot_ids, array_agg(paid) AS lot_paid,
+                           array_agg(remaining) AS lot_remaining, array_agg(seq) AS lot_seq
+                      FROM lots WHERE user_id = k.user_id AND asset = k.asset) AS l
             """,
             [k[0] for k in keys],
             [k[1] for k in keys],
             timeout=self._timeout_s,
         )
-        return {
-            (r["user_id"], r["asset"]): AccountState(r["balance_after"], r["version"]) for r in rows
-        }
+        return {(r["user_id"], r["asset"]): _account(r) for r in rows}
 
     @translated
     async def find_processed(
@@ -305,7 +331,8 @@ class PostgresEventStore:
         rows = await self._pool.fetch(
             """
             SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
-                   c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount
+                   c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount,
+                   c.paid_after, c.consumed_paid
               FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
               CROSS JOIN LATERAL (
                     SELECT * FROM processed_commands p
@@ -328,6 +355,8 @@ class PostgresEventStore:
                 type=r["type"],
                 asset=r["asset"],
                 amount=r["amount"],
+                paid_after=r["paid_after"],
+                consumed_paid=r["consumed_paid"],
             )
             for r in rows
         }
@@ -404,6 +433,9 @@ class PostgresEventStore:
         rows = [batch_rows(plan) for _, plan in batches]
         for index, (table, columns) in enumerate(BATCH_TABLES):
             await self._copy(conn, table, columns, [r for per in rows for r in per[index]])
+        lots = [lot for _, plan in batches for lot in plan.lots.values()]
+        if lots:
+            await conn.execute(_LOTS_SQL, *zip(*lots, strict=True), timeout=self._timeout_s)
 
     async def _copy(
         self,
@@ -545,6 +577,17 @@ def _processed_row(row: asyncpg.Record) -> ProcessedRow:
     fields["command_id"] = std_uuid(fields["command_id"])
     fields["transaction_id"] = std_uuid(fields["transaction_id"])
     return ProcessedRow(**fields)
+
+
+def _account(row: asyncpg.Record) -> AccountState:
+    """A loaded account with its open lots (asyncpg's UUIDs as the stdlib's), checked whole:
+    a state that enters the planner must hold together."""
+    columns = ("lot_ids", "lot_paid", "lot_remaining", "lot_seq")
+    found = zip(*(row[c] or () for c in columns), strict=True)
+    lots = sorted((Lot(std_uuid(i), p, n, q) for i, p, n, q in found), key=lot_order)
+    state = AccountState(row["balance_after"], row["version"], row["paid_after"] or 0, tuple(lots))
+    state.check()
+    return state
 
 
 def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:

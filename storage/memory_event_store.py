@@ -8,12 +8,14 @@ A commit checks everything before it changes anything: all or nothing, as a tran
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.decide import AccountState
+from ledger.lots import Lot, SpendOrder, lot_order
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -49,10 +51,11 @@ class MemoryEventStore:
     """EventStore in memory (see the module docstring)."""
 
     def __init__(self, assets: Iterable[str] = ("GOLD", "DIAMONDS")) -> None:
-        self.assets = set(assets)
+        self.assets = dict.fromkeys(assets, SpendOrder.FREE_FIRST)  # code -> spend order
         self._partitions: dict[PartitionId, _Partition] = {}
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
-        self._accounts: dict[AccountKey, AccountState] = {}
+        self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
+        self.lots: dict[AccountKey, dict[uuid.UUID, Lot]] = {}  # the open lots
         self._outbox: dict[PartitionId, dict[tuple[int, int], OutboxRow]] = {}
         self._published: dict[PartitionId, tuple[int, int]] = {}
         self.entries: list[EntryRow] = []  # entry id n is entries[n - 1], as a serial counts
@@ -92,11 +95,16 @@ class MemoryEventStore:
             published_generation=published[0], published_offset=published[1], forced={},
         )  # fmt: skip
 
-    async def load_assets(self) -> frozenset[str]:
-        return frozenset(self.assets)
+    async def load_assets(self) -> dict[str, SpendOrder]:
+        return dict(self.assets)
 
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
-        return {k: self._accounts[k] for k in keys if k in self._accounts}
+        found = {}
+        for key in (k for k in keys if k in self._accounts):
+            lots = sorted(self.lots.get(key, {}).values(), key=lot_order)
+            found[key] = replace(self._accounts[key], lots=tuple(lots))
+            found[key].check()
+        return found
 
     async def find_processed(
         self, ids: Sequence[IdempotencyId]
@@ -155,7 +163,7 @@ class MemoryEventStore:
             if entry.transaction_id not in accepted:
                 raise _refused("23503", "entries do not match an accepted command")
             before = accounts.get((entry.user_id, entry.asset), AccountState(0, 0))
-            after = AccountState(entry.balance_after, entry.version)
+            after = AccountState(entry.balance_after, entry.version, entry.paid_after or 0)
             if (after.version != before.version + 1 or after.balance < 0
                     or before.balance + entry.amount != after.balance):  # fmt: skip
                 raise _refused("23514", "an entry does not continue its account's balance")
@@ -176,6 +184,11 @@ class MemoryEventStore:
             for processed in plan.processed_rows:
                 self._processed[(processed.user_id, processed.idempotency_key)] = processed
             self.entries += plan.entry_rows
+            for lot in plan.lots.values():
+                open_lots = self.lots.setdefault((lot.user_id, lot.asset), {})
+                open_lots.pop(lot.lot_id, None)
+                if lot.remaining:
+                    open_lots[lot.lot_id] = Lot(lot.lot_id, lot.paid, lot.remaining, lot.seq)
             outbox = self._outbox.setdefault(here, {})
             for row in plan.stored_outbox_rows():
                 outbox[(row.generation, row.source_offset)] = row

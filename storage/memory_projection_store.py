@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
+from ledger.lots import Holding
 from ledger.plan import EntryRow
 from storage.db import Failure
 from storage.memory_event_store import MemoryEventStore
@@ -20,7 +21,8 @@ class MemoryProjectionStore:
     def __init__(self, ledger: MemoryEventStore) -> None:
         self._ledger = ledger
         self._checkpoints: dict[tuple[str, int], int] = {}
-        self._balances: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+        # target -> (user, asset) -> (balance, version, paid)
+        self._balances: dict[str, dict[tuple[str, str], tuple[int, int, int]]] = {}
         self._totals: dict[str, Counter[tuple[str, str]]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}  # (checkpoint, partition) -> failure
 
@@ -52,8 +54,8 @@ class MemoryProjectionStore:
             assert entry.user_id is not None and entry.balance_after is not None
             assert entry.version is not None
             account = (entry.user_id, entry.asset)
-            if balances.get(account, (0, 0))[1] < entry.version:
-                balances[account] = (entry.balance_after, entry.version)
+            if balances.get(account, (0, 0, 0))[1] < entry.version:
+                balances[account] = (entry.balance_after, entry.version, entry.paid_after or 0)
         self._checkpoints[key] = batch[-1][0]
         self.failures.pop(key, None)
         return Applied(len(batch), batch[-1][0])
@@ -70,9 +72,13 @@ class MemoryProjectionStore:
     async def record_failure(self, target: Target, partition: int, failure: Failure) -> None:
         self.failures[(target.checkpoint, partition)] = failure
 
-    async def balances(self, target: Target, user_id: str) -> dict[str, int]:
+    async def balances(self, target: Target, user_id: str) -> dict[str, Holding]:
         balances = self._balances.get(target.balances, {})
-        return {asset: b for (user, asset), (b, _) in sorted(balances.items()) if user == user_id}
+        return {
+            asset: Holding(balance, paid)
+            for (user, asset), (balance, _, paid) in sorted(balances.items())
+            if user == user_id
+        }
 
     async def totals(self, target: Target) -> dict[tuple[str, str], int]:
         return dict(self._totals.get(target.totals, Counter()))

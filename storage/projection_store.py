@@ -18,6 +18,7 @@ from typing import Protocol
 
 import asyncpg
 
+from ledger.lots import Holding
 from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
 BATCH_ENTRIES_MAX = 20_000
@@ -38,19 +39,24 @@ REPLAY = Target("balances_replay", "balances_replay", "system_totals_replay")
 # Table names come from the two fixed targets above, never from input.
 _APPLY_SQL = """
 WITH batch AS (
-    SELECT asset, account_kind, user_id, amount, balance_after, version, created_at
+    SELECT asset, account_kind, user_id, amount, balance_after, version, created_at,
+           paid_after
       FROM ledger_entries
      WHERE partition = $1 AND entry_id > $2 AND entry_id <= $3),
 latest AS (
-    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at
+    SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at,
+           paid_after
       FROM batch WHERE account_kind = 'user'
      ORDER BY user_id, asset, version DESC),
 upserted AS (
-    INSERT INTO {balances} AS b (user_id, asset, balance, version, updated_at)
-    SELECT user_id, asset, balance_after, version, created_at FROM latest
+    -- An entry from before lots has no paid part (only the newest of each account got one):
+    -- 0 stands in until the account's newest entry is applied.
+    INSERT INTO {balances} AS b (user_id, asset, balance, version, updated_at, paid)
+    SELECT user_id, asset, balance_after, version, created_at, coalesce(paid_after, 0)
+      FROM latest
     ON CONFLICT (user_id, asset) DO UPDATE
        SET balance = EXCLUDED.balance, version = EXCLUDED.version,
-           updated_at = EXCLUDED.updated_at
+           updated_at = EXCLUDED.updated_at, paid = EXCLUDED.paid
      WHERE b.version < EXCLUDED.version)
 INSERT INTO {totals} AS t (asset, account_kind, total)
 SELECT asset, account_kind, sum(amount) FROM batch
@@ -92,8 +98,8 @@ class ProjectionStore(Protocol):
         """A partition's failing steps, kept until its next applied step clears them."""
         ...
 
-    async def balances(self, target: Target, user_id: str) -> dict[str, int]:
-        """A user's projected balance per asset."""
+    async def balances(self, target: Target, user_id: str) -> dict[str, Holding]:
+        """A user's projected holding per asset."""
         ...
 
     async def totals(self, target: Target) -> dict[tuple[str, str], int]:
@@ -136,7 +142,7 @@ class PostgresProjectionStore:
             await record_failure(conn, target, partition, failure)
 
     @translated
-    async def balances(self, target: Target, user_id: str) -> dict[str, int]:
+    async def balances(self, target: Target, user_id: str) -> dict[str, Holding]:
         async with self._pool.acquire() as conn:
             return await projected_balances(conn, target, user_id)
 
@@ -205,12 +211,12 @@ async def apply_next(
     return Applied(int(count), int(upto))
 
 
-async def projected_balances(conn: Conn, target: Target, user_id: str) -> dict[str, int]:
+async def projected_balances(conn: Conn, target: Target, user_id: str) -> dict[str, Holding]:
     rows = await conn.fetch(
-        f"SELECT asset, balance FROM {target.balances} WHERE user_id = $1 ORDER BY asset",
+        f"SELECT asset, balance, paid FROM {target.balances} WHERE user_id = $1 ORDER BY asset",
         user_id,
     )
-    return {r["asset"]: r["balance"] for r in rows}
+    return {r["asset"]: Holding(r["balance"], r["paid"]) for r in rows}
 
 
 async def lag_by_partition(conn: Conn, target: Target = LIVE) -> dict[int, float]:

@@ -14,6 +14,11 @@ import structlog
 
 _LOCK_ID = 0x57414C4C  # "WALL": one advisory lock for every migrator of this schema
 log = structlog.get_logger("wallet.migrate")
+MIGRATIONS_TABLE_SQL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version integer PRIMARY KEY, name text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+)
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -30,11 +35,7 @@ def migration_files() -> list[tuple[int, str, str]]:
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version integer PRIMARY KEY, name text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    await conn.execute(MIGRATIONS_TABLE_SQL)
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:
@@ -63,7 +64,8 @@ SERVICE_GRANTS = {
     "ledger_entries": "SELECT, INSERT",
     "partition_resets": "SELECT, INSERT",
     "dead_letter_requests": "SELECT, INSERT",
-    "assets": "SELECT, INSERT",
+    "assets": "SELECT, INSERT, UPDATE",
+    "lots": "SELECT, INSERT, UPDATE, DELETE",
     "schema_migrations": "SELECT",
     "partition_state": "SELECT, INSERT, UPDATE",
     "outbox_positions": "SELECT, INSERT, UPDATE",

@@ -96,17 +96,17 @@ async def stack(services: Services) -> AsyncIterator[Settings]:
     server_url = services.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{server_url}/postgres", timeout=10)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    settings = _test_settings(f"{server_url}/{name}", services)
+    settings = fresh_settings(f"{server_url}/{name}", services)
     await prepare(settings)
     try:
         yield settings
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
-        await _delete_topics(settings)
+        await delete_topics(settings)
 
 
-def _test_settings(database_url: str, services: Services) -> Settings:
+def fresh_settings(database_url: str, services: Services) -> Settings:
     """A test's settings: its own topic names, small timeouts so faults are noticed quickly."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     return Settings(
@@ -159,16 +159,16 @@ async def own_postgres(services: Services) -> AsyncIterator[tuple[EmbeddedPostgr
     try:
         database_url = server.start().rsplit("/", 1)[0] + "/wallet"
         await ensure_database(database_url, timeout_s=10)
-        settings = _test_settings(database_url, services)
+        settings = fresh_settings(database_url, services)
         await prepare(settings)
         yield server, settings
-        await _delete_topics(settings)
+        await delete_topics(settings)
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _delete_topics(settings: Settings) -> None:
+async def delete_topics(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from foundation.settings import Settings
 from ledger.decide import AccountState
+from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
 from messaging.kafka import partition_for
 from schemas.commands import Command
@@ -51,7 +52,8 @@ def plan_rows(commands: list[Command], partitions: int, batch_size: int) -> list
             chunk = mine[first : first + batch_size]
             intakes = decoded_intakes(chunk, first)
             ctx = BatchContext(_TOPIC, partition, 0, datetime.now(UTC))
-            plan = plan_batch(ctx, intakes, {}, accounts, frozenset({c.asset for c in chunk}))
+            assets = dict.fromkeys({c.asset for c in chunk}, SpendOrder.FREE_FIRST)
+            plan = plan_batch(ctx, intakes, {}, accounts, assets)
             accounts.update(plan.accounts)
             plans.append(plan)
     return plans

@@ -231,29 +231,69 @@ def bench(
 
 @main.group()
 def assets() -> None:
-    """List or add assets (GOLD and DIAMONDS are seeded)."""
+    """List or add assets, or set the order spends take their lots in."""
+
+
+_SPEND_ORDERS = click.Choice(["free_first", "paid_first", "expiring_first"])
 
 
 @assets.command("list")
 def assets_list() -> None:
-    """Print every asset code and name."""
-    for row in _on_db(lambda conn: conn.fetch("SELECT code, name FROM assets ORDER BY code")):
-        click.echo(f"{row['code']:<12} {row['name']}")
+    """Print every asset's code, spend order and name."""
+    sql = "SELECT code, name, spend_order FROM assets ORDER BY code"
+    for row in _on_db(lambda conn: conn.fetch(sql)):
+        click.echo(f"{row['code']:<12} {row['spend_order']:<15} {row['name']}")
 
 
 @assets.command("add")
 @click.argument("code")
 @click.argument("name")
-def assets_add(code: str, name: str) -> None:
+@click.option("--spend-order", type=_SPEND_ORDERS, default="free_first", show_default=True,
+              help="Which lots a spend takes first: free, paid, or the oldest.")  # fmt: skip
+def assets_add(code: str, name: str, spend_order: str) -> None:
     """Add an asset; processors see it on the next command that names it."""
     import asyncpg
 
-    insert = "INSERT INTO assets (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING"
+    insert = (
+        "INSERT INTO assets (code, name, spend_order) VALUES ($1, $2, $3)"
+        " ON CONFLICT (code) DO NOTHING"
+    )
     try:
-        done = _on_db(lambda conn: conn.execute(insert, code, name))
+        done = _on_db(lambda conn: conn.execute(insert, code, name, spend_order))
     except asyncpg.CheckViolationError:
         raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
     click.echo(f"{code}: " + ("added" if done.endswith(" 1") else "already exists"))
+
+
+@assets.command("set-order")
+@click.argument("code")
+@click.argument("spend_order", type=_SPEND_ORDERS)
+def assets_set_order(code: str, spend_order: str) -> None:
+    """Change an asset's spend order; processors use it within 10 seconds (AssetCatalog)."""
+    update = "UPDATE assets SET spend_order = $2 WHERE code = $1"
+    done = _on_db(lambda conn: conn.execute(update, code, spend_order))
+    if done.endswith(" 0"):
+        raise click.ClickException(f"no asset {code!r}")
+    click.echo(f"{code}: spends take {spend_order.replace('_', ' ')}")
+
+
+@main.group()
+def report() -> None:
+    """Reports from the ledger."""
+
+
+@report.command("revenue")
+@click.option("--asset", required=True, help="Asset code, e.g. DIAMONDS.")
+@click.option("--from", "start", type=click.DateTime(), required=True, help="Start (UTC).")
+@click.option("--to", "end", type=click.DateTime(), required=True, help="End, excluded (UTC).")
+def report_revenue(asset: str, start: datetime, end: datetime) -> None:
+    """Paid currency consumed in [from, to): what finance books as revenue (spends of free
+    currency are not; they go to free_spent)."""
+    from wallet.operations import revenue
+
+    found = _on_db(lambda conn: revenue(conn, asset, start.replace(tzinfo=UTC),
+                                        end.replace(tzinfo=UTC)))  # fmt: skip
+    click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
 
 
 @main.group()

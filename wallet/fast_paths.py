@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from commands import gateway
 from foundation.errors import WalletError
 from projections import http
+from projections.balance_cache import balance_document
 from schemas.codec import repeated_key
 from schemas.commands import CommandType
 
@@ -100,7 +101,7 @@ async def _balances(scope: Scope, user_id: str) -> tuple[int, Any] | None:
         found = await state.follower.balances(state.pool, user_id)
     except UNAVAILABLE:
         return None  # the route meets the failure again and answers it (503)
-    return None if found is None else (200, {"userId": user_id, "balances": found})
+    return None if found is None else (200, balance_document(user_id, found))
 
 
 async def _write(scope: Scope, kind: CommandType, body: bytes) -> tuple[int, Any] | None:

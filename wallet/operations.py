@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import structlog
 from aiokafka import TopicPartition
@@ -165,9 +166,11 @@ async def print_balances(settings: Settings, user_id: str, consistent: bool) -> 
         found = await queries.balances(conn, user_id, consistent)
     table = Table(title=f"{user_id} ({'ledger' if consistent else 'projection'})")
     table.add_column("asset")
-    table.add_column("balance", justify="right")
-    for asset, amount in found.items():
-        table.add_row(asset, f"{amount:,}")
+    for column in ("balance", "paid", "free"):
+        table.add_column(column, justify="right")
+    for asset, holding in found.items():
+        free = holding.balance - holding.paid
+        table.add_row(asset, f"{holding.balance:,}", f"{holding.paid:,}", f"{free:,}")
     Console().print(table)
 
 
@@ -186,3 +189,28 @@ async def print_history(settings: Settings, user_id: str, asset: str | None, lim
             f"{item['balanceAfter']:,}", item["description"] or "", item["transactionId"][:8],
         )  # fmt: skip
     Console().print(table)
+
+
+async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:
+    """Paid and free currency consumed in [start, end): the revenue and free_spent legs of
+    the period's spends (a scan of the period's ledger entries; reports are rare)."""
+    assert start.tzinfo is not None and end.tzinfo is not None
+    row = await conn.fetchrow(
+        """
+        SELECT coalesce(sum(amount) FILTER (WHERE account_kind = 'revenue'), 0) AS paid,
+               coalesce(sum(amount) FILTER (WHERE account_kind = 'free_spent'), 0) AS free,
+               count(DISTINCT transaction_id) AS spends
+          FROM ledger_entries
+         WHERE asset = $1 AND account_kind IN ('revenue', 'free_spent')
+           AND created_at >= $2 AND created_at < $3
+        """,
+        asset,
+        start,
+        end,
+    )
+    assert row is not None
+    return {
+        "asset": asset, "from": start.isoformat(), "to": end.isoformat(),
+        "paid_consumed": int(row["paid"]), "free_consumed": int(row["free"]),
+        "spends": row["spends"],
+    }  # fmt: skip

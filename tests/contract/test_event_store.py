@@ -98,6 +98,32 @@ class TestCommits:
             await store.probe_batches([await _batch(store, claim.epoch, 4, [5])])
 
 
+class TestLots:
+    async def test_a_loaded_account_holds_the_lots_its_batches_left(
+        self, store: EventStore
+    ) -> None:
+        """Lots opened by top-ups and drawn on by spends come back with the account, in the
+        order they were opened; a lot used up is gone; they sum to the balance."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        position, plan = await _batch(store, claim.epoch, 0, [5, 7, -6])
+        await store.commit_batch(position, plan)
+        account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        (lot,) = account.lots
+        assert (lot.lot_id, lot.paid, lot.remaining) == (plan.processed_rows[1].transaction_id,
+                                                         True, 6)  # fmt: skip
+        assert (account.balance, account.paid, account.version) == (6, 6, 3)
+        await store.commit_batch(*await _batch(store, claim.epoch, 3, [-6, 2]))
+        account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        assert [(lot.remaining, lot.seq) for lot in account.lots] == [(2, 5)]
+
+    async def test_a_spend_records_what_it_took(self, store: EventStore) -> None:
+        """A spend's record keeps its paid part, returned to a retry with its key."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        await store.commit_batch(*await _batch(store, claim.epoch, 0, [5, -3]))
+        found = await store.find_processed([("ana", "k-1")])
+        assert (found[("ana", "k-1")].consumed_paid, found[("ana", "k-1")].paid_after) == (3, 2)
+
+
 class TestOutbox:
     async def test_what_is_republished_is_what_was_planned(self, store: EventStore) -> None:
         """After a crash the relay gets the very messages the planner made: replies and events

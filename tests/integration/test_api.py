@@ -86,12 +86,16 @@ class TestWrites:
         assert top_up.status_code == 201
         assert top_up.json() | {"transactionId": None} == {
             "status": "accepted", "duplicate": False, "transactionId": None, "userId": "ana",
-            "assetId": "GOLD", "amount": 100, "balance": 100, "error": None,
+            "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
+            "consumed": None, "error": None,
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
         assert again.json()["transactionId"] == top_up.json()["transactionId"]
-        assert (await api.post("/wallet/bonus", json=_body(amount=5))).json()["balance"] == 105
+        bonus = (await api.post("/wallet/bonus", json=_body(amount=5))).json()
+        assert (bonus["balance"], bonus["paid"], bonus["free"]) == (105, 100, 5)
+        spend = (await api.post("/wallet/spend", json=_body(amount=7))).json()
+        assert spend["consumed"] == {"paid": 2, "free": 5} and spend["balance"] == 98
         over = await api.post("/wallet/spend", json=_body(amount=1000))
         assert over.status_code == 402 and over.json()["error"]["code"] == "insufficient_funds"
         reused = await api.post("/wallet/topup", json=_body(amount=1, idempotencyKey="t1"))
@@ -109,7 +113,10 @@ class TestReads:
             await api.post("/wallet/topup", json=_body(userId="bea", amount=10 + i))
         await api.post("/wallet/topup", json=_body(userId="bea", assetId="DIAMONDS", amount=3))
         consistent = await api.get("/wallet/bea/balance", params={"consistent": "true"})
-        assert consistent.json() == {"userId": "bea", "balances": {"DIAMONDS": 3, "GOLD": 60}}
+        assert consistent.json() == {
+            "userId": "bea", "balances": {"DIAMONDS": 3, "GOLD": 60},
+            "breakdown": {"DIAMONDS": {"paid": 3, "free": 0}, "GOLD": {"paid": 60, "free": 0}},
+        }  # fmt: skip
         await wait_projected(stack)
         assert (await api.get("/wallet/bea/balance")).json() == consistent.json()
         first = (await api.get("/wallet/bea/transactions", params={"limit": 4})).json()
@@ -363,7 +370,9 @@ class TestBalanceCache:
         routed = await api.get("/wallet/eve/balance", params={"consistent": "false"})
         assert (plain.status_code, plain.content) == (routed.status_code, routed.content)
         assert plain.headers["content-type"] == routed.headers["content-type"]
-        assert plain.json() == {"userId": "eve", "balances": {"GOLD": 3}}
+        assert plain.json() == {
+            "userId": "eve", "balances": {"GOLD": 3}, "breakdown": {"GOLD": {"paid": 3, "free": 0}}
+        }  # fmt: skip
         head = await api.head("/wallet/eve/balance")
         assert head.status_code == 200 and head.content == b""
         writer = _bearer(await new_key(stack, "writes-only", ["commands:write"]))

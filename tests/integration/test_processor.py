@@ -25,7 +25,8 @@ pytestmark = pytest.mark.also_tansu
 
 class TestFlows:
     async def test_top_up_bonus_spend_for_one_user(self, stack: Settings) -> None:
-        """Credits and a debit give the right replies, balance and zero-sum entries."""
+        """Credits and a debit give the right replies, balance and zero-sum entries; the
+        spend takes the free bonus first (free_first), its paid rest is revenue."""
         async with running_processor(stack), client_for(stack) as client:
             top_up = await client.request(command("top_up", "alice", 100))
             bonus = await client.request(command("bonus", "alice", 25))
@@ -33,6 +34,8 @@ class TestFlows:
         assert [r.status for r in (top_up, bonus, spend)] == ["accepted"] * 3
         assert [r.balance for r in (top_up, bonus, spend)] == [100, 125, 85]
         assert spend.transaction_id is not None and not spend.duplicate
+        assert spend.consumed is not None and (spend.consumed.paid, spend.consumed.free) == (15, 25)
+        assert (spend.paid, spend.free) == (85, 0) and (bonus.paid, bonus.free) == (100, 25)
         assert await balance(stack, "alice") == 85
         assert await asset_sums(stack) == {"GOLD": 0}
         legs = await fetch(
@@ -41,7 +44,8 @@ class TestFlows:
             spend.transaction_id,
         )
         assert sorted((r["account_kind"], r["amount"]) for r in legs) == [
-            ("revenue", 40),
+            ("free_spent", 25),
+            ("revenue", 15),
             ("user", -40),
         ]
 

@@ -183,8 +183,14 @@ class TestVerify:
             await conn.execute("UPDATE balances SET balance = balance + 1 WHERE ctid IN"
                                " (SELECT ctid FROM balances LIMIT 1)")  # fmt: skip
             problems = await audit(stack)
-            assert problems["each projected balance equals the ledger's (up to the projector's"
+            assert problems["each projected balance and paid part equals the ledger's (up to the"
                             " checkpoints)"] == 1  # fmt: skip
+            await conn.execute("UPDATE lots SET remaining = remaining + 1 WHERE ctid IN"
+                               " (SELECT ctid FROM lots LIMIT 1)")  # fmt: skip
+            problems = await audit(stack)
+            assert problems["each account's open lots sum to its balance, and their paid part to"
+                            " its paid part"] == 1  # fmt: skip
+            assert problems["each credit's lot holds its amount less what spends took from it"] == 1
             # A superuser bypassing the append-only triggers, as an attacker or a bad script might.
             await conn.execute("SET session_replication_role = replica")
             await conn.execute("UPDATE ledger_entries SET amount = amount + 7 WHERE entry_id ="
@@ -197,7 +203,9 @@ class TestVerify:
         problems = await audit(stack)
         assert problems["every transaction's entries sum to zero"] == 1
         assert problems["every asset's entries sum to zero"] == 1
-        assert problems["each accepted command records its user entry's balance and version"] == 1
+        assert problems[
+            "each accepted command records its user entry's balance, paid part and version"
+        ] == 1  # fmt: skip
 
 
 class TestProjectorCrash:

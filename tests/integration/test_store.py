@@ -10,7 +10,7 @@ import pytest
 
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
-from ledger.decide import AccountState
+from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, IdempotencyId, Intake, StoredResult, payload_hash, plan_batch
 from storage.db import create_pool
 from storage.event_store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
@@ -35,7 +35,15 @@ def _plan(  # type: ignore[no-untyped-def]
     cmd = command("top_up", user, amount, key=key or f"k{offset}")
     ctx = BatchContext(TOPIC, 0, 0, datetime.now(UTC))
     item = Intake(offset, user.encode(), cmd.encode(), cmd, payload_hash(cmd))
-    return plan_batch(ctx, [item], known or {}, {}, frozenset({"GOLD"}))
+    return plan_batch(ctx, [item], known or {}, {}, {"GOLD": SpendOrder.FREE_FIRST})
+
+
+async def _loaded(
+    store: PostgresEventStore, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """Each loaded account as (balance, version, paid part, open lots)."""
+    found = await store.load_accounts(keys)
+    return {k: (a.balance, a.version, a.paid, len(a.lots)) for k, a in found.items()}
 
 
 def _position(epoch: int, first: int, nxt: int) -> BatchPosition:
@@ -77,9 +85,7 @@ class TestFencing:
         """What a batch wrote is what the next owner loads."""
         claim = await store.claim_partition(TOPIC, 0, "owner")
         await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
-        assert await store.load_accounts([("zed", "GOLD")]) == {
-            ("zed", "GOLD"): AccountState(10, 1)
-        }
+        assert await _loaded(store, [("zed", "GOLD")]) == {("zed", "GOLD"): (10, 1, 10, 1)}
         found = await store.find_processed([("zed", "k0")])
         assert found[("zed", "k0")].status == "accepted"
 
@@ -141,9 +147,7 @@ class TestDatabaseConstraints:
             await store.commit_batch(_position(claim.epoch, 1, 2), _plan(1, 10))
         assert refused.value.data["sqlstate"] == "23505"
         assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
-        assert await store.load_accounts([("zed", "GOLD")]) == {
-            ("zed", "GOLD"): AccountState(10, 1)
-        }
+        assert await _loaded(store, [("zed", "GOLD")]) == {("zed", "GOLD"): (10, 1, 10, 1)}
 
 
 class TestOutboxWatermark:
@@ -189,9 +193,9 @@ class TestManyPartitionsInOneCommit:
         offsets = await fetch(stack, "SELECT partition, next_offset FROM partition_state"
                                      " WHERE topic = $1 ORDER BY 1", TOPIC)  # fmt: skip
         assert [(r["partition"], r["next_offset"]) for r in offsets] == [(1, 1), (2, 3)]
-        assert await store.load_accounts([("ann", "GOLD"), ("bob", "GOLD")]) == {
-            ("ann", "GOLD"): AccountState(10, 1),
-            ("bob", "GOLD"): AccountState(20, 1),
+        assert await _loaded(store, [("ann", "GOLD"), ("bob", "GOLD")]) == {
+            ("ann", "GOLD"): (10, 1, 10, 1),
+            ("bob", "GOLD"): (20, 1, 20, 1),
         }
 
     async def test_one_fenced_partition_rolls_back_all(

@@ -9,6 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, Intake, payload_hash, plan_batch, transaction_id_for
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
@@ -16,7 +17,7 @@ from schemas.commands import Command
 from tests.integration.helpers import command
 
 CTX = BatchContext("cmds", 0, 0, datetime(2026, 1, 1, tzinfo=UTC))
-ASSETS = frozenset({"GOLD"})
+ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
 
 
 def _items(*commands: Command) -> list[Intake]:

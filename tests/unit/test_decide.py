@@ -2,50 +2,88 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from ledger.decide import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
+from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder
 from schemas.events import AccountKind
 from tests.integration.helpers import command
 
-ASSETS = frozenset({"GOLD"})
+ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
+TX = uuid.UUID(int=99)
+PAID = Lot(uuid.UUID(int=1), True, 30, 1)
+FREE = Lot(uuid.UUID(int=2), False, 5, 2)
+BOTH = AccountState(35, 2, 30, (PAID, FREE))
 
 
 class TestCredits:
-    def test_top_up_opens_a_wallet_from_the_treasury(self) -> None:
-        """A first top-up opens the wallet at version 1, funded by the treasury."""
-        result = decide(command("top_up", "u", 30), EMPTY_ACCOUNT, ASSETS)
-        assert result == Accepted(AccountState(30, 1), 30, AccountKind.TREASURY)
+    def test_top_up_opens_a_paid_lot_from_the_treasury(self) -> None:
+        """A first top-up opens the wallet at version 1 with one paid lot, funded by the
+        treasury."""
+        result = decide(command("top_up", "u", 30), EMPTY_ACCOUNT, ASSETS, TX)
+        after = AccountState(30, 1, 30, (Lot(TX, True, 30, 1),))
+        assert result == Accepted(after, 30, ((AccountKind.TREASURY, -30),))
 
-    def test_bonus_comes_from_the_bonus_pool(self) -> None:
-        """A bonus is a credit from the bonus pool."""
-        result = decide(command("bonus", "u", 5), AccountState(10, 3), ASSETS)
-        assert result == Accepted(AccountState(15, 4), 5, AccountKind.BONUS_POOL)
+    def test_bonus_opens_a_free_lot_from_the_bonus_pool(self) -> None:
+        """A bonus is a credit from the bonus pool, and its lot is free currency."""
+        result = decide(command("bonus", "u", 5), AccountState(30, 1, 30, (PAID,)), ASSETS, TX)
+        after = AccountState(35, 2, 30, (PAID, Lot(TX, False, 5, 2)))
+        assert result == Accepted(after, 5, ((AccountKind.BONUS_POOL, -5),))
 
     def test_credit_past_the_balance_limit_is_refused(self) -> None:
         """No balance may exceed BALANCE_MAX."""
-        result = decide(command("top_up", "u", 10), AccountState(BALANCE_MAX - 5, 1), ASSETS)
+        full = AccountState(BALANCE_MAX - 5, 1, 0, (Lot(TX, False, BALANCE_MAX - 5, 1),))
+        result = decide(command("top_up", "u", 10), full, ASSETS, uuid.uuid4())
         assert isinstance(result, Rejected) and result.code == "balance_limit_exceeded"
+
+    def test_credit_past_the_open_lot_limit_is_refused(self) -> None:
+        """A wallet holding LOTS_OPEN_MAX open lots takes no further credit: too_many_lots."""
+        lots = tuple(Lot(uuid.UUID(int=i + 1), True, 1, i + 1) for i in range(LOTS_OPEN_MAX))
+        account = AccountState(LOTS_OPEN_MAX, LOTS_OPEN_MAX, LOTS_OPEN_MAX, lots)
+        result = decide(command("bonus", "u", 1), account, ASSETS, TX)
+        assert isinstance(result, Rejected) and result.code == "too_many_lots"
 
 
 class TestSpends:
-    def test_spend_goes_to_revenue(self) -> None:
-        """A spend debits the user and credits revenue."""
-        result = decide(command("spend", "u", 10), AccountState(10, 1), ASSETS)
-        assert result == Accepted(AccountState(0, 2), -10, AccountKind.REVENUE)
+    def test_spend_takes_free_currency_first(self) -> None:
+        """Under free_first a spend takes the free lot, then paid; the paid part goes to
+        revenue and the free part to free_spent."""
+        result = decide(command("spend", "u", 8), BOTH, ASSETS, TX)
+        assert isinstance(result, Accepted)
+        assert result.account == AccountState(27, 3, 27, (PAID._replace(remaining=27),))
+        assert result.pieces == (Piece(FREE.lot_id, False, 5), Piece(PAID.lot_id, True, 3))
+        assert result.consumed_paid == 3
+        assert result.legs == ((AccountKind.REVENUE, 3), (AccountKind.FREE_SPENT, 5))
+
+    def test_paid_first_recognises_revenue_first(self) -> None:
+        """Under paid_first a spend within the paid lots is all revenue."""
+        assets = {"GOLD": SpendOrder.PAID_FIRST}
+        result = decide(command("spend", "u", 8), BOTH, assets, TX)
+        assert isinstance(result, Accepted)
+        assert result.legs == ((AccountKind.REVENUE, 8),) and result.account.paid == 22
 
     @pytest.mark.parametrize("balance", [0, 9])
     def test_overdraft_is_refused(self, balance: int) -> None:
         """A spend larger than the balance is insufficient_funds."""
-        result = decide(command("spend", "u", 10), AccountState(balance, 1), ASSETS)
+        lots = (Lot(TX, True, balance, 1),) if balance else ()
+        account = AccountState(balance, 1, balance, lots)
+        result = decide(command("spend", "u", 10), account, ASSETS, uuid.uuid4())
         assert isinstance(result, Rejected) and result.code == "insufficient_funds"
 
     def test_unknown_asset_is_refused(self) -> None:
         """An asset not in the catalog is unknown_asset."""
-        result = decide(command("top_up", "u", 1, asset="RUBY"), EMPTY_ACCOUNT, ASSETS)
+        result = decide(command("top_up", "u", 1, asset="RUBY"), EMPTY_ACCOUNT, ASSETS, TX)
         assert isinstance(result, Rejected) and result.code == "unknown_asset"
 
     def test_negative_state_is_a_bug(self) -> None:
         """A negative balance going in trips the precondition assertion."""
         with pytest.raises(AssertionError):
-            decide(command("spend", "u", 1), AccountState(-1, 1), ASSETS)
+            decide(command("spend", "u", 1), AccountState(-1, 1), ASSETS, TX)
+
+    def test_lots_short_of_the_balance_are_a_bug(self) -> None:
+        """A state whose lots hold less than its balance trips an assertion, never a
+        partial spend."""
+        with pytest.raises(AssertionError):
+            decide(command("spend", "u", 10), AccountState(10, 1, 0, ()), ASSETS, TX)

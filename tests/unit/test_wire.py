@@ -31,13 +31,25 @@ def _check(encoded: bytes, model: type[BaseModel], schema: str) -> dict[str, Any
 
 class TestReplies:
     def test_an_accepted_reply(self) -> None:
-        """An accepted reply carries the transaction and the balance after it."""
+        """An accepted reply carries the transaction, the balance after it and its paid and
+        free parts."""
         encoded = wire.reply_bytes(
             command_id=uuid.uuid4(), idempotency_key="k", user_id="ana", status="accepted",
             duplicate=False, transaction_id=uuid.uuid4(), type="top_up", asset="GOLD", amount=5,
-            balance=5, error=None, processed_at=NOW,
+            balance=5, error=None, processed_at=NOW, paid=3,
         )  # fmt: skip
-        assert _check(encoded, Reply, "reply")["balance"] == 5
+        document = _check(encoded, Reply, "reply")
+        assert (document["balance"], document["paid"], document["free"]) == (5, 3, 2)
+        assert document["consumed"] is None
+
+    def test_a_spend_reply_says_what_it_consumed(self) -> None:
+        """An accepted spend's reply splits its amount into paid and free currency taken."""
+        encoded = wire.reply_bytes(
+            command_id=uuid.uuid4(), idempotency_key="k", user_id="ana", status="accepted",
+            duplicate=False, transaction_id=uuid.uuid4(), type="spend", asset="GOLD", amount=5,
+            balance=1, error=None, processed_at=NOW, paid=1, consumed_paid=2,
+        )  # fmt: skip
+        assert _check(encoded, Reply, "reply")["consumed"] == {"paid": 2, "free": 3}
 
     def test_a_refusal_of_what_is_not_a_command(self) -> None:
         """A refusal knows only the envelope, and echoes the producer's command_id as sent."""
@@ -53,15 +65,28 @@ class TestReplies:
 
 class TestEvents:
     def test_a_spend_event_balances(self) -> None:
-        """A ledger event's two entries sum to zero, the system leg named by the type."""
+        """A spend of paid and free currency has three entries summing to zero: the user's,
+        revenue for the paid part and free_spent for the free part."""
         document = wire.event_document(
             transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
             type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
-            user_amount=-3, description=None, occurred_at=NOW,
+            user_amount=-3, description=None, occurred_at=NOW, paid_after=2, consumed_paid=1,
         )  # fmt: skip
         checked = _check(orjson.dumps(document), LedgerEvent, "event")
-        assert [e["account"] for e in checked["entries"]] == ["user", "revenue"]
-        assert sum(e["amount"] for e in checked["entries"]) == 0
+        entries = [(e["account"], e["amount"]) for e in checked["entries"]]
+        assert entries == [("user", -3), ("revenue", 1), ("free_spent", 2)]
+
+    def test_a_spend_recorded_before_lots_went_to_revenue(self) -> None:
+        """A spend from before lots (its paid part unknown) is rebuilt as it was written:
+        the whole amount to revenue."""
+        document = wire.event_document(
+            transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
+            type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
+            user_amount=-3, description=None, occurred_at=NOW, paid_after=None,
+            consumed_paid=None,
+        )  # fmt: skip
+        checked = _check(orjson.dumps(document), LedgerEvent, "event")
+        assert [(e["account"], e["amount"]) for e in checked["entries"]][1:] == [("revenue", 3)]
 
 
 class TestDeadLetters:
