@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from ledger.decide import AccountState
+from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, Intake, plan_batch
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
@@ -49,7 +50,7 @@ def _run(records: list[tuple[bytes, bytes]], batch: int) -> tuple[float, float]:
         intakes: list[Intake] = [admit(rules, 0, start + i, k, v) for i, (k, v) in enumerate(chunk)]
         decoded = time.perf_counter()
         ctx = BatchContext("bench.commands", 0, 0, datetime.now(UTC))
-        plan = plan_batch(ctx, intakes, {}, accounts, frozenset({"GOLD"}))
+        plan = plan_batch(ctx, intakes, {}, accounts, {"GOLD": SpendOrder.FREE_FIRST})
         accounts.update(plan.accounts)
         planned = time.perf_counter()
         decode_s += decoded - began

@@ -18,7 +18,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from commands.client import WalletClient
 from schemas.codec import repeated_key
@@ -62,6 +62,16 @@ class WriteRequest(BaseModel):
     description: Description | None = None
 
 
+class CreditRequest(WriteRequest):
+    """A top-up or bonus, whose lot may expire."""
+
+    # Not strict: the JSON string is the only way a time arrives.
+    expiresAt: AwareDatetime | None = Field(
+        default=None, strict=False,
+        description="When the credited lot stops being spendable (RFC 3339, with zone).",
+    )  # fmt: skip
+
+
 class WriteError(BaseModel):
     code: str
     message: str
@@ -83,6 +93,7 @@ class WriteResponse(BaseModel):
     paid: int | None  # the paid part of balance; the rest is free
     free: int | None
     consumed: WriteConsumed | None  # an accepted spend: what it took
+    expired: int | None  # what the transaction booked out of lots whose expiry had come
     error: WriteError | None
 
 
@@ -96,17 +107,21 @@ async def write(
     kind: CommandType, body: WriteRequest, client: WalletClient, timeout_s: float
 ) -> tuple[int, dict[str, Any]]:
     """Publish the command and await its reply: the response's status code and content."""
-    command = Command(
-        command_id=uuid.uuid4(),
-        idempotency_key=body.idempotencyKey,
-        type=kind,
-        user_id=body.userId,
-        asset=body.assetId,
-        amount=body.amount,
-        description=body.description,
-        reply_to=client.reply_topic,
-        sent_at=datetime.now(UTC),
-    )
+    try:
+        command = Command(
+            command_id=uuid.uuid4(),
+            idempotency_key=body.idempotencyKey,
+            type=kind,
+            user_id=body.userId,
+            asset=body.assetId,
+            amount=body.amount,
+            description=body.description,
+            reply_to=client.reply_topic,
+            sent_at=datetime.now(UTC),
+            expires_at=getattr(body, "expiresAt", None),
+        )
+    except ValidationError as exc:  # a rule across fields (expiresAt too far ahead)
+        return 422, {"detail": [{"msg": e["msg"], "loc": e["loc"]} for e in exc.errors()]}
     # Every log line of this request's handling, ours or the client's, carries these two.
     with structlog.contextvars.bound_contextvars(
         command_id=str(command.command_id), user_id=command.user_id
@@ -133,6 +148,7 @@ def _response(reply: dict[str, Any], body: WriteRequest) -> dict[str, Any]:
         "paid": reply["paid"],
         "free": reply["free"],
         "consumed": reply["consumed"],
+        "expired": reply["expired"],
         "error": reply["error"],
     }
 
@@ -154,13 +170,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/topup", status_code=201, responses=_RESPONSES)
-async def top_up(body: WriteRequest, request: Request) -> JSONResponse:
+async def top_up(body: CreditRequest, request: Request) -> JSONResponse:
     """Credit a user's wallet from the treasury (a paid top-up)."""
     return await _write(CommandType.TOP_UP, body, request)
 
 
 @router.post("/bonus", status_code=201, responses=_RESPONSES)
-async def bonus(body: WriteRequest, request: Request) -> JSONResponse:
+async def bonus(body: CreditRequest, request: Request) -> JSONResponse:
     """Credit a user's wallet from the bonus pool (free credits)."""
     return await _write(CommandType.BONUS, body, request)
 

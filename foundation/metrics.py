@@ -91,6 +91,9 @@ OUTBOX_BACKLOG = Gauge(
 DEAD_LETTERS = Counter(
     "wallet_dead_letters", "Records sent to the dead-letter topic, by reason", ["code"]
 )
+EXPIRY_SWEEP_COMMANDS = Counter(
+    "wallet_expiry_sweep_commands", "expire commands the expiry sweep published"
+)
 PROJECTED_ENTRIES = Counter("wallet_projected_entries", "Ledger entries the projector applied")
 PROJECTOR_LAG_SECONDS = PartitionGauge(
     Gauge(

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     command_bytes_max: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     balance_cache_max: int = Field(200_000, ge=1_000, le=50_000_000)
     outbox_queue_max: int = Field(64, ge=1, le=10_000)
+    # How often each processor looks for wallets holding expired lots nobody touches and
+    # sends them an `expire` command (processor.expiry_sweep).
+    expiry_sweep_interval_ms: int = Field(5_000, ge=100, le=3_600_000)
     # Published outbox rows kept per partition (for inspection); older ones are pruned.
     outbox_keep_rows: int = Field(100_000, ge=0, le=100_000_000)
     outbox_prune_interval_ms: int = Field(5_000, ge=10, le=3_600_000)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ledger import wire
+from ledger import lots, wire
 from ledger.decide import (
     EMPTY_ACCOUNT,
     Accepted,
@@ -27,8 +27,9 @@ from ledger.decide import (
     Rejected,
     decide,
 )
+from ledger.lots import Piece
 from schemas.codec import DecodeFailure
-from schemas.commands import Command, CommandType
+from schemas.commands import CREDITS, Command
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -39,7 +40,6 @@ from schemas.replies import ErrorCode
 _TRANSACTION_ID_KEY = b"dino-wallet/transaction-id/1"
 
 _USER_ACCOUNT = AccountKind.USER.value
-_SPEND = CommandType.SPEND.value
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -68,9 +68,10 @@ class StoredResult(NamedTuple):
     balance_after: int | None
     type: str
     asset: str
-    amount: int
+    amount: int | None  # None: a refused expire (it names no amount)
     paid_after: int | None  # None on records written before lots existed
     consumed_paid: int | None
+    expired_amount: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class ProcessedRow(NamedTuple):
     command_id: uuid.UUID
     type: str
     asset: str
-    amount: int
+    amount: int | None  # an accepted expire: what it booked out; a refused one: None
     payload_hash: bytes
     status: str
     error_code: str | None
@@ -108,13 +109,16 @@ class ProcessedRow(NamedTuple):
     paid_after: int | None  # the paid part of balance_after
     consumed_paid: int | None  # an accepted spend: the paid part of its amount
     lots_taken: str | None  # an accepted spend: JSON [[lot id, amount], ...], in order taken
+    expires_at: datetime | None  # a credit: when its lot stops being spendable
+    expired_amount: int | None  # accepted: what it booked out of expired lots (besides amount)
+    lots_expired: str | None  # accepted: JSON [[lot id, amount], ...] of the lots it booked out
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
         return StoredResult(
             self.payload_hash, self.status, self.error_code, self.error_message,
             self.transaction_id, self.balance_after, self.type, self.asset, self.amount,
-            self.paid_after, self.consumed_paid,
+            self.paid_after, self.consumed_paid, self.expired_amount,
         )  # fmt: skip
 
 
@@ -128,6 +132,7 @@ class LotRow(NamedTuple):
     paid: bool
     remaining: int
     seq: int
+    expires_at: datetime | None
 
 
 class EntryRow(NamedTuple):
@@ -187,10 +192,12 @@ class BatchPlan:
 
 def payload_hash(command: Command) -> bytes:
     """What makes two commands with one idempotency key "the same" (ids and times excluded)."""
-    material = orjson.dumps(
-        [command.type, command.asset, command.amount, command.description, command.metadata],
-        option=orjson.OPT_SORT_KEYS,
-    )
+    fields: list[object] = [
+        command.type, command.asset, command.amount, command.description, command.metadata
+    ]  # fmt: skip
+    if command.expires_at is not None:  # the same instant, however its zone is written
+        fields.append(lots.epoch_ms(command.expires_at))
+    material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(material, digest_size=16).digest()
 
 
@@ -224,6 +231,7 @@ def plan_batch(
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
     plan = BatchPlan()
     seen = dict(known)
+    now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
     for item in items:
         if isinstance(item.admitted, DecodeFailure):
             _refuse(ctx, plan, item, item.admitted)
@@ -237,12 +245,29 @@ def plan_batch(
         account_key = (command.user_id, command.asset)
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
-        decision = decide(command, account, assets, tx_id)
+        decision = decide(command, account, assets, tx_id, now_ms)
         result = _record(ctx, plan, item, command, account, decision, tx_id)
         seen[(command.user_id, command.idempotency_key)] = result
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
     return plan
+
+
+class _Decided(NamedTuple):
+    """The fields of a record that its decision sets."""
+
+    amount: int | None
+    status: str
+    error_code: str | None
+    error_message: str | None
+    transaction_id: uuid.UUID | None
+    balance_after: int | None
+    version: int | None
+    paid_after: int | None
+    consumed_paid: int | None = None
+    lots_taken: str | None = None
+    expired_amount: int | None = None
+    lots_expired: str | None = None
 
 
 def _record(
@@ -254,51 +279,33 @@ def _record(
     decision: Accepted | Rejected,
     transaction_id: uuid.UUID,
 ) -> StoredResult:
-    tx_id: uuid.UUID | None = None
-    balance = paid = version = consumed_paid = None
-    error_code = error_message = taken = None
     kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
-        tx_id = transaction_id
         after = decision.account
-        balance, paid, version = after.balance, after.paid, after.version
-        consumed_paid = decision.consumed_paid
         plan.accounts[(command.user_id, command.asset)] = after
-        _entries(ctx, plan, command, tx_id, decision)
-        taken = _lots(ctx, plan, command, before, decision)
+        _entries(ctx, plan, command, transaction_id, decision)
+        taken, expired = _lots(ctx, plan, command, decision)
+        d = _Decided(decision.amount, "accepted", None, None, transaction_id, after.balance,
+                     after.version, after.paid, decision.consumed_paid, taken,
+                     decision.expired_besides or None, expired)  # fmt: skip
     else:
-        error_code, error_message = decision.code.value, decision.message
-        if decision.code is not ErrorCode.UNKNOWN_ASSET:
-            balance, paid = before.balance, before.paid
+        balance: int | None = before.balance
+        paid: int | None = before.paid
+        if decision.code is ErrorCode.UNKNOWN_ASSET:
+            balance = paid = None
+        d = _Decided(command.amount, "rejected", decision.code.value, decision.message, None,
+                     balance, None, paid)  # fmt: skip
     row = ProcessedRow(
-        command.user_id,
-        command.idempotency_key,
-        command.command_id,
-        kind,
-        command.asset,
-        command.amount,
-        item.payload_hash or b"",
-        "accepted" if tx_id else "rejected",
-        error_code,
-        error_message,
-        tx_id,
-        balance,
-        command.description,
-        orjson.dumps(command.metadata).decode(),
-        ctx.topic,
-        ctx.partition,
-        item.offset,
-        ctx.processed_at,
-        ctx.generation,
-        command.reply_to,
-        version,
-        paid,
-        consumed_paid,
-        taken,
-    )
+        command.user_id, command.idempotency_key, command.command_id, kind, command.asset,
+        d.amount, item.payload_hash or b"", d.status, d.error_code, d.error_message,
+        d.transaction_id, d.balance_after, command.description,
+        orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
+        ctx.processed_at, ctx.generation, command.reply_to, d.version, d.paid_after,
+        d.consumed_paid, d.lots_taken, command.expires_at, d.expired_amount, d.lots_expired,
+    )  # fmt: skip
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row))
-    plan.decided.append(Outcome(kind, row.status, error_code or ""))
+    plan.decided.append(Outcome(kind, d.status, d.error_code or ""))
     return row.result()
 
 
@@ -319,25 +326,31 @@ def _entries(
 
 
 def _lots(
-    ctx: BatchContext, plan: BatchPlan, command: Command, before: AccountState, decision: Accepted
-) -> str | None:
-    """Note the lots the command opened or drew on, as the batch leaves them; return a
-    spend's pieces as its record keeps them."""
+    ctx: BatchContext, plan: BatchPlan, command: Command, decision: Accepted
+) -> tuple[str | None, str | None]:
+    """Note the lots the command opened, drew on or booked out, as the batch leaves them;
+    return what its record keeps of the pieces it took and of the lots it booked out."""
     user, asset = command.user_id, command.asset
-    if not decision.pieces:  # a credit: its lot is the last one
+    for piece in (*decision.pieces, *decision.expired):
+        plan.lots[(user, asset, piece.lot_id)] = LotRow(
+            user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
+            _time(piece.expires_ms),
+        )  # fmt: skip
+    if command.type in CREDITS:  # its lot is the last one
         lot = decision.account.lots[-1]
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
-            user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq
-        )
-        return None
-    opened = {lot.lot_id: lot for lot in before.lots}
-    left = {lot.lot_id: lot.remaining for lot in decision.account.lots}
-    for piece in decision.pieces:
-        lot = opened[piece.lot_id]
-        plan.lots[(user, asset, lot.lot_id)] = LotRow(
-            user, asset, lot.lot_id, ctx.partition, lot.paid, left.get(lot.lot_id, 0), lot.seq
-        )
-    return orjson.dumps([[str(p.lot_id), p.amount] for p in decision.pieces]).decode()
+            user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
+            _time(lot.expires_ms),
+        )  # fmt: skip
+    return _pieces_json(decision.pieces), _pieces_json(decision.expired)
+
+
+def _pieces_json(pieces: tuple[Piece, ...]) -> str | None:
+    return orjson.dumps([[str(p.lot_id), p.amount] for p in pieces]).decode() if pieces else None
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else lots.at_ms(ms)
 
 
 def _repeat(
@@ -360,6 +373,7 @@ def _repeat(
             amount=command.amount,
             paid_after=None,
             consumed_paid=None,
+            expired_amount=None,
         )
         reply = _reply_bytes(ctx, command, reused, True)
         plan.decided.append(Outcome(command.type.value, "rejected", reused.error_code or ""))
@@ -421,6 +435,7 @@ def _reply_bytes(
         transaction_id=result.transaction_id, type=result.type, asset=result.asset,
         amount=result.amount, balance=result.balance_after, error=error,
         processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
+        expired=result.expired_amount,
     )  # fmt: skip
 
 
@@ -434,18 +449,19 @@ def outbox_row_of(row: ProcessedRow) -> OutboxRow:
         status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
         processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
+        expired=row.expired_amount,
     )  # fmt: skip
     event = None
     if row.transaction_id is not None:
         assert row.balance_after is not None and row.version is not None, row
-        user_amount = -row.amount if row.type == _SPEND else row.amount
+        assert row.amount is not None, row
         event = orjson.dumps(wire.event_document(
             transaction_id=row.transaction_id, command_id=row.command_id,
             idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
             asset=row.asset, amount=row.amount, balance_after=row.balance_after,
-            version=row.version, user_amount=user_amount, description=row.description,
-            occurred_at=row.processed_at, paid_after=row.paid_after,
-            consumed_paid=row.consumed_paid,
+            version=row.version, description=row.description, occurred_at=row.processed_at,
+            paid_after=row.paid_after, consumed_paid=row.consumed_paid,
+            expired=row.expired_amount or 0,
         ))  # fmt: skip
     return OutboxRow(
         row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),

@@ -34,6 +34,7 @@ def reply_bytes(
     processed_at: datetime,
     paid: int | None = None,
     consumed_paid: int | None = None,
+    expired: int | None = None,
 ) -> bytes:
     """A `wallet.replies` message (schemas.replies.Reply). `paid` is the paid part of
     `balance` (None where unknown: records written before lots existed); `consumed_paid`
@@ -58,6 +59,7 @@ def reply_bytes(
             "paid": None if free is None else paid,
             "free": free,
             "consumed": consumed,
+            "expired": expired,
             "error": {"code": error[0], "message": error[1]} if error else None,
             "processed_at": processed_at,
         }
@@ -75,14 +77,16 @@ def event_document(
     amount: int,
     balance_after: int,
     version: int,
-    user_amount: int,
     description: str | None,
     occurred_at: datetime,
     paid_after: int | None,
     consumed_paid: int | None,
+    expired: int,
 ) -> dict[str, object]:
-    """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent)."""
-    legs = system_legs(type, amount, consumed_paid)
+    """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
+    its legs as its record implies (ledger.decide.system_legs), the user's balancing them."""
+    legs = system_legs(type, amount, consumed_paid, expired)
+    user_amount = -sum(n for _, n in legs)
     return {
         "transaction_id": transaction_id,
         "command_id": command_id,

@@ -23,6 +23,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from foundation import metrics
 from foundation.settings import Settings
 from messaging.kafka import make_consumer, make_producer, start_producer
+from processor.expiry_sweep import ExpirySweep
 from processor.intake import IntakeRules
 from processor.outbox import OutboxPublisher
 from processor.steps import Steps
@@ -91,8 +92,10 @@ class Processor:
         await asyncio.wait_for(consumer.start(), join_timeout_s)
         self._joined = True
         log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
+        sweep = ExpirySweep(self._store, producer, self._settings, self._owned)
+        sweeping = asyncio.create_task(sweep.run(), name="expiry-sweep")
         try:
-            await self._until_stopped(stop, relay, timeout_s)
+            await self._until_stopped(stop, (relay, sweeping), timeout_s)
         finally:
             self._joined = False
             self._steps.close()
@@ -100,8 +103,9 @@ class Processor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._publisher.drain(), timeout_s)
             finally:  # a failure of the relay's (a bug) still raises, after the clean-up
-                relay.cancel()
-                await asyncio.gather(relay, return_exceptions=True)
+                for task in (relay, sweeping):
+                    task.cancel()
+                await asyncio.gather(relay, sweeping, return_exceptions=True)
                 # Bounded: a broker that does not answer must not keep the process from exiting.
                 for client in (consumer, producer):
                     with contextlib.suppress(TimeoutError):
@@ -109,7 +113,7 @@ class Processor:
                 log.info("processor stopped", owner=self.owner)
 
     async def _until_stopped(
-        self, stop: asyncio.Event, relay: asyncio.Task[None], timeout_s: float
+        self, stop: asyncio.Event, background: tuple[asyncio.Task[None], ...], timeout_s: float
     ) -> None:
         """Step until `stop` is set.
 
@@ -118,8 +122,9 @@ class Processor:
         did not commit, the partition's next owner fetches again from the stored offset, and
         what it committed but did not publish is republished from the outbox.
 
-        The relay never ends on its own; if it does, it failed, and the process stops with its
-        error instead of committing batches whose replies nobody would publish.
+        The relay and the expiry sweep never end on their own; if one does, it failed, and the
+        process stops with its error (instead of, for the relay, committing batches whose
+        replies nobody would publish).
         """
         assert self._steps is not None
         steps = self._steps
@@ -127,11 +132,13 @@ class Processor:
         try:
             while not stop.is_set():
                 step = asyncio.ensure_future(steps.step())
-                await asyncio.wait({step, stopping, relay}, return_when=asyncio.FIRST_COMPLETED)
-                if relay.done():
-                    step.cancel()
-                    await relay  # raises the relay's error
-                    raise AssertionError("the outbox relay ended")
+                await asyncio.wait({step, stopping, *background},
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                for task in background:
+                    if task.done():
+                        step.cancel()
+                        await task  # raises the task's error
+                        raise AssertionError(f"{task.get_name()} ended")
                 if step.done():
                     await step  # raises what the step raised
                     continue
@@ -141,6 +148,12 @@ class Processor:
                     log.error("a step did not finish after stop; cancelled", owner=self.owner)
         finally:
             stopping.cancel()
+
+    def _owned(self) -> list[int]:
+        """The partitions this process owns now (the expiry sweep's to sweep)."""
+        if self._steps is None:
+            return []
+        return [tp.partition for tp in self._steps.partitions.workers]
 
     async def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         metrics.REBALANCES.labels("assigned").inc()

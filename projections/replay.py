@@ -146,7 +146,8 @@ async def republish(
             """
             SELECT e.entry_id, e.transaction_id, e.user_id, e.asset, e.amount, e.balance_after,
                    e.version, e.created_at, c.command_id, c.idempotency_key, c.type,
-                   c.amount AS command_amount, c.description, c.paid_after, c.consumed_paid
+                   c.amount AS command_amount, c.description, c.paid_after, c.consumed_paid,
+                   c.expired_amount
               FROM ledger_entries e
               JOIN processed_commands c ON c.transaction_id = e.transaction_id
              WHERE e.account_kind = 'user' AND e.entry_id > $1
@@ -178,9 +179,9 @@ def _event(row: asyncpg.Record) -> dict[str, object]:
         amount=row["command_amount"],
         balance_after=row["balance_after"],
         version=row["version"],
-        user_amount=row["amount"],
         description=row["description"],
         occurred_at=row["created_at"],
         paid_after=row["paid_after"],
         consumed_paid=row["consumed_paid"],
+        expired=row["expired_amount"] or 0,
     )

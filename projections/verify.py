@@ -10,6 +10,7 @@ from storage.db import Conn
 
 EXAMPLES_MAX = 5
 UNPUBLISHED_GRACE_S = 60
+EXPIRED_OPEN_GRACE_S = 300
 
 CHECKS: list[tuple[str, str]] = [
     (
@@ -41,12 +42,12 @@ CHECKS: list[tuple[str, str]] = [
     (
         # The legs a record implies (ledger.decide.system_legs): a credit's source; a spend's
         # paid part to revenue and free part to free_spent (a spend from before lots: all of
-        # it to revenue).
+        # it to revenue); an expire's amount, and what any transaction booked out, to expired.
         "every accepted command has one user entry and the system entries its record implies",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
             WHERE c.status = 'accepted'
-            GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid
+            GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid, c.expired_amount
            HAVING count(*) FILTER (WHERE e.account_kind = 'user') <> 1
                OR count(*) FILTER (WHERE e.account_kind <> 'user') = 0
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'treasury'), 0)
@@ -57,7 +58,10 @@ CHECKS: list[tuple[str, str]] = [
                   <> CASE c.type WHEN 'spend' THEN coalesce(c.consumed_paid, c.amount) ELSE 0 END
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'free_spent'), 0)
                   <> CASE c.type WHEN 'spend' THEN c.amount - coalesce(c.consumed_paid, c.amount)
-                     ELSE 0 END""",
+                     ELSE 0 END
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'expired'), 0)
+                  <> CASE c.type WHEN 'expire' THEN c.amount ELSE 0 END
+                     + coalesce(c.expired_amount, 0)""",
     ),
     (
         # Replies and events are rebuilt from the command's record: it must say what the
@@ -91,12 +95,16 @@ CHECKS: list[tuple[str, str]] = [
     ),
     (
         # Every lot opened by a credit since lots exist: what is left of it is its amount less
-        # what the spends recorded taking from it (lots_taken), and of its credit's kind.
-        "each credit's lot holds its amount less what spends took from it",
+        # what spends recorded taking from it (lots_taken) and what expiry booked out of it
+        # (lots_expired), and of its credit's kind.
+        "each credit's lot holds its amount less what spends took from it and expiry booked out",
         """WITH taken AS (
                 SELECT c.user_id, c.asset, (t->>0)::uuid AS lot_id, sum((t->>1)::bigint) AS n
-                  FROM processed_commands c CROSS JOIN jsonb_array_elements(c.lots_taken) t
-                 WHERE c.lots_taken IS NOT NULL GROUP BY 1, 2, 3)
+                  FROM processed_commands c
+                 CROSS JOIN jsonb_array_elements(coalesce(c.lots_taken, '[]')
+                                                 || coalesce(c.lots_expired, '[]')) t
+                 WHERE c.lots_taken IS NOT NULL OR c.lots_expired IS NOT NULL
+                 GROUP BY 1, 2, 3)
             SELECT c.transaction_id::text AS example
               FROM processed_commands c
               LEFT JOIN taken t
@@ -107,6 +115,20 @@ CHECKS: list[tuple[str, str]] = [
                AND c.paid_after IS NOT NULL
                AND (c.amount - coalesce(t.n, 0) <> coalesce(l.remaining, 0)
                     OR l.paid <> (c.type = 'top_up'))""",
+    ),
+    (
+        "no spend took from a lot whose expiry had come",
+        """SELECT s.transaction_id::text AS example
+              FROM processed_commands s
+             CROSS JOIN jsonb_array_elements(s.lots_taken) t
+              JOIN processed_commands c ON c.transaction_id = (t->>0)::uuid
+             WHERE s.lots_taken IS NOT NULL AND c.expires_at <= s.processed_at""",
+    ),
+    (
+        # The expiry sweep's work: a wallet nobody touches is sent an `expire` within seconds.
+        f"no lot stays open more than {EXPIRED_OPEN_GRACE_S} s past its expiry",
+        f"""SELECT user_id || ' ' || asset || ' ' || lot_id AS example FROM lots
+             WHERE expires_at < now() - interval '{EXPIRED_OPEN_GRACE_S} seconds'""",
     ),
     (
         "each projected balance and paid part equals the ledger's (up to the checkpoints)",

@@ -66,7 +66,7 @@ def decode_command(value: bytes | None, *, bytes_max: int) -> Command | DecodeFa
 # Fields whose JSON value in a valid command is always a string (strict mode: a UUID, an enum
 # and a datetime are read from strings only).
 _STRING_FIELDS = frozenset({"command_id", "idempotency_key", "type", "user_id", "asset",
-                            "reply_to", "sent_at"})  # fmt: skip
+                            "reply_to", "sent_at", "expires_at"})  # fmt: skip
 
 
 def _repeated_key(value: bytes, command: Command) -> str | None:

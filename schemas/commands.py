@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from foundation.topic_names import DEFAULT_REPLIES_TOPIC, TOPIC_NAME_CHARS_MAX, TOPIC_NAME_PATTERN
 
@@ -51,7 +59,14 @@ class CommandType(StrEnum):
 
     TOP_UP = "top_up"  # credit, paid for: treasury -> user
     BONUS = "bonus"  # credit, free: bonus pool -> user
-    SPEND = "spend"  # debit: user -> revenue
+    SPEND = "spend"  # debit: user -> revenue (paid part) and free_spent (free part)
+    # Book out whatever of the wallet has expired (no amount): what the processor's expiry
+    # sweep sends for wallets nobody touches; every other command does it on its way.
+    EXPIRE = "expire"
+
+
+CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
+EXPIRES_AT_AHEAD_MAX = timedelta(days=3660)  # about ten years
 
 
 class Command(BaseModel):
@@ -68,7 +83,15 @@ class Command(BaseModel):
     type: CommandType
     user_id: UserId
     asset: AssetCode
-    amount: int = Field(ge=AMOUNT_MIN, le=AMOUNT_MAX, description="Integer minor units.")
+    amount: int | None = Field(
+        default=None, ge=AMOUNT_MIN, le=AMOUNT_MAX,
+        description="Integer minor units; required, except for `expire`, which takes none.",
+    )  # fmt: skip
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="top_up and bonus only: when the credited lot stops being spendable "
+        "(RFC 3339, with zone, at most about ten years after sent_at).",
+    )
     description: Description | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     reply_to: TopicName = DEFAULT_REPLIES_TOPIC
@@ -85,6 +108,17 @@ class Command(BaseModel):
                 "digits in groups of 8-4-4-4-12"
             )
         return value
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> Command:
+        if (self.amount is None) != (self.type is CommandType.EXPIRE):
+            raise ValueError("amount is required, except for expire, which takes none")
+        if self.expires_at is not None:
+            if self.type not in CREDITS:
+                raise ValueError("expires_at is for top_up and bonus only")
+            if self.expires_at - self.sent_at > EXPIRES_AT_AHEAD_MAX:
+                raise ValueError("expires_at is more than ten years after sent_at")
+        return self
 
     @field_validator("metadata")
     @classmethod
@@ -107,12 +141,13 @@ def new_command(
     type: CommandType,
     user_id: str,
     asset: str,
-    amount: int,
+    amount: int | None,
     idempotency_key: str,
     command_id: UUID,
     sent_at: datetime,
     description: str | None = None,
     reply_to: str = DEFAULT_REPLIES_TOPIC,
+    expires_at: datetime | None = None,
 ) -> Command:
     """Build a validated command (the Python producer's way in)."""
     return Command(
@@ -125,4 +160,5 @@ def new_command(
         description=description,
         reply_to=reply_to,
         sent_at=sent_at,
+        expires_at=expires_at,
     )

@@ -18,6 +18,7 @@ class AccountKind(StrEnum):
     BONUS_POOL = "bonus_pool"  # source of free credits
     REVENUE = "revenue"  # sink of spends of paid currency: revenue, as finance books it
     FREE_SPENT = "free_spent"  # sink of spends of free currency (given away, never revenue)
+    EXPIRED = "expired"  # sink of lots whose expiry came before they were spent
 
 
 class Entry(BaseModel):
@@ -38,7 +39,7 @@ class LedgerEvent(BaseModel):
     type: CommandType
     user_id: str
     asset: str
-    amount: int
+    amount: int  # an expire: what it booked out
     balance_after: int
     version: int
     paid_after: int | None  # the paid part of balance_after; None before lots existed

@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     BALANCE_LIMIT_EXCEEDED = "balance_limit_exceeded"
     WRONG_PARTITION = "wrong_partition"
     TOO_MANY_LOTS = "too_many_lots"
+    INVALID_EXPIRY = "invalid_expiry"
+    NOTHING_TO_EXPIRE = "nothing_to_expire"
 
 
 class ErrorInfo(BaseModel):
@@ -61,5 +63,8 @@ class Reply(BaseModel):
     paid: int | None = Field(description="The paid part of `balance` (bought currency).")
     free: int | None = Field(description="The free part of `balance` (bonuses).")
     consumed: Consumed | None = Field(description="An accepted spend: what it took.")
+    expired: int | None = Field(
+        description="What the transaction booked out of lots whose expiry had come."
+    )
     error: ErrorInfo | None
     processed_at: AwareDatetime

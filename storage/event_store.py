@@ -10,13 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, overload
 
 import asyncpg
 
 from foundation.errors import FencedError
 from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, lot_order
+from ledger.lots import Lot, SpendOrder, lot_order, next_due_ms
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -54,14 +55,15 @@ def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
 _LOTS_SQL = """
 WITH given AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int[], $5::bool[],
-                         $6::bigint[], $7::bigint[])
-           AS k(user_id, asset, lot_id, partition, paid, remaining, seq)),
+                         $6::bigint[], $7::bigint[], $8::timestamptz[])
+           AS k(user_id, asset, lot_id, partition, paid, remaining, seq, expires_at)),
 closed AS (
     DELETE FROM lots l USING given g
      WHERE g.remaining = 0
        AND l.user_id = g.user_id AND l.asset = g.asset AND l.lot_id = g.lot_id)
-INSERT INTO lots AS l (user_id, asset, lot_id, partition, paid, remaining, seq)
-SELECT user_id, asset, lot_id, partition, paid, remaining, seq FROM given WHERE remaining > 0
+INSERT INTO lots AS l (user_id, asset, lot_id, partition, paid, remaining, seq, expires_at)
+SELECT user_id, asset, lot_id, partition, paid, remaining, seq, expires_at
+  FROM given WHERE remaining > 0
 ON CONFLICT (user_id, asset, lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
 """
 
@@ -146,6 +148,10 @@ class EventStore(Protocol):
     async def find_processed(
         self, ids: Sequence[IdempotencyId]
     ) -> dict[IdempotencyId, StoredResult]: ...
+
+    async def due_wallets(
+        self, partitions: Sequence[int], limit: int
+    ) -> list[tuple[str, str, datetime]]: ...
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
@@ -312,7 +318,9 @@ class PostgresEventStore:
                      ORDER BY version DESC LIMIT 1) AS e
               CROSS JOIN LATERAL (
                     SELECT array_agg(lot_id) AS lot_ids, array_agg(paid) AS lot_paid,
-                           array_agg(remaining) AS lot_remaining, array_agg(seq) AS lot_seq
+                           array_agg(remaining) AS lot_remaining, array_agg(seq) AS lot_seq,
+                           array_agg((extract(epoch FROM expires_at) * 1000)::bigint)
+                               AS lot_expires_ms
                       FROM lots WHERE user_id = k.user_id AND asset = k.asset) AS l
             """,
             [k[0] for k in keys],
@@ -332,7 +340,7 @@ class PostgresEventStore:
             """
             SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
                    c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount,
-                   c.paid_after, c.consumed_paid
+                   c.paid_after, c.consumed_paid, c.expired_amount
               FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
               CROSS JOIN LATERAL (
                     SELECT * FROM processed_commands p
@@ -357,9 +365,28 @@ class PostgresEventStore:
                 amount=r["amount"],
                 paid_after=r["paid_after"],
                 consumed_paid=r["consumed_paid"],
+                expired_amount=r["expired_amount"],
             )
             for r in rows
         }
+
+    @translated
+    async def due_wallets(
+        self, partitions: Sequence[int], limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        """Wallets of the partitions holding a lot whose expiry has come: (user, asset, the
+        soonest such expiry), at most `limit`, soonest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT user_id, asset, min(expires_at) AS due_at FROM lots
+             WHERE partition = ANY($1::int[]) AND expires_at <= now()
+             GROUP BY user_id, asset ORDER BY due_at LIMIT $2
+            """,
+            list(partitions),
+            limit,
+            timeout=self._timeout_s,
+        )
+        return [(r["user_id"], r["asset"], r["due_at"]) for r in rows]
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
         """Write one partition's batch and advance its offset, all or nothing."""
@@ -582,10 +609,11 @@ def _processed_row(row: asyncpg.Record) -> ProcessedRow:
 def _account(row: asyncpg.Record) -> AccountState:
     """A loaded account with its open lots (asyncpg's UUIDs as the stdlib's), checked whole:
     a state that enters the planner must hold together."""
-    columns = ("lot_ids", "lot_paid", "lot_remaining", "lot_seq")
+    columns = ("lot_ids", "lot_paid", "lot_remaining", "lot_seq", "lot_expires_ms")
     found = zip(*(row[c] or () for c in columns), strict=True)
-    lots = sorted((Lot(std_uuid(i), p, n, q) for i, p, n, q in found), key=lot_order)
-    state = AccountState(row["balance_after"], row["version"], row["paid_after"] or 0, tuple(lots))
+    lots = sorted((Lot(std_uuid(i), p, n, q, e) for i, p, n, q, e in found), key=lot_order)
+    state = AccountState(row["balance_after"], row["version"], row["paid_after"] or 0,
+                         tuple(lots), next_due_ms(lots))  # fmt: skip
     state.check()
     return state
 

@@ -12,10 +12,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, lot_order
+from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, lot_order, next_due_ms
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -56,6 +57,7 @@ class MemoryEventStore:
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
         self.lots: dict[AccountKey, dict[uuid.UUID, Lot]] = {}  # the open lots
+        self._partition_of: dict[AccountKey, int] = {}
         self._outbox: dict[PartitionId, dict[tuple[int, int], OutboxRow]] = {}
         self._published: dict[PartitionId, tuple[int, int]] = {}
         self.entries: list[EntryRow] = []  # entry id n is entries[n - 1], as a serial counts
@@ -102,9 +104,21 @@ class MemoryEventStore:
         found = {}
         for key in (k for k in keys if k in self._accounts):
             lots = sorted(self.lots.get(key, {}).values(), key=lot_order)
-            found[key] = replace(self._accounts[key], lots=tuple(lots))
+            found[key] = replace(self._accounts[key], lots=tuple(lots), due_ms=next_due_ms(lots))
             found[key].check()
         return found
+
+    async def due_wallets(
+        self, partitions: Sequence[int], limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        now_ms = epoch_ms(datetime.now(UTC))
+        due = []
+        for (user, asset), open_lots in self.lots.items():
+            expiries = [lot.expires_ms for lot in open_lots.values()
+                        if lot.expires_ms is not None and lot.expires_ms <= now_ms]  # fmt: skip
+            if expiries and self._partition_of.get((user, asset)) in partitions:
+                due.append((user, asset, at_ms(min(expiries))))
+        return sorted(due, key=lambda d: d[2])[:limit]
 
     async def find_processed(
         self, ids: Sequence[IdempotencyId]
@@ -186,9 +200,12 @@ class MemoryEventStore:
             self.entries += plan.entry_rows
             for lot in plan.lots.values():
                 open_lots = self.lots.setdefault((lot.user_id, lot.asset), {})
+                self._partition_of[(lot.user_id, lot.asset)] = lot.partition
                 open_lots.pop(lot.lot_id, None)
                 if lot.remaining:
-                    open_lots[lot.lot_id] = Lot(lot.lot_id, lot.paid, lot.remaining, lot.seq)
+                    expires_ms = None if lot.expires_at is None else epoch_ms(lot.expires_at)
+                    open_lots[lot.lot_id] = Lot(lot.lot_id, lot.paid, lot.remaining, lot.seq,
+                                                expires_ms)  # fmt: skip
             outbox = self._outbox.setdefault(here, {})
             for row in plan.stored_outbox_rows():
                 outbox[(row.generation, row.source_offset)] = row

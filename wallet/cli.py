@@ -140,10 +140,13 @@ def processor() -> None:
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["top-up", "bonus", "spend"]))
+@click.argument("kind", type=click.Choice(["top-up", "bonus", "spend", "expire"]))
 @click.option("--user", "user_id", required=True, help="User id (also the message key).")
 @click.option("--asset", default="GOLD", show_default=True)
-@click.option("--amount", type=int, required=True, help="Integer minor units.")
+@click.option("--amount", type=int, help="Integer minor units (not for expire).")
+@click.option(
+    "--expires-at", type=click.DateTime(), help="top-up, bonus: when the lot expires (UTC)."
+)
 @click.option("--key", "idempotency_key", help="Idempotency key (default: a new UUID).")
 @click.option("--description")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
@@ -151,12 +154,13 @@ def send(
     kind: str,
     user_id: str,
     asset: str,
-    amount: int,
+    amount: int | None,
+    expires_at: datetime | None,
     idempotency_key: str | None,
     description: str | None,
     timeout_s: float,
 ) -> None:
-    """Publish one command and print its reply."""
+    """Publish one command and print its reply (`expire` books out a wallet's expired lots)."""
     from pydantic import ValidationError
 
     from commands.client import WalletClient
@@ -174,6 +178,7 @@ def send(
             sent_at=datetime.now(UTC),
             description=description,
             reply_to=settings.replies_topic,
+            expires_at=expires_at.replace(tzinfo=UTC) if expires_at else None,
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid command: {exc}") from None

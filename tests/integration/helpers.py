@@ -21,7 +21,12 @@ from storage.event_store import PostgresEventStore
 
 
 def command(
-    type: str, user: str, amount: int, asset: str = "GOLD", key: str | None = None, **extra: Any
+    type: str,
+    user: str,
+    amount: int | None,
+    asset: str = "GOLD",
+    key: str | None = None,
+    **extra: Any,
 ) -> Command:
     return Command(
         command_id=uuid.uuid4(),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -87,7 +88,7 @@ class TestWrites:
         assert top_up.json() | {"transactionId": None} == {
             "status": "accepted", "duplicate": False, "transactionId": None, "userId": "ana",
             "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
-            "consumed": None, "error": None,
+            "consumed": None, "expired": None, "error": None,
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
@@ -100,6 +101,12 @@ class TestWrites:
         assert over.status_code == 402 and over.json()["error"]["code"] == "insufficient_funds"
         reused = await api.post("/wallet/topup", json=_body(amount=1, idempotencyKey="t1"))
         assert reused.status_code == 409
+        soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        expiring = await api.post("/wallet/bonus", json=_body(amount=3, expiresAt=soon))
+        assert expiring.status_code == 201 and expiring.json()["free"] == 3
+        far = (datetime.now(UTC) + timedelta(days=4000)).isoformat()
+        assert (await api.post("/wallet/bonus", json=_body(expiresAt=far))).status_code == 422
+        assert (await api.post("/wallet/spend", json=_body(expiresAt=soon))).status_code == 422
         unknown = await api.post("/wallet/topup", json=_body(assetId="RUBY"))
         assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_asset"
 

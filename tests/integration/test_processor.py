@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -18,6 +19,7 @@ from tests.integration.helpers import (
     running_processor,
     send_all,
 )
+from tests.integration.processes import run_wallet
 
 # The core flows also run on Tansu: the no-Java fallback must keep working.
 pytestmark = pytest.mark.also_tansu
@@ -216,3 +218,28 @@ class TestStopping:
             await locker.close()
         assert reply["status"] == "accepted" and reply["balance"] == 9
         assert await balance(stack, "stuck") == 9
+
+
+class TestExpiry:
+    async def test_an_untouched_lot_is_booked_out_by_the_sweep(self, stack: Settings) -> None:
+        """A bonus expiring in a second: spendable before, then the expiry sweep's `expire`
+        books it out to `expired` once (the wallet untouched meanwhile), a later spend finds
+        only the paid lot, and verify is clean."""
+        settings = stack.model_copy(update={"expiry_sweep_interval_ms": 200})
+        soon = datetime.now(UTC) + timedelta(seconds=1.5)
+        async with running_processor(settings), client_for(settings) as client:
+            bonus = await client.request(command("bonus", "ivy", 10, expires_at=soon))
+            await client.request(command("top_up", "ivy", 5))
+            assert bonus.status == "accepted"
+            await asyncio.sleep(3.5)
+            spend = await client.request(command("spend", "ivy", 6))
+        expired = await fetch(settings, "SELECT amount, balance_after FROM processed_commands"
+                              " WHERE type = 'expire' AND status = 'accepted'")  # fmt: skip
+        assert [tuple(r) for r in expired] == [(10, 5)]
+        assert spend.status == "rejected" and spend.balance == 5
+        legs = await fetch(settings, "SELECT sum(amount) AS n FROM ledger_entries"
+                           " WHERE account_kind = 'expired'")  # fmt: skip
+        assert legs[0]["n"] == 10
+        assert await asset_sums(settings) == {"GOLD": 0}
+        audit = run_wallet(settings, "verify")
+        assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from hypothesis import given, settings
@@ -25,6 +25,38 @@ def _items(*commands: Command) -> list[Intake]:
         Intake(i, c.user_id.encode(), c.encode(), c, payload_hash(c))
         for i, c in enumerate(commands)
     ]
+
+
+class TestExpiry:
+    def test_a_batch_books_a_lot_out_once_and_rebuilds_the_same_event(self) -> None:
+        """A bonus expiring before the batch's time: the next command's transaction books it
+        out (its record says how much, its event has the expired leg), a later `expire`
+        finds nothing, and each record's event rebuilt from it balances."""
+        gone_at = CTX.processed_at - timedelta(seconds=1)
+        old = command("bonus", "u", 7).model_copy(update={"expires_at": gone_at})
+        early = BatchContext("cmds", 0, 0, gone_at - timedelta(seconds=1))
+        opened = plan_batch(early, _items(old), {}, {}, ASSETS)
+        plan = plan_batch(CTX, _items(command("top_up", "u", 5), command("expire", "u", None)),
+                          {}, opened.accounts, ASSETS)  # fmt: skip
+        top_up, expire = plan.processed_rows
+        assert (top_up.expired_amount, top_up.balance_after, expire.status) == (7, 5, "rejected")
+        assert expire.error_code == "nothing_to_expire" and expire.amount is None
+        event = orjson.loads(plan.outbox_rows[0].event_value or b"")
+        assert [(e["account"], e["amount"]) for e in event["entries"]] == [
+            ("user", -2), ("treasury", -5), ("expired", 7)]  # fmt: skip
+        assert sum(row.amount for row in plan.entry_rows) == 0
+
+    def test_an_expire_records_what_it_booked_out_as_its_amount(self) -> None:
+        """An accepted `expire`: its amount is what it booked out, nothing besides it."""
+        gone_at = CTX.processed_at - timedelta(seconds=1)
+        old = command("bonus", "u", 7).model_copy(update={"expires_at": gone_at})
+        early = BatchContext("cmds", 0, 0, gone_at - timedelta(seconds=1))
+        opened = plan_batch(early, _items(old), {}, {}, ASSETS)
+        plan = plan_batch(CTX, _items(command("expire", "u", None)), {}, opened.accounts, ASSETS)
+        (row,) = plan.processed_rows
+        assert (row.amount, row.expired_amount, row.balance_after) == (7, None, 0)
+        assert sorted((e.account_kind, e.amount) for e in plan.entry_rows) == [
+            ("expired", 7), ("user", -7)]  # fmt: skip
 
 
 class TestPlan:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from ledger import lots
 from ledger.decide import EMPTY_ACCOUNT, Accepted, decide
 from ledger.lots import Lot, SpendOrder
+from schemas.commands import Command
 from tests.integration.helpers import command
 
 A = Lot(uuid.UUID(int=1), True, 10, 1)
@@ -21,14 +22,18 @@ class TestTake:
     def test_free_first_then_oldest_paid(self) -> None:
         """free_first takes the free lot whole, then the oldest paid lot; untouched lots
         stay in their order."""
-        pieces, left = lots.take((A, B, C), 7, SpendOrder.FREE_FIRST)
-        assert pieces == (lots.Piece(B.lot_id, False, 4), lots.Piece(A.lot_id, True, 3))
+        pieces, left = lots.take((A, B, C), 7, SpendOrder.FREE_FIRST, False)
+        assert pieces == (lots.Piece(B.lot_id, False, 4, 2, None, 0),
+                          lots.Piece(A.lot_id, True, 3, 1, None, 7))  # fmt: skip
         assert left == (A._replace(remaining=7), C)
 
     def test_paid_first_and_oldest_first(self) -> None:
         """paid_first skips the free lot; expiring_first (no expiries yet) goes by age."""
-        assert lots.take((A, B, C), 12, SpendOrder.PAID_FIRST)[1] == (B, C._replace(remaining=4))
-        assert lots.take((A, B, C), 12, SpendOrder.EXPIRING_FIRST)[1] == (
+        assert lots.take((A, B, C), 12, SpendOrder.PAID_FIRST, False)[1] == (
+            B,
+            C._replace(remaining=4),
+        )
+        assert lots.take((A, B, C), 12, SpendOrder.EXPIRING_FIRST, False)[1] == (
             B._replace(remaining=2),
             C,
         )
@@ -36,48 +41,74 @@ class TestTake:
     def test_taking_more_than_the_lots_hold_is_a_bug(self) -> None:
         """The caller checks the balance first; take() asserts it did."""
         try:
-            lots.take((A,), 11, SpendOrder.FREE_FIRST)
+            lots.take((A,), 11, SpendOrder.FREE_FIRST, False)
         except AssertionError:
             return
         raise AssertionError("take() spent more than the lots hold")
 
 
+# (kind, amount, milliseconds the clock moves first, the credit's lifetime in ms or None)
 _STEPS = st.lists(
-    st.tuples(st.sampled_from(["top_up", "bonus", "spend"]), st.integers(1, 50)), max_size=60
-)
+    st.tuples(
+        st.sampled_from(["top_up", "bonus", "spend", "expire"]), st.integers(1, 50),
+        st.integers(0, 30), st.none() | st.integers(1, 60),
+    ),
+    max_size=60,
+)  # fmt: skip
+_START_MS = 1_800_000_000_000
+
+
+def _command(kind: str, amount: int, now_ms: int, life_ms: int | None) -> Command:
+    found = command(kind, "u", None if kind == "expire" else amount)
+    if life_ms is not None and kind in ("top_up", "bonus"):
+        return found.model_copy(update={"expires_at": lots.at_ms(now_ms + life_ms)})
+    return found
 
 
 class TestAnySequence:
     @given(steps=_STEPS, order=st.sampled_from(list(SpendOrder)))
     def test_lots_always_make_up_the_balance(
-        self, steps: list[tuple[str, int]], order: SpendOrder
+        self, steps: list[tuple[str, int, int, int | None]], order: SpendOrder
     ) -> None:
-        """Any sequence of credits and spends under any order: the lots sum to the balance,
-        their paid part to `paid`, each spend's pieces to its amount, and the paid part
-        consumed equals the paid lots' loss."""
-        account, assets = EMPTY_ACCOUNT, {"GOLD": order}
-        for i, (kind, amount) in enumerate(steps):
-            result = decide(command(kind, "u", amount), account, assets, uuid.UUID(int=i + 10))
+        """Any sequence of credits (some expiring), spends, expires and clock steps under any
+        order: the lots sum to the balance and their paid part to `paid`; a spend's pieces
+        sum to its amount and none comes from an expired lot; the legs balance the user's;
+        nothing expired stays open past a transaction; every credit is spent, expired or left."""
+        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": order}, _START_MS
+        credited = spent = expired = 0
+        for i, (kind, amount, step_ms, life_ms) in enumerate(steps):
+            now_ms += step_ms
+            found = _command(kind, amount, now_ms, life_ms)
+            result = decide(found, account, assets, uuid.UUID(int=i + 10), now_ms)
             if not isinstance(result, Accepted):
-                assert kind == "spend" and amount > account.balance
                 continue
             result.account.check()
+            assert result.user_amount == -sum(n for _, n in result.legs)
+            assert all(lot.expires_ms is None or lot.expires_ms > now_ms
+                       for lot in result.account.lots)  # fmt: skip
+            assert all(p.expires_ms is None or p.expires_ms > now_ms for p in result.pieces)
             if kind == "spend":
                 assert sum(p.amount for p in result.pieces) == amount
-                assert result.consumed_paid == account.paid - result.account.paid
-                assert sum(n for _, n in result.legs) == amount
+                spent += amount
+            credited += amount if kind in ("top_up", "bonus") else 0
+            expired += lots.pieces_total(result.expired)
             account = result.account
+        assert credited == spent + expired + account.balance
 
     @given(steps=_STEPS)
     def test_free_first_never_spends_paid_while_free_is_left(
-        self, steps: list[tuple[str, int]]
+        self, steps: list[tuple[str, int, int, int | None]]
     ) -> None:
-        """Under free_first a spend takes paid currency only once the free lots are empty."""
-        account, assets = EMPTY_ACCOUNT, {"GOLD": SpendOrder.FREE_FIRST}
-        for i, (kind, amount) in enumerate(steps):
-            result = decide(command(kind, "u", amount), account, assets, uuid.UUID(int=i + 10))
+        """Under free_first a spend takes paid currency only once the spendable free lots
+        are empty."""
+        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": SpendOrder.FREE_FIRST}, _START_MS
+        for i, (kind, amount, step_ms, life_ms) in enumerate(steps):
+            now_ms += step_ms
+            found = _command(kind, amount, now_ms, life_ms)
+            result = decide(found, account, assets, uuid.UUID(int=i + 10), now_ms)
             if isinstance(result, Accepted):
-                free_before = account.balance - account.paid
+                _, live = lots.due(account.lots, account.due_ms, now_ms)
+                free_before = sum(lot.remaining for lot in live if not lot.paid)
                 if kind == "spend":
                     assert result.consumed_paid == max(0, amount - free_before)
                 account = result.account

@@ -70,7 +70,7 @@ class TestEvents:
         document = wire.event_document(
             transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
             type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
-            user_amount=-3, description=None, occurred_at=NOW, paid_after=2, consumed_paid=1,
+            description=None, occurred_at=NOW, paid_after=2, consumed_paid=1, expired=0,
         )  # fmt: skip
         checked = _check(orjson.dumps(document), LedgerEvent, "event")
         entries = [(e["account"], e["amount"]) for e in checked["entries"]]
@@ -82,11 +82,22 @@ class TestEvents:
         document = wire.event_document(
             transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
             type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
-            user_amount=-3, description=None, occurred_at=NOW, paid_after=None,
-            consumed_paid=None,
+            description=None, occurred_at=NOW, paid_after=None, consumed_paid=None, expired=0,
         )  # fmt: skip
         checked = _check(orjson.dumps(document), LedgerEvent, "event")
         assert [(e["account"], e["amount"]) for e in checked["entries"]][1:] == [("revenue", 3)]
+
+    def test_an_expiry_booked_by_a_credit(self) -> None:
+        """A credit that also books out an expired lot: its source, the expired leg, and the
+        user's leg moving by the difference."""
+        document = wire.event_document(
+            transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
+            type="top_up", user_id="ana", asset="GOLD", amount=10, balance_after=10, version=3,
+            description=None, occurred_at=NOW, paid_after=10, consumed_paid=None, expired=4,
+        )  # fmt: skip
+        checked = _check(orjson.dumps(document), LedgerEvent, "event")
+        entries = [(e["account"], e["amount"]) for e in checked["entries"]]
+        assert entries == [("user", 6), ("treasury", -10), ("expired", 4)]
 
 
 class TestDeadLetters:
