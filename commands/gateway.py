@@ -10,15 +10,16 @@ will still be processed exactly once: retry with the same key to learn its outco
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from commands.client import WalletClient
 from schemas.codec import repeated_key
@@ -62,11 +63,23 @@ class WriteRequest(BaseModel):
     description: Description | None = None
 
 
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only an RFC 3339 string is a time here: pydantic's lax parsing (needed, as a time
+    arrives as a string) would also take a number, or a numeric string, as seconds."""
+    if value is not None and not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        raise ValueError("expiresAt is an RFC 3339 date-time with a zone")
+    return value
+
+
 class CreditRequest(WriteRequest):
     """A top-up or bonus, whose lot may expire."""
 
-    # Not strict: the JSON string is the only way a time arrives.
-    expiresAt: AwareDatetime | None = Field(
+    expiresAt: Annotated[AwareDatetime | None, BeforeValidator(_rfc3339_text)] = Field(
         default=None, strict=False,
         description="When the credited lot stops being spendable (RFC 3339, with zone).",
     )  # fmt: skip

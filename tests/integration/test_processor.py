@@ -15,6 +15,7 @@ from tests.integration.helpers import (
     balance,
     client_for,
     command,
+    eventually,
     fetch,
     running_processor,
     send_all,
@@ -222,20 +223,28 @@ class TestStopping:
 
 class TestExpiry:
     async def test_an_untouched_lot_is_booked_out_by_the_sweep(self, stack: Settings) -> None:
-        """A bonus expiring in a second: spendable before, then the expiry sweep's `expire`
-        books it out to `expired` once (the wallet untouched meanwhile), a later spend finds
-        only the paid lot, and verify is clean."""
+        """A bonus expiring in three seconds: spendable before, then the expiry sweep's
+        `expire` books it out to `expired` once (the wallet untouched meanwhile), a later
+        spend finds only the paid lot, and verify is clean."""
         settings = stack.model_copy(update={"expiry_sweep_interval_ms": 200})
-        soon = datetime.now(UTC) + timedelta(seconds=1.5)
         async with running_processor(settings), client_for(settings) as client:
+            await client.request(command("top_up", "ivy", 5))  # the processor is running
+            soon = datetime.now(UTC) + timedelta(seconds=3)
             bonus = await client.request(command("bonus", "ivy", 10, expires_at=soon))
-            await client.request(command("top_up", "ivy", 5))
-            assert bonus.status == "accepted"
-            await asyncio.sleep(3.5)
+            assert bonus.status == "accepted" and (bonus.paid, bonus.free) == (5, 10)
+
+            async def booked() -> bool:
+                rows = await fetch(settings, "SELECT 1 FROM processed_commands"
+                                   " WHERE type = 'expire' AND status = 'accepted'")  # fmt: skip
+                return bool(rows)
+
+            await eventually(booked, 30, "the sweep booked the lot out")
             spend = await client.request(command("spend", "ivy", 6))
-        expired = await fetch(settings, "SELECT amount, balance_after FROM processed_commands"
-                              " WHERE type = 'expire' AND status = 'accepted'")  # fmt: skip
-        assert [tuple(r) for r in expired] == [(10, 5)]
+        expired = await fetch(settings, "SELECT amount, balance_after, processed_at"
+                              " FROM processed_commands WHERE type = 'expire'"
+                              " AND status = 'accepted'")  # fmt: skip
+        assert [(r["amount"], r["balance_after"]) for r in expired] == [(10, 5)]
+        assert expired[0]["processed_at"] >= soon
         assert spend.status == "rejected" and spend.balance == 5
         legs = await fetch(settings, "SELECT sum(amount) AS n FROM ledger_entries"
                            " WHERE account_kind = 'expired'")  # fmt: skip
