@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ledger import lots
 from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder
@@ -29,16 +30,18 @@ _CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
 Assets = Mapping[str, SpendOrder]  # asset code -> its spend order
 
 
-@dataclass(frozen=True, slots=True)
-class AccountState:
+class AccountState(NamedTuple):
     """A user's wallet for one asset: its balance, how many entries it has, and the open lots
-    the balance is made of (`paid` is their paid part, kept so that no reply sums them)."""
+    the balance is made of (`paid` is their paid part, kept so that no reply sums them).
+    (A named tuple, not a frozen dataclass: one or two are made per command, and a frozen
+    dataclass costs about four times as much to build.)"""
 
     balance: int
     version: int
     paid: int = 0
-    lots: tuple[Lot, ...] = ()
+    lots: tuple[Lot, ...] = ()  # in `order` (see lots.in_order); as opened when it is None
     due_ms: int | None = None  # the soonest expiry among the lots (None: none expires)
+    order: SpendOrder | None = None
 
     def check(self) -> None:
         """The O(lots) invariants, asserted where a state enters the planner (a cold load)
@@ -47,13 +50,13 @@ class AccountState:
         assert lots.paid_total(self.lots) == self.paid, self
         assert all(lot.remaining > 0 for lot in self.lots), self
         assert lots.next_due_ms(self.lots) == self.due_ms, self
+        assert self.order is None or self.lots == lots.in_order(self.lots, self.order), self
 
 
 EMPTY_ACCOUNT = AccountState(balance=0, version=0)
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     account: AccountState
     user_amount: int  # signed change of the user's balance
     # The system accounts' side, signed, summing to -user_amount (see system_legs).
@@ -63,6 +66,7 @@ class Accepted:
     expired: tuple[Piece, ...] = ()  # the lots whose expiry had come, booked out whole
     amount: int | None = None  # what the record says the command moved (an expire: its total)
     expired_besides: int = 0  # what it booked out besides its amount (an expire: nothing)
+    opened: Lot | None = None  # a credit: the lot it opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ def decide(
     order = assets.get(command.asset)
     if order is None:
         return Rejected(ErrorCode.UNKNOWN_ASSET, f"asset {command.asset} does not exist")
+    if account.order is not order:  # loaded, or the asset's order changed: sort once
+        account = account._replace(lots=lots.in_order(account.lots, order), order=order)
     expired, live = lots.due(account.lots, account.due_ms, now_ms)
     if expired:
         account = _without(account, expired, live)
@@ -101,7 +107,7 @@ def decide(
                 ErrorCode.INSUFFICIENT_FUNDS,
                 f"balance {spendable} {command.asset} is less than {command.amount}",
             )
-        return _spend(command.amount, account, expired, order)
+        return _spend(command.amount, account, expired)
     refused = _refuse_credit(command, spendable, len(live), now_ms)
     if refused is not None:
         return refused
@@ -116,7 +122,7 @@ def _without(
     gone = lots.pieces_total(expired)
     paid_gone = lots.paid_part(expired)
     return AccountState(account.balance - gone, account.version, account.paid - paid_gone,
-                        live, lots.next_due_ms(live))  # fmt: skip
+                        live, lots.next_due_ms(live), account.order)  # fmt: skip
 
 
 def _refuse_credit(command: Command, balance: int, lots_open: int, now_ms: int) -> Rejected | None:
@@ -152,29 +158,28 @@ def _credit(
     due_ms = account.due_ms
     if expires_ms is not None:
         due_ms = expires_ms if due_ms is None else min(due_ms, expires_ms)
-    after = AccountState(account.balance + amount, account.version + 1,
-                         account.paid + (amount if paid else 0),
-                         (*account.lots, Lot(tx_id, paid, amount, account.version + 1, expires_ms)),
-                         due_ms)  # fmt: skip
+    assert account.order is not None
+    lot = Lot(tx_id, paid, amount, account.version + 1, expires_ms)
+    placed = lots.with_lot(account.lots, lot, account.order)
+    paid_after = account.paid + (amount if paid else 0)
+    after = AccountState(account.balance + amount, account.version + 1, paid_after, placed,
+                         due_ms, account.order)  # fmt: skip
     gone = lots.pieces_total(expired)
     _assert_moved(account, after, amount)
     legs = system_legs(command.type.value, amount, None, gone)
     return Accepted(after, amount - gone, legs, expired=expired, amount=amount,
-                    expired_besides=gone)  # fmt: skip
+                    expired_besides=gone, opened=lot)  # fmt: skip
 
 
-def _spend(
-    amount: int, account: AccountState, expired: tuple[Piece, ...], order: SpendOrder
-) -> Accepted:
+def _spend(amount: int, account: AccountState, expired: tuple[Piece, ...]) -> Accepted:
     """`account` is without its expired lots already; the transaction books them out."""
-    mixed = 0 < account.paid < account.balance
-    pieces, left = lots.take(account.lots, amount, order, account.due_ms is not None, mixed)
+    pieces, left = lots.take(account.lots, amount)
     consumed_paid = lots.paid_part(pieces)
     due_ms = account.due_ms
     if due_ms is not None and any(p.left == 0 and p.expires_ms is not None for p in pieces):
         due_ms = lots.next_due_ms(left)
     after = AccountState(account.balance - amount, account.version + 1,
-                         account.paid - consumed_paid, left, due_ms)  # fmt: skip
+                         account.paid - consumed_paid, left, due_ms, account.order)  # fmt: skip
     gone = lots.pieces_total(expired)
     _assert_moved(account, after, -amount)
     legs = system_legs(_SPEND, amount, consumed_paid, gone)
@@ -186,8 +191,7 @@ def _expire(account: AccountState, expired: tuple[Piece, ...], asset: str) -> Ac
     gone = lots.pieces_total(expired)
     if not gone:
         return Rejected(ErrorCode.NOTHING_TO_EXPIRE, f"no lot of {asset} has expired")
-    after = AccountState(account.balance, account.version + 1, account.paid, account.lots,
-                         account.due_ms)  # fmt: skip
+    after = account._replace(version=account.version + 1)
     _assert_moved(account, after, 0)
     return Accepted(after, -gone, system_legs(_EXPIRE, gone, None, 0), expired=expired,
                     amount=gone)  # fmt: skip

@@ -11,9 +11,9 @@ left of that purchase is a fact about its lot, not about the wallet's paid total
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
@@ -110,48 +110,35 @@ _KEYS: dict[SpendOrder, Callable[[Lot], tuple[bool, int, int] | tuple[int, int]]
 }
 
 
-def _walk(lots: tuple[Lot, ...], order: SpendOrder, expiring: bool, mixed: bool) -> Iterable[int]:
-    """The lots' indices in spend order, lazily. Lots are kept in the order they were opened,
-    so without expiries no sort is needed: a spend usually stops at the first lot or two, and
-    a wallet of one kind only (not `mixed`) is walked as it is."""
-    if expiring:
-        return sorted(range(len(lots)), key=lambda i: _KEYS[order](lots[i]))
-    if order is SpendOrder.EXPIRING_FIRST or not mixed:
-        return range(len(lots))
-    first = order is SpendOrder.PAID_FIRST  # the `paid` value taken first
-    return itertools.chain(
-        (i for i, lot in enumerate(lots) if lot.paid is first),
-        (i for i, lot in enumerate(lots) if lot.paid is not first),
-    )
+def in_order(lots: Sequence[Lot], order: SpendOrder) -> tuple[Lot, ...]:
+    """The lots sorted in the order a spend takes them."""
+    return tuple(sorted(lots, key=_KEYS[order]))
 
 
-def take(
-    lots: tuple[Lot, ...], amount: int, order: SpendOrder, expiring: bool, mixed: bool = True
-) -> tuple[tuple[Piece, ...], tuple[Lot, ...]]:
-    """Take `amount` from the lots in `order` (`expiring`: some lot has an expiry; `mixed`:
-    the lots hold both paid and free currency): the pieces taken and the lots left open, in
-    the order given. Precondition: the lots hold at least `amount`."""
+def with_lot(lots: tuple[Lot, ...], lot: Lot, order: SpendOrder) -> tuple[Lot, ...]:
+    """`lots` (in `order`) with `lot` put in its place."""
+    placed = list(lots)
+    bisect.insort(placed, lot, key=_KEYS[order])
+    return tuple(placed)
+
+
+def take(lots: tuple[Lot, ...], amount: int) -> tuple[tuple[Piece, ...], tuple[Lot, ...]]:
+    """Take `amount` from the front of `lots` (kept in spend order, see in_order): the pieces
+    taken and the lots left open, still in order. Why kept in order: a spend then touches only
+    the lots it takes from (usually one), however many the wallet holds.
+    Precondition: the lots hold at least `amount`."""
     assert amount > 0, amount
     pieces: list[Piece] = []
-    after = list(lots)
-    used_up: list[int] = []
     left = amount
-    for i in _walk(lots, order, expiring, mixed):
-        lot = lots[i]
+    for i, lot in enumerate(lots):
         n = min(left, lot.remaining)
         rest = lot.remaining - n
         pieces.append(Piece(lot.lot_id, lot.paid, n, lot.seq, lot.expires_ms, rest))
-        if rest:
-            after[i] = lot._replace(remaining=rest)
-        else:
-            used_up.append(i)
         left -= n
         if not left:
-            break
-    assert left == 0, f"lots hold less than {amount}"
-    for i in reversed(sorted(used_up)):
-        del after[i]
-    return tuple(pieces), tuple(after)
+            after = lots[i + 1 :] if rest == 0 else (lot._replace(remaining=rest), *lots[i + 1 :])
+            return tuple(pieces), after
+    raise AssertionError(f"lots hold less than {amount}")
 
 
 def lot_order(lot: Lot) -> tuple[int, uuid.UUID]:

@@ -29,7 +29,7 @@ from ledger.decide import (
 )
 from ledger.lots import Piece
 from schemas.codec import DecodeFailure
-from schemas.commands import CREDITS, Command
+from schemas.commands import Command
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -336,8 +336,8 @@ def _lots(
             user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
             _time(piece.expires_ms),
         )  # fmt: skip
-    if command.type in CREDITS:  # its lot is the last one
-        lot = decision.account.lots[-1]
+    lot = decision.opened
+    if lot is not None:
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
             _time(lot.expires_ms),

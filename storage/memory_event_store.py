@@ -104,7 +104,7 @@ class MemoryEventStore:
         found = {}
         for key in (k for k in keys if k in self._accounts):
             lots = sorted(self.lots.get(key, {}).values(), key=lot_order)
-            found[key] = replace(self._accounts[key], lots=tuple(lots), due_ms=next_due_ms(lots))
+            found[key] = self._accounts[key]._replace(lots=tuple(lots), due_ms=next_due_ms(lots))
             found[key].check()
         return found
 

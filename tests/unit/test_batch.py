@@ -27,6 +27,17 @@ def _items(*commands: Command) -> list[Intake]:
     ]
 
 
+class TestLots:
+    def test_each_credit_writes_the_lot_it_opened(self) -> None:
+        """A top-up then a bonus (which free_first puts before the paid lot): the batch writes
+        each credit's own lot, named by its transaction, of its kind and amount."""
+        plan = plan_batch(CTX, _items(command("top_up", "u", 5), command("bonus", "u", 7)),
+                          {}, {}, ASSETS)  # fmt: skip
+        written = {(lot.lot_id, lot.paid, lot.remaining) for lot in plan.lots.values()}
+        ids = [row.transaction_id for row in plan.processed_rows]
+        assert written == {(ids[0], True, 5), (ids[1], False, 7)}
+
+
 class TestExpiry:
     def test_a_batch_books_a_lot_out_once_and_rebuilds_the_same_event(self) -> None:
         """A bonus expiring before the batch's time: the next command's transaction books it

@@ -11,7 +11,8 @@ from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder, at_ms
 from schemas.events import AccountKind
 from tests.integration.helpers import command
 
-ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
+F = SpendOrder.FREE_FIRST
+ASSETS = {"GOLD": F}
 TX = uuid.UUID(int=99)
 NOW_MS = 1_800_000_000_000
 PAID = Lot(uuid.UUID(int=1), True, 30, 1)
@@ -24,16 +25,22 @@ class TestCredits:
         """A first top-up opens the wallet at version 1 with one paid lot, funded by the
         treasury."""
         result = decide(command("top_up", "u", 30), EMPTY_ACCOUNT, ASSETS, TX, NOW_MS)
-        after = AccountState(30, 1, 30, (Lot(TX, True, 30, 1),))
-        assert result == Accepted(after, 30, ((AccountKind.TREASURY, -30),), amount=30)
+        after = AccountState(30, 1, 30, (Lot(TX, True, 30, 1),), None, F)
+        opened = Lot(TX, True, 30, 1)
+        assert result == Accepted(
+            after, 30, ((AccountKind.TREASURY, -30),), amount=30, opened=opened
+        )
 
     def test_bonus_opens_a_free_lot_from_the_bonus_pool(self) -> None:
         """A bonus is a credit from the bonus pool, and its lot is free currency."""
         result = decide(
             command("bonus", "u", 5), AccountState(30, 1, 30, (PAID,)), ASSETS, TX, NOW_MS
         )
-        after = AccountState(35, 2, 30, (PAID, Lot(TX, False, 5, 2)))
-        assert result == Accepted(after, 5, ((AccountKind.BONUS_POOL, -5),), amount=5)
+        after = AccountState(35, 2, 30, (Lot(TX, False, 5, 2), PAID), None, F)
+        opened = Lot(TX, False, 5, 2)
+        assert result == Accepted(
+            after, 5, ((AccountKind.BONUS_POOL, -5),), amount=5, opened=opened
+        )
 
     def test_credit_past_the_balance_limit_is_refused(self) -> None:
         """No balance may exceed BALANCE_MAX."""
@@ -55,7 +62,7 @@ class TestSpends:
         revenue and the free part to free_spent."""
         result = decide(command("spend", "u", 8), BOTH, ASSETS, TX, NOW_MS)
         assert isinstance(result, Accepted)
-        assert result.account == AccountState(27, 3, 27, (PAID._replace(remaining=27),))
+        assert result.account == AccountState(27, 3, 27, (PAID._replace(remaining=27),), None, F)
         assert result.pieces == (Piece(FREE.lot_id, False, 5, 2, None, 0),
                                  Piece(PAID.lot_id, True, 3, 1, None, 27))  # fmt: skip
         assert result.consumed_paid == 3
@@ -110,7 +117,7 @@ class TestExpiry:
         account = AccountState(12, 4, 0, (SOON, GONE), NOW_MS)
         result = decide(command("spend", "u", 5), account, ASSETS, TX, NOW_MS)
         assert isinstance(result, Accepted)
-        assert result.user_amount == -12 and result.account == AccountState(0, 5, 0, ())
+        assert result.user_amount == -12 and result.account == AccountState(0, 5, 0, (), None, F)
         assert result.legs == ((AccountKind.FREE_SPENT, 5), (AccountKind.EXPIRED, 7))
         assert result.expired == (Piece(GONE.lot_id, False, 7, 4, NOW_MS, 0),)
 
@@ -127,7 +134,7 @@ class TestExpiry:
         account = AccountState(12, 4, 0, (SOON, GONE), NOW_MS)
         result = decide(command("expire", "u", None), account, ASSETS, TX, NOW_MS)
         assert isinstance(result, Accepted) and result.amount == 7
-        assert result.account == AccountState(5, 5, 0, (SOON,), NOW_MS + 1)
+        assert result.account == AccountState(5, 5, 0, (SOON,), NOW_MS + 1, F)
         assert result.legs == ((AccountKind.EXPIRED, 7),)
         again = decide(command("expire", "u", None), result.account, ASSETS, TX, NOW_MS)
         assert isinstance(again, Rejected) and again.code == "nothing_to_expire"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,33 +19,45 @@ B = Lot(uuid.UUID(int=2), False, 4, 2)
 C = Lot(uuid.UUID(int=3), True, 6, 3)
 
 
+FREE = SpendOrder.FREE_FIRST
+
+
 class TestTake:
     def test_free_first_then_oldest_paid(self) -> None:
-        """free_first takes the free lot whole, then the oldest paid lot; untouched lots
-        stay in their order."""
-        pieces, left = lots.take((A, B, C), 7, SpendOrder.FREE_FIRST, False)
+        """In free_first order the free lot comes first, then the paid ones by age; a spend
+        takes from the front and leaves the rest in order."""
+        ordered = lots.in_order((A, B, C), FREE)
+        assert ordered == (B, A, C)
+        pieces, left = lots.take(ordered, 7)
         assert pieces == (lots.Piece(B.lot_id, False, 4, 2, None, 0),
                           lots.Piece(A.lot_id, True, 3, 1, None, 7))  # fmt: skip
         assert left == (A._replace(remaining=7), C)
 
     def test_paid_first_and_oldest_first(self) -> None:
-        """paid_first skips the free lot; expiring_first (no expiries yet) goes by age."""
-        assert lots.take((A, B, C), 12, SpendOrder.PAID_FIRST, False)[1] == (
-            B,
-            C._replace(remaining=4),
-        )
-        assert lots.take((A, B, C), 12, SpendOrder.EXPIRING_FIRST, False)[1] == (
-            B._replace(remaining=2),
-            C,
-        )
+        """paid_first puts the free lot last; expiring_first (no expiries) goes by age."""
+        paid_first = lots.in_order((A, B, C), SpendOrder.PAID_FIRST)
+        assert lots.take(paid_first, 12)[1] == (C._replace(remaining=4), B)
+        oldest_first = lots.in_order((A, B, C), SpendOrder.EXPIRING_FIRST)
+        assert lots.take(oldest_first, 12)[1] == (B._replace(remaining=2), C)
+
+    def test_expiring_lots_first_within_a_kind(self) -> None:
+        """Within free or paid, the lot expiring soonest goes first; never-expiring last."""
+        soon = Lot(uuid.UUID(int=4), True, 1, 4, 5_000)
+        later = Lot(uuid.UUID(int=5), True, 1, 5, 9_000)
+        assert lots.in_order((A, later, B, soon), FREE) == (B, soon, later, A)
+
+    def test_a_new_lot_takes_its_place(self) -> None:
+        """A credit's lot is put where the order wants it, the others left as they are."""
+        ordered = lots.in_order((A, C), FREE)
+        free = Lot(uuid.UUID(int=6), False, 2, 6)
+        assert lots.with_lot(ordered, free, FREE) == (free, A, C)
+        paid = Lot(uuid.UUID(int=7), True, 2, 7)
+        assert lots.with_lot(ordered, paid, FREE) == (A, C, paid)
 
     def test_taking_more_than_the_lots_hold_is_a_bug(self) -> None:
         """The caller checks the balance first; take() asserts it did."""
-        try:
-            lots.take((A,), 11, SpendOrder.FREE_FIRST, False)
-        except AssertionError:
-            return
-        raise AssertionError("take() spent more than the lots hold")
+        with pytest.raises(AssertionError):
+            lots.take((A,), 11)
 
 
 # (kind, amount, milliseconds the clock moves first, the credit's lifetime in ms or None)
