@@ -39,7 +39,7 @@ class AccountState(NamedTuple):
     balance: int
     version: int
     paid: int = 0
-    lots: tuple[Lot, ...] = ()  # in `order` (see lots.in_order); as opened when it is None
+    lots: tuple[Lot, ...] = ()  # in `order` (see lots.in_order); in no order when it is None
     due_ms: int | None = None  # the soonest expiry among the lots (None: none expires)
     order: SpendOrder | None = None
 

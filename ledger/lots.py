@@ -141,11 +141,6 @@ def take(lots: tuple[Lot, ...], amount: int) -> tuple[tuple[Piece, ...], tuple[L
     raise AssertionError(f"lots hold less than {amount}")
 
 
-def lot_order(lot: Lot) -> tuple[int, uuid.UUID]:
-    """The order an account keeps its open lots in: as they were opened."""
-    return lot.seq, lot.lot_id
-
-
 def paid_part(pieces: Sequence[Piece]) -> int:
     return sum(p.amount for p in pieces if p.paid)
 

@@ -17,7 +17,7 @@ import asyncpg
 
 from foundation.errors import FencedError
 from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, lot_order, next_due_ms
+from ledger.lots import Lot, SpendOrder, next_due_ms
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -611,7 +611,8 @@ def _account(row: asyncpg.Record) -> AccountState:
     a state that enters the planner must hold together."""
     columns = ("lot_ids", "lot_paid", "lot_remaining", "lot_seq", "lot_expires_ms")
     found = zip(*(row[c] or () for c in columns), strict=True)
-    lots = sorted((Lot(std_uuid(i), p, n, q, e) for i, p, n, q, e in found), key=lot_order)
+    # In no order: the planner sorts them in their asset's spend order on first use.
+    lots = [Lot(std_uuid(i), p, n, q, e) for i, p, n, q, e in found]
     state = AccountState(row["balance_after"], row["version"], row["paid_after"] or 0,
                          tuple(lots), next_due_ms(lots))  # fmt: skip
     state.check()

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, lot_order, next_due_ms
+from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, next_due_ms
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -103,7 +103,7 @@ class MemoryEventStore:
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:
         found = {}
         for key in (k for k in keys if k in self._accounts):
-            lots = sorted(self.lots.get(key, {}).values(), key=lot_order)
+            lots = list(self.lots.get(key, {}).values())
             found[key] = self._accounts[key]._replace(lots=tuple(lots), due_ms=next_due_ms(lots))
             found[key].check()
         return found

@@ -102,8 +102,8 @@ class TestLots:
     async def test_a_loaded_account_holds_the_lots_its_batches_left(
         self, store: EventStore
     ) -> None:
-        """Lots opened by top-ups and drawn on by spends come back with the account, in the
-        order they were opened; a lot used up is gone; they sum to the balance."""
+        """Lots opened by top-ups and drawn on by spends come back with the account; a lot
+        used up is gone; they sum to the balance."""
         claim = await store.claim_partition(TOPIC, PARTITION, "a")
         position, plan = await _batch(store, claim.epoch, 0, [5, 7, -6])
         await store.commit_batch(position, plan)
