@@ -14,7 +14,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from ledger.decide import AccountState
+from ledger.account import AccountState
 from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, Intake, plan_batch
 from messaging.kafka import partition_for

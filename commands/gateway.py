@@ -1,9 +1,10 @@
 """The HTTP gateway's write routes: a REST call becomes a command on Kafka; the reply, awaited
 for a bounded time, becomes the response. JSON uses the earlier REST wallets' camelCase names.
 
-Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insufficient funds
-(the request was valid, the wallet cannot pay), 409 idempotency key reused for another command,
-422 invalid input or unknown asset, 202 with the command id when the reply is late (the command
+Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insufficient funds or
+in debt (the request was valid, the wallet cannot pay), 404 no such hold or transaction, 409
+idempotency key reused for another command, or a hold or transaction resolved already, 422
+invalid input or unknown asset, 202 with the command id when the reply is late (the command
 will still be processed exactly once: retry with the same key to learn its outcome).
 """
 
@@ -25,10 +26,13 @@ from commands.client import WalletClient
 from schemas.codec import repeated_key
 from schemas.commands import (
     AMOUNT_MAX,
+    HOLD_EXPIRES_IN_S_MAX,
+    HOLD_EXPIRES_IN_S_MIN,
     AssetCode,
     Command,
     CommandType,
     Description,
+    HoldId,
     IdempotencyKey,
     UserId,
 )
@@ -47,20 +51,48 @@ async def _no_repeated_keys(request: Request) -> None:
 
 
 router = APIRouter(prefix="/wallet", tags=["commands"], dependencies=[Depends(_no_repeated_keys)])
+# Routes that need the `ops` scope besides (a reverse gives money back or takes it away).
+ops_router = APIRouter(
+    prefix="/wallet", tags=["commands"], dependencies=[Depends(_no_repeated_keys)]
+)
 
-_REJECTION_STATUS = {"insufficient_funds": 402, "idempotency_key_reused": 409}
+_REJECTION_STATUS = {
+    "insufficient_funds": 402,
+    "in_debt": 402,
+    "hold_not_found": 404,
+    "transaction_not_found": 404,
+    "idempotency_key_reused": 409,
+    "hold_id_taken": 409,
+    "hold_already_captured": 409,
+    "hold_already_released": 409,
+    "hold_expired": 409,
+    "already_reversed": 409,
+}
+Amount = Annotated[int, Field(ge=1, le=AMOUNT_MAX, description="Integer minor units.")]
 
 
-class WriteRequest(BaseModel):
-    """A top-up, bonus or spend as the REST wallets took it. Strict: integers only."""
+class _Request(BaseModel):
+    """What every write names. Strict: integers only."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     userId: UserId
     assetId: AssetCode
-    amount: int = Field(ge=1, le=AMOUNT_MAX, description="Integer minor units.")
     idempotencyKey: IdempotencyKey
     description: Description | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The command's fields this request sets besides the envelope."""
+        return {}
+
+
+class WriteRequest(_Request):
+    """A top-up, bonus or spend as the REST wallets took it."""
+
+    amount: Amount
+
+    def fields(self) -> dict[str, Any]:
+        return {"amount": self.amount}
 
 
 _RFC3339 = re.compile(
@@ -84,6 +116,51 @@ class CreditRequest(WriteRequest):
         description="When the credited lot stops being spendable (RFC 3339, with zone).",
     )  # fmt: skip
 
+    def fields(self) -> dict[str, Any]:
+        return {"amount": self.amount, "expires_at": self.expiresAt}
+
+
+class HoldRequest(WriteRequest):
+    """Set `amount` aside until captured, released or expired."""
+
+    holdId: HoldId | None = Field(default=None, description="Default: the transaction id.")
+    expiresInS: int = Field(
+        ge=HOLD_EXPIRES_IN_S_MIN, le=HOLD_EXPIRES_IN_S_MAX,
+        description="Seconds until the hold expires (1 s to 30 days).",
+    )  # fmt: skip
+
+    def fields(self) -> dict[str, Any]:
+        return {"amount": self.amount, "hold_id": self.holdId, "expires_in_s": self.expiresInS}
+
+
+class CaptureRequest(_Request):
+    """Spend what a hold keeps: all of it, or `amount` (the rest goes back)."""
+
+    holdId: HoldId
+    amount: Amount | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"hold_id": self.holdId, "amount": self.amount}
+
+
+class ReleaseRequest(_Request):
+    """Give what a hold keeps back to the wallet."""
+
+    holdId: HoldId
+
+    def fields(self) -> dict[str, Any]:
+        return {"hold_id": self.holdId}
+
+
+class ReverseRequest(_Request):
+    """Undo a spend, capture, top-up or bonus (a refund, a chargeback): once."""
+
+    transactionId: uuid.UUID = Field(strict=False, description="The transaction to undo.")
+    reason: Description = Field(min_length=1)
+
+    def fields(self) -> dict[str, Any]:
+        return {"transaction_id": self.transactionId, "reason": self.reason}
+
 
 class WriteError(BaseModel):
     code: str
@@ -101,23 +178,28 @@ class WriteResponse(BaseModel):
     transactionId: str | None
     userId: str
     assetId: str
-    amount: int
-    balance: int | None
-    paid: int | None  # the paid part of balance; the rest is free
+    amount: int | None
+    balance: int | None  # the wallet's total: available + held
+    paid: int | None  # the paid part of what is available; the rest is free
     free: int | None
-    consumed: WriteConsumed | None  # an accepted spend: what it took
+    held: int | None  # kept aside by open holds
+    available: int | None
+    debt: int | None  # owed for reversed credits it had spent
+    holdId: str | None
+    consumed: WriteConsumed | None  # an accepted spend or capture: what it took
     expired: int | None  # what the transaction booked out of lots whose expiry had come
+    released: int | None  # held money given back (a capture's rest, expired holds)
     error: WriteError | None
 
 
-async def _write(kind: CommandType, body: WriteRequest, request: Request) -> JSONResponse:
+async def _write(kind: CommandType, body: _Request, request: Request) -> JSONResponse:
     state = request.app.state
     status, content = await write(kind, body, state.client, state.reply_timeout_s)
     return JSONResponse(content, status_code=status)
 
 
 async def write(
-    kind: CommandType, body: WriteRequest, client: WalletClient, timeout_s: float
+    kind: CommandType, body: _Request, client: WalletClient, timeout_s: float
 ) -> tuple[int, dict[str, Any]]:
     """Publish the command and await its reply: the response's status code and content."""
     try:
@@ -127,11 +209,10 @@ async def write(
             type=kind,
             user_id=body.userId,
             asset=body.assetId,
-            amount=body.amount,
             description=body.description,
             reply_to=client.reply_topic,
             sent_at=datetime.now(UTC),
-            expires_at=getattr(body, "expiresAt", None),
+            **body.fields(),
         )
     except ValidationError as exc:  # a rule across fields (expiresAt too far ahead)
         return 422, {"detail": [{"msg": e["msg"], "loc": e["loc"]} for e in exc.errors()]}
@@ -149,19 +230,24 @@ async def write(
     return _status_code(reply), _response(reply, body)
 
 
-def _response(reply: dict[str, Any], body: WriteRequest) -> dict[str, Any]:
+def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
     return {
         "status": reply["status"],
         "duplicate": reply["duplicate"],
         "transactionId": reply["transaction_id"],
         "userId": body.userId,
         "assetId": body.assetId,
-        "amount": body.amount,
+        "amount": reply["amount"],
         "balance": reply["balance"],
         "paid": reply["paid"],
         "free": reply["free"],
+        "held": reply["held"],
+        "available": reply["available"],
+        "debt": reply["debt"],
+        "holdId": reply["hold_id"],
         "consumed": reply["consumed"],
         "expired": reply["expired"],
+        "released": reply["released"],
         "error": reply["error"],
     }
 
@@ -176,8 +262,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": WriteResponse, "description": "accepted"},
     200: {"model": WriteResponse, "description": "a duplicate of an accepted command"},
     202: {"description": "reply late; the command will still be processed"},
-    402: {"model": WriteResponse, "description": "insufficient funds"},
-    409: {"model": WriteResponse, "description": "idempotency key reused for another command"},
+    402: {"model": WriteResponse, "description": "insufficient funds, or in debt"},
+    404: {"model": WriteResponse, "description": "no such hold or transaction"},
+    409: {
+        "model": WriteResponse,
+        "description": "idempotency key reused, or the hold or transaction resolved already",
+    },
     422: {"description": "invalid input or unknown asset"},
 }
 
@@ -198,3 +288,29 @@ async def bonus(body: CreditRequest, request: Request) -> JSONResponse:
 async def spend(body: WriteRequest, request: Request) -> JSONResponse:
     """Debit a user's wallet to revenue; refused with 402 when the balance is too low."""
     return await _write(CommandType.SPEND, body, request)
+
+
+@router.post("/hold", status_code=201, responses=_RESPONSES)
+async def hold(body: HoldRequest, request: Request) -> JSONResponse:
+    """Set money aside (auction bids, entry fees): not spendable, not lost, until captured,
+    released or expired."""
+    return await _write(CommandType.HOLD, body, request)
+
+
+@router.post("/capture", status_code=201, responses=_RESPONSES)
+async def capture(body: CaptureRequest, request: Request) -> JSONResponse:
+    """Spend what a hold keeps, all or part; the rest goes back to the wallet."""
+    return await _write(CommandType.CAPTURE, body, request)
+
+
+@router.post("/release", status_code=201, responses=_RESPONSES)
+async def release(body: ReleaseRequest, request: Request) -> JSONResponse:
+    """Give what a hold keeps back to the wallet."""
+    return await _write(CommandType.RELEASE, body, request)
+
+
+@ops_router.post("/reverse", status_code=201, responses=_RESPONSES)
+async def reverse(body: ReverseRequest, request: Request) -> JSONResponse:
+    """Undo a spend, capture, top-up or bonus, once (needs the ops scope besides): a spend
+    goes back to its lots; a credit already spent leaves debt that later credits pay."""
+    return await _write(CommandType.REVERSE, body, request)

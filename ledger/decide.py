@@ -9,70 +9,24 @@ loudly rather than move money wrongly.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import NamedTuple
 
-from ledger import lots
-from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder
+from ledger import holds, legs, lots, reversals
+from ledger.account import (
+    BALANCE_MAX,
+    NO_REFERENCES,
+    Accepted,
+    AccountState,
+    Assets,
+    Hold,
+    References,
+    Rejected,
+    assert_moved,
+)
+from ledger.lots import LOTS_OPEN_MAX, Lot, Piece
 from schemas.commands import AMOUNT_MAX, Command, CommandType
-from schemas.events import AccountKind
 from schemas.replies import ErrorCode
 
-# Far below 2**63 so that a sum of many balances in a bigint column cannot overflow first.
-BALANCE_MAX = 10**18
-
-_SPEND = CommandType.SPEND.value
 _EXPIRE = CommandType.EXPIRE.value
-# By plain strings: looking an enum up by value (CommandType(type)) costs about 3 us.
-_CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
-                  CommandType.BONUS.value: AccountKind.BONUS_POOL}  # fmt: skip
-Assets = Mapping[str, SpendOrder]  # asset code -> its spend order
-
-
-class AccountState(NamedTuple):
-    """A user's wallet for one asset: its balance, how many entries it has, and the open lots
-    the balance is made of (`paid` is their paid part, kept so that no reply sums them).
-    (A named tuple, not a frozen dataclass: one or two are made per command, and a frozen
-    dataclass costs about four times as much to build.)"""
-
-    balance: int
-    version: int
-    paid: int = 0
-    lots: tuple[Lot, ...] = ()  # in `order` (see lots.in_order); in no order when it is None
-    due_ms: int | None = None  # the soonest expiry among the lots (None: none expires)
-    order: SpendOrder | None = None
-
-    def check(self) -> None:
-        """The O(lots) invariants, asserted where a state enters the planner (a cold load)
-        and in the property tests; decide() asserts the O(1) ones on every command."""
-        assert lots.total(self.lots) == self.balance, self
-        assert lots.paid_total(self.lots) == self.paid, self
-        assert all(lot.remaining > 0 for lot in self.lots), self
-        assert lots.next_due_ms(self.lots) == self.due_ms, self
-        assert self.order is None or self.lots == lots.in_order(self.lots, self.order), self
-
-
-EMPTY_ACCOUNT = AccountState(balance=0, version=0)
-
-
-class Accepted(NamedTuple):
-    account: AccountState
-    user_amount: int  # signed change of the user's balance
-    # The system accounts' side, signed, summing to -user_amount (see system_legs).
-    legs: tuple[tuple[AccountKind, int], ...]
-    consumed_paid: int | None = None  # spends: the paid part of the amount
-    pieces: tuple[Piece, ...] = ()  # spends: what was taken from which lot
-    expired: tuple[Piece, ...] = ()  # the lots whose expiry had come, booked out whole
-    amount: int | None = None  # what the record says the command moved (an expire: its total)
-    expired_besides: int = 0  # what it booked out besides its amount (an expire: nothing)
-    opened: Lot | None = None  # a credit: the lot it opened
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    code: ErrorCode
-    message: str
 
 
 def decide(
@@ -81,12 +35,14 @@ def decide(
     assets: Assets,
     transaction_id: uuid.UUID,
     now_ms: int,
+    refs: References = NO_REFERENCES,
 ) -> Accepted | Rejected:
     """Decide one command at time `now_ms` against the user's account state;
     `transaction_id` is the id the transaction gets if accepted (a credit's lot is named by
-    it). Lots whose expiry has come are not spendable and are booked out by the transaction."""
-    assert 0 <= account.paid <= account.balance <= BALANCE_MAX, account
-    assert account.version >= 0, account
+    it); `refs` what the command names besides its wallet (holds, a reversed transaction).
+    Holds and lots whose expiry has come are given back and booked out by the transaction."""
+    assert 0 <= account.paid <= account.balance and account.total() <= BALANCE_MAX, account
+    assert account.version >= 0 and account.debt >= 0, account
     assert command.amount is None or 1 <= command.amount <= AMOUNT_MAX, command.amount
 
     order = assets.get(command.asset)
@@ -94,24 +50,64 @@ def decide(
         return Rejected(ErrorCode.UNKNOWN_ASSET, f"asset {command.asset} does not exist")
     if account.order is not order:  # loaded, or the asset's order changed: sort once
         account = account._replace(lots=lots.in_order(account.lots, order), order=order)
+    start = account
+    account, lapsed, restored = holds.lapse(account, now_ms)
     expired, live = lots.due(account.lots, account.due_ms, now_ms)
     if expired:
         account = _without(account, expired, live)
-    if command.type is CommandType.EXPIRE:
-        return _expire(account, expired, command.asset)
-    assert command.amount is not None  # every other type has one (schemas.commands)
-    spendable = account.balance
-    if command.type is CommandType.SPEND:
-        if command.amount > spendable:
-            return Rejected(
-                ErrorCode.INSUFFICIENT_FUNDS,
-                f"balance {spendable} {command.asset} is less than {command.amount}",
-            )
-        return _spend(command.amount, account, expired)
-    refused = _refuse_credit(command, spendable, len(live), now_ms)
-    if refused is not None:
-        return refused
-    return _credit(command, account, expired, transaction_id)
+    own = _by_type(command, account, transaction_id, now_ms, refs, (expired, lapsed))
+    if isinstance(own, Rejected):
+        return own
+    return _booked(command.type.value, start, own, expired, lapsed, restored)
+
+
+def _by_type(
+    command: Command,
+    account: AccountState,
+    tx_id: uuid.UUID,
+    now_ms: int,
+    refs: References,
+    due: tuple[tuple[Piece, ...], tuple[Hold, ...]],
+) -> Accepted | Rejected:
+    """The command's own decision (`account` without its expired lots and lapsed holds)."""
+    kind = command.type
+    if kind is CommandType.SPEND:
+        return _spend(command, account)
+    if kind is CommandType.TOP_UP or kind is CommandType.BONUS:
+        return _refuse_credit(command, account, now_ms) or _credit(command, account, tx_id)
+    if kind is CommandType.EXPIRE:
+        return _expire(account, due, command.asset)
+    if kind is CommandType.HOLD:
+        return holds.hold(command, account, tx_id, now_ms, refs, due[1])
+    if kind is CommandType.REVERSE:
+        return reversals.reverse(command, account, refs)
+    return holds.resolve(command, account, refs, due[1])
+
+
+def _booked(
+    type: str,
+    start: AccountState,
+    own: Accepted,
+    expired: tuple[Piece, ...],
+    lapsed: tuple[Hold, ...],
+    restored: tuple[Lot, ...],
+) -> Accepted:
+    """The accepted decision with its legs: its own, and what it booked out of expired lots
+    and gave back from lapsed holds on its way. The user's leg balances them, and must be
+    exactly what the balance moved by (asserted: the ledger and the state cannot part)."""
+    gone = 0 if type == _EXPIRE else lots.pieces_total(expired)
+    released = own.released + sum(h.amount for h in lapsed)
+    assert own.amount is not None
+    extras = legs.extras(gone, released, own.debt_paid, own.debt_added, own.reversed_type)
+    system = legs.system_legs(type, own.amount, own.consumed_paid, extras)
+    user_amount = -sum(n for _, n in system)
+    assert_moved(start, own.account, user_amount)
+    return own._replace(
+        user_amount=user_amount, legs=system, expired=expired, expired_besides=gone,
+        released=released, restored=(*restored, *own.restored),
+        returned=(*(p for h in lapsed for p in h.pieces), *own.returned),
+        resolved=(*((h, "expired") for h in lapsed), *own.resolved),
+    )  # fmt: skip
 
 
 def _without(
@@ -121,18 +117,18 @@ def _without(
     them out is the command's own, one version on)."""
     gone = lots.pieces_total(expired)
     paid_gone = lots.paid_part(expired)
-    return AccountState(account.balance - gone, account.version, account.paid - paid_gone,
-                        live, lots.next_due_ms(live), account.order)  # fmt: skip
+    return account._replace(balance=account.balance - gone, paid=account.paid - paid_gone,
+                            lots=live, due_ms=lots.next_due_ms(live))  # fmt: skip
 
 
-def _refuse_credit(command: Command, balance: int, lots_open: int, now_ms: int) -> Rejected | None:
+def _refuse_credit(command: Command, account: AccountState, now_ms: int) -> Rejected | None:
     assert command.amount is not None
-    if balance + command.amount > BALANCE_MAX:
+    if account.total() + command.amount > BALANCE_MAX:
         return Rejected(
             ErrorCode.BALANCE_LIMIT_EXCEEDED,
             f"a balance may not exceed {BALANCE_MAX} {command.asset}",
         )
-    if lots_open >= LOTS_OPEN_MAX:
+    if len(account.lots) >= LOTS_OPEN_MAX:
         return Rejected(
             ErrorCode.TOO_MANY_LOTS,
             f"the wallet holds {LOTS_OPEN_MAX} open lots of {command.asset}: spend some first",
@@ -147,81 +143,53 @@ def _ms(command: Command) -> int:
     return lots.epoch_ms(command.expires_at)
 
 
-def _credit(
-    command: Command, account: AccountState, expired: tuple[Piece, ...], tx_id: uuid.UUID
-) -> Accepted:
-    """`account` is without its expired lots already; the transaction books them out."""
+def _credit(command: Command, account: AccountState, tx_id: uuid.UUID) -> Accepted:
+    """A credit pays the wallet's debt first; the rest opens a lot."""
     amount = command.amount
-    assert amount is not None
+    assert amount is not None and account.order is not None
+    debt_paid = min(account.debt, amount)
+    version = account.version + 1
+    if debt_paid == amount:
+        after = account._replace(version=version, debt=account.debt - debt_paid)
+        return Accepted(after, 0, (), amount=amount, debt_paid=debt_paid)
     paid = command.type is CommandType.TOP_UP
     expires_ms = None if command.expires_at is None else _ms(command)
     due_ms = account.due_ms
     if expires_ms is not None:
         due_ms = expires_ms if due_ms is None else min(due_ms, expires_ms)
-    assert account.order is not None
-    lot = Lot(tx_id, paid, amount, account.version + 1, expires_ms)
-    placed = lots.with_lot(account.lots, lot, account.order)
-    paid_after = account.paid + (amount if paid else 0)
-    after = AccountState(account.balance + amount, account.version + 1, paid_after, placed,
-                         due_ms, account.order)  # fmt: skip
-    gone = lots.pieces_total(expired)
-    _assert_moved(account, after, amount)
-    legs = system_legs(command.type.value, amount, None, gone)
-    return Accepted(after, amount - gone, legs, expired=expired, amount=amount,
-                    expired_besides=gone, opened=lot)  # fmt: skip
+    lot = Lot(tx_id, paid, amount - debt_paid, version, expires_ms)
+    # Built whole, not by _replace: this is the hot path, and _replace costs twice as much.
+    after = AccountState(account.balance + lot.remaining, version,
+                         account.paid + (lot.remaining if paid else 0),
+                         lots.with_lot(account.lots, lot, account.order), due_ms, account.order,
+                         account.holds, account.held, account.debt - debt_paid)  # fmt: skip
+    return Accepted(after, 0, (), amount=amount, opened=lot, debt_paid=debt_paid)
 
 
-def _spend(amount: int, account: AccountState, expired: tuple[Piece, ...]) -> Accepted:
-    """`account` is without its expired lots already; the transaction books them out."""
+def _spend(command: Command, account: AccountState) -> Accepted | Rejected:
+    amount = command.amount
+    assert amount is not None
+    if account.debt:
+        return holds.in_debt(account, command.asset)
+    if amount > account.balance:
+        return holds.insufficient(account, command.asset, amount)
     pieces, left = lots.take(account.lots, amount)
     consumed_paid = lots.paid_part(pieces)
     due_ms = account.due_ms
     if due_ms is not None and any(p.left == 0 and p.expires_ms is not None for p in pieces):
         due_ms = lots.next_due_ms(left)
     after = AccountState(account.balance - amount, account.version + 1,
-                         account.paid - consumed_paid, left, due_ms, account.order)  # fmt: skip
-    gone = lots.pieces_total(expired)
-    _assert_moved(account, after, -amount)
-    legs = system_legs(_SPEND, amount, consumed_paid, gone)
-    return Accepted(after, -amount - gone, legs, consumed_paid, pieces, expired, amount, gone)
+                         account.paid - consumed_paid, left, due_ms, account.order,
+                         account.holds, account.held, account.debt)  # fmt: skip
+    return Accepted(after, 0, (), consumed_paid, pieces, amount=amount)
 
 
-def _expire(account: AccountState, expired: tuple[Piece, ...], asset: str) -> Accepted | Rejected:
-    """`account` is without its expired lots already; its transaction books them out."""
-    gone = lots.pieces_total(expired)
-    if not gone:
-        return Rejected(ErrorCode.NOTHING_TO_EXPIRE, f"no lot of {asset} has expired")
+def _expire(
+    account: AccountState, due: tuple[tuple[Piece, ...], tuple[Hold, ...]], asset: str
+) -> Accepted | Rejected:
+    """Book out the expired lots and give back the lapsed holds (already out of `account`)."""
+    expired, lapsed = due
+    if not expired and not lapsed:
+        return Rejected(ErrorCode.NOTHING_TO_EXPIRE, f"nothing of {asset} has expired")
     after = account._replace(version=account.version + 1)
-    _assert_moved(account, after, 0)
-    return Accepted(after, -gone, system_legs(_EXPIRE, gone, None, 0), expired=expired,
-                    amount=gone)  # fmt: skip
-
-
-def system_legs(
-    type: str, amount: int, consumed_paid: int | None, expired: int
-) -> tuple[tuple[AccountKind, int], ...]:
-    """The system side of an accepted transaction, from its record: the planner, the events
-    rebuilt from records and `wallet verify` all derive legs here. A credit's source; a
-    spend's paid part to revenue and free part to free_spent (a spend recorded before lots
-    existed, its paid part unknown, went to revenue whole); an expire's amount, and whatever
-    else a transaction booked out as expired, to `expired`."""
-    if type == _EXPIRE:
-        return ((AccountKind.EXPIRED, amount),)
-    if type != _SPEND:
-        legs: tuple[tuple[AccountKind, int], ...] = ((_CREDIT_SOURCE[type], -amount),)
-    elif consumed_paid is None:
-        legs = ((AccountKind.REVENUE, amount),)
-    else:
-        sides = (
-            (AccountKind.REVENUE, consumed_paid),
-            (AccountKind.FREE_SPENT, amount - consumed_paid),
-        )
-        legs = tuple(side for side in sides if side[1])
-    return (*legs, (AccountKind.EXPIRED, expired)) if expired else legs
-
-
-def _assert_moved(before: AccountState, after: AccountState, change: int) -> None:
-    """Postconditions of every accepted command."""
-    assert after.balance == before.balance + change
-    assert 0 <= after.paid <= after.balance <= BALANCE_MAX, after
-    assert after.version == before.version + 1
+    return Accepted(after, 0, (), amount=lots.pieces_total(expired))

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # An account's open lots are loaded, sorted and written with it; a wallet fed credits that
 # are never spent must not grow without bound (a credit past it is refused: too_many_lots).
@@ -57,11 +57,18 @@ class Lot(NamedTuple):
 class Holding(NamedTuple):
     """One asset of a wallet as a balance read shows it."""
 
-    balance: int
-    paid: int  # the paid part of the balance; the rest is free
+    available: int  # the user account's balance: what a spend or hold may take
+    paid: int  # the paid part of what is available; the rest is free
+    held: int = 0  # kept aside by open holds (counted in the total, not available)
+    debt: int = 0  # owed for reversed credits already spent
+
+    @property
+    def total(self) -> int:
+        return self.available + self.held
 
     def document(self) -> dict[str, int]:
-        return {"paid": self.paid, "free": self.balance - self.paid}
+        return {"paid": self.paid, "free": self.available - self.paid, "held": self.held,
+                "available": self.available, "debt": self.debt}  # fmt: skip
 
 
 class Piece(NamedTuple):
@@ -155,3 +162,47 @@ def total(lots: Sequence[Lot]) -> int:
 
 def paid_total(lots: Sequence[Lot]) -> int:
     return sum(lot.remaining for lot in lots if lot.paid)
+
+
+def give_back(
+    lots: tuple[Lot, ...], pieces: Sequence[Piece], order: SpendOrder
+) -> tuple[tuple[Lot, ...], tuple[Lot, ...]]:
+    """`lots` (in `order`) with each piece given back to the lot it came from, reopened if it
+    was used up meanwhile (a piece carries its lot's origin: paid, seq, expiry); and the lots
+    given back to, as they are after it. For holds resolved and spends reversed: rare, so a
+    scan per piece is fine."""
+    grown: dict[uuid.UUID, Lot] = {}
+    for piece in pieces:
+        lot = grown.get(piece.lot_id) or next((x for x in lots if x.lot_id == piece.lot_id), None)
+        if lot is None:
+            lot = Lot(piece.lot_id, piece.paid, 0, piece.seq, piece.expires_ms)
+        grown[piece.lot_id] = lot._replace(remaining=lot.remaining + piece.amount)
+    kept = [lot for lot in lots if lot.lot_id not in grown]
+    restored = tuple(grown.values())
+    return in_order((*kept, *restored), order), restored
+
+
+def split(pieces: Sequence[Piece], amount: int) -> tuple[tuple[Piece, ...], tuple[Piece, ...]]:
+    """The first `amount` of the pieces, and the rest (a capture of part of a hold)."""
+    assert 0 <= amount <= pieces_total(pieces), (amount, pieces)
+    front: list[Piece] = []
+    rest: list[Piece] = []
+    left = amount
+    for piece in pieces:
+        n = min(left, piece.amount)
+        left -= n
+        if n:
+            front.append(piece._replace(amount=n))
+        if piece.amount - n:
+            rest.append(piece._replace(amount=piece.amount - n))
+    return tuple(front), tuple(rest)
+
+
+def pieces_document(pieces: Sequence[Piece]) -> list[list[object]]:
+    """Pieces whole, as a hold keeps them: [[lot id, paid, amount, seq, expires ms], ...]."""
+    return [[str(p.lot_id), p.paid, p.amount, p.seq, p.expires_ms] for p in pieces]
+
+
+def pieces_of(document: Sequence[Sequence[Any]]) -> tuple[Piece, ...]:
+    """Pieces from pieces_document (what their lots hold after is not kept: 0)."""
+    return tuple(Piece(uuid.UUID(i), paid, n, seq, ms, 0) for i, paid, n, seq, ms in document)

@@ -18,18 +18,23 @@ from typing import NamedTuple
 
 import orjson
 
-from ledger import lots, wire
-from ledger.decide import (
+from ledger import legs, lots, wire
+from ledger.account import (
     EMPTY_ACCOUNT,
+    NO_REFERENCES,
     Accepted,
     AccountState,
     Assets,
+    Hold,
+    HoldKey,
+    References,
     Rejected,
-    decide,
+    Target,
 )
+from ledger.decide import decide
 from ledger.lots import Piece
 from schemas.codec import DecodeFailure
-from schemas.commands import Command
+from schemas.commands import Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -40,6 +45,7 @@ from schemas.replies import ErrorCode
 _TRANSACTION_ID_KEY = b"dino-wallet/transaction-id/1"
 
 _USER_ACCOUNT = AccountKind.USER.value
+_PLAIN = frozenset({CommandType.TOP_UP, CommandType.BONUS, CommandType.SPEND, CommandType.EXPIRE})
 AccountKey = tuple[str, str]  # (user_id, asset)
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
@@ -68,10 +74,14 @@ class StoredResult(NamedTuple):
     balance_after: int | None
     type: str
     asset: str
-    amount: int | None  # None: a refused expire (it names no amount)
+    amount: int | None  # None: a refused expire, release or reverse (they name no amount)
     paid_after: int | None  # None on records written before lots existed
     consumed_paid: int | None
     expired_amount: int | None
+    held_after: int | None  # None: nothing held
+    debt_after: int | None  # None: no debt
+    hold_id: str | None
+    released_amount: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +118,31 @@ class ProcessedRow(NamedTuple):
     version: int | None  # the account's version after an accepted command
     paid_after: int | None  # the paid part of balance_after
     consumed_paid: int | None  # an accepted spend: the paid part of its amount
-    lots_taken: str | None  # an accepted spend: JSON [[lot id, amount], ...], in order taken
+    # JSON [[lot id, amount], ...] in order taken: what an accepted spend or hold took from
+    # lots, a capture from its hold, a reversed credit from its lot (what a reverse undoes).
+    lots_taken: str | None
     expires_at: datetime | None  # a credit: when its lot stops being spendable
     expired_amount: int | None  # accepted: what it booked out of expired lots (besides amount)
     lots_expired: str | None  # accepted: JSON [[lot id, amount], ...] of the lots it booked out
+    # Holds, reversals and debt (NULL where they did not come in, as for most commands):
+    held_after: int | None  # what open holds keep aside after it (outside balance_after)
+    debt_after: int | None  # what the wallet owes after it
+    hold_id: str | None  # a hold, capture or release: its hold
+    released_amount: int | None  # held money it gave back (a capture's rest, lapsed holds)
+    debt_paid: int | None  # a credit: the part that paid debt
+    debt_added: int | None  # a reversed credit: the part already spent, now owed
+    reverses: uuid.UUID | None  # a reverse: the transaction it undid
+    reversed_type: str | None  # a reverse: that transaction's type
+    reason: str | None  # a reverse: why
+    lots_returned: str | None  # JSON [[lot id, amount], ...] given back (holds, reversed spends)
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
         return StoredResult(
             self.payload_hash, self.status, self.error_code, self.error_message,
             self.transaction_id, self.balance_after, self.type, self.asset, self.amount,
-            self.paid_after, self.consumed_paid, self.expired_amount,
+            self.paid_after, self.consumed_paid, self.expired_amount, self.held_after,
+            self.debt_after, self.hold_id, self.released_amount,
         )  # fmt: skip
 
 
@@ -148,6 +172,24 @@ class EntryRow(NamedTuple):
     version: int | None
     created_at: datetime
     paid_after: int | None  # user legs: the paid part of balance_after
+    held_after: int | None  # user legs: what open holds keep aside (None: nothing)
+    debt_after: int | None  # user legs: what the wallet owes (None: nothing)
+
+
+class HoldRow(NamedTuple):
+    """A hold as a batch leaves it: opened, or resolved (status and the resolving one)."""
+
+    user_id: str
+    asset: str
+    hold_id: str
+    partition: int
+    transaction_id: uuid.UUID
+    amount: int
+    pieces: str  # JSON [[lot id, paid, amount, seq, expires ms], ...]
+    expires_at: datetime
+    status: str  # open, captured, released or expired
+    resolved_by: uuid.UUID | None
+    captured: int | None
 
 
 class OutboxRow(NamedTuple):
@@ -179,6 +221,7 @@ class BatchPlan:
     entry_rows: list[EntryRow] = field(default_factory=list)
     outbox_rows: list[OutboxRow] = field(default_factory=list)
     lots: dict[tuple[str, str, uuid.UUID], LotRow] = field(default_factory=dict)
+    holds: dict[HoldKey, HoldRow] = field(default_factory=dict)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
 
@@ -197,6 +240,8 @@ def payload_hash(command: Command) -> bytes:
     ]  # fmt: skip
     if command.expires_at is not None:  # the same instant, however its zone is written
         fields.append(lots.epoch_ms(command.expires_at))
+    if command.type not in _PLAIN:
+        fields += [command.hold_id, command.expires_in_s, command.transaction_id, command.reason]
     material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(material, digest_size=16).digest()
 
@@ -226,11 +271,15 @@ def plan_batch(
     known: Mapping[IdempotencyId, StoredResult],
     accounts: Mapping[AccountKey, AccountState],
     assets: Assets,
+    refs: References = NO_REFERENCES,
 ) -> BatchPlan:
-    """Decide every record of the batch in offset order."""
+    """Decide every record of the batch in offset order; `refs` are the holds and
+    transactions its commands name (see References), as stored before the batch."""
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
     plan = BatchPlan()
     seen = dict(known)
+    refs = References(dict(refs.holds), dict(refs.targets))  # the batch's own moves added
+    reversing = any(_is_reverse(item.admitted) for item in items)
     now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
     for item in items:
         if isinstance(item.admitted, DecodeFailure):
@@ -245,12 +294,35 @@ def plan_batch(
         account_key = (command.user_id, command.asset)
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
-        decision = decide(command, account, assets, tx_id, now_ms)
+        decision = decide(command, account, assets, tx_id, now_ms, refs)
         result = _record(ctx, plan, item, command, account, decision, tx_id)
         seen[(command.user_id, command.idempotency_key)] = result
+        if isinstance(decision, Accepted) and (reversing or decision.resolved):
+            _note_references(refs, command, decision, tx_id)
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
     return plan
+
+
+def _is_reverse(admitted: Command | DecodeFailure) -> bool:
+    return isinstance(admitted, Command) and admitted.type is CommandType.REVERSE
+
+
+def _note_references(
+    refs: References, command: Command, decision: Accepted, tx_id: uuid.UUID
+) -> None:
+    """What later commands of the batch may name: holds resolved, transactions reversed, and
+    (only in a batch holding a reverse) transactions that could be reversed."""
+    assert isinstance(refs.holds, dict) and isinstance(refs.targets, dict)
+    user, asset = command.user_id, command.asset
+    for hold, status in decision.resolved:
+        refs.holds[(user, asset, hold.hold_id)] = status
+    target = command.transaction_id
+    if command.type is CommandType.REVERSE and target is not None:
+        refs.targets[target] = refs.targets[target]._replace(reversed=True)
+    elif decision.amount is not None:
+        refs.targets[tx_id] = Target(user, asset, command.type.value, decision.amount,
+                                     decision.consumed_paid, decision.pieces, False)  # fmt: skip
 
 
 class _Decided(NamedTuple):
@@ -264,10 +336,17 @@ class _Decided(NamedTuple):
     balance_after: int | None
     version: int | None
     paid_after: int | None
+    held_after: int | None
+    debt_after: int | None
     consumed_paid: int | None = None
     lots_taken: str | None = None
     expired_amount: int | None = None
     lots_expired: str | None = None
+    lots_returned: str | None = None
+    released_amount: int | None = None
+    debt_paid: int | None = None
+    debt_added: int | None = None
+    reversed_type: str | None = None
 
 
 def _record(
@@ -281,32 +360,56 @@ def _record(
 ) -> StoredResult:
     kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
-        after = decision.account
-        plan.accounts[(command.user_id, command.asset)] = after
-        _entries(ctx, plan, command, transaction_id, decision)
-        taken, expired = _lots(ctx, plan, command, decision)
-        d = _Decided(decision.amount, "accepted", None, None, transaction_id, after.balance,
-                     after.version, after.paid, decision.consumed_paid, taken,
-                     decision.expired_besides or None, expired)  # fmt: skip
+        d = _accepted(ctx, plan, command, decision, transaction_id)
     else:
         balance: int | None = before.balance
         paid: int | None = before.paid
         if decision.code is ErrorCode.UNKNOWN_ASSET:
             balance = paid = None
         d = _Decided(command.amount, "rejected", decision.code.value, decision.message, None,
-                     balance, None, paid)  # fmt: skip
+                     balance, None, paid, before.held or None, before.debt or None)  # fmt: skip
+    expires_at = command.expires_at
+    if isinstance(decision, Accepted) and decision.hold is not None:
+        expires_at = lots.at_ms(decision.hold.expires_ms)
     row = ProcessedRow(
         command.user_id, command.idempotency_key, command.command_id, kind, command.asset,
         d.amount, item.payload_hash or b"", d.status, d.error_code, d.error_message,
         d.transaction_id, d.balance_after, command.description,
         orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
         ctx.processed_at, ctx.generation, command.reply_to, d.version, d.paid_after,
-        d.consumed_paid, d.lots_taken, command.expires_at, d.expired_amount, d.lots_expired,
+        d.consumed_paid, d.lots_taken, expires_at, d.expired_amount, d.lots_expired,
+        d.held_after, d.debt_after, _hold_id(command, decision), d.released_amount,
+        d.debt_paid, d.debt_added, command.transaction_id, d.reversed_type, command.reason,
+        d.lots_returned,
     )  # fmt: skip
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row))
     plan.decided.append(Outcome(kind, d.status, d.error_code or ""))
     return row.result()
+
+
+def _hold_id(command: Command, decision: Accepted | Rejected) -> str | None:
+    """A hold's name as given, or as the accepted hold took it (its transaction id)."""
+    if isinstance(decision, Accepted) and decision.hold is not None:
+        return decision.hold.hold_id
+    return command.hold_id
+
+
+def _accepted(
+    ctx: BatchContext, plan: BatchPlan, command: Command, decision: Accepted, tx_id: uuid.UUID
+) -> _Decided:
+    after = decision.account
+    plan.accounts[(command.user_id, command.asset)] = after
+    _entries(ctx, plan, command, tx_id, decision)
+    taken, expired = _lots(ctx, plan, command, decision)
+    if decision.hold is not None or decision.resolved:
+        _holds(ctx, plan, command, decision, tx_id)
+    return _Decided(decision.amount, "accepted", None, None, tx_id, after.balance,
+                    after.version, after.paid, after.held or None, after.debt or None,
+                    decision.consumed_paid, taken, decision.expired_besides or None, expired,
+                    _pieces_json(decision.returned), decision.released or None,
+                    decision.debt_paid or None, decision.debt_added or None,
+                    decision.reversed_type)  # fmt: skip
 
 
 def _entries(
@@ -316,33 +419,54 @@ def _entries(
     plan.entry_rows.append(
         EntryRow(tx_id, ctx.partition, command.asset, _USER_ACCOUNT, command.user_id,
                  decision.user_amount, after.balance, after.version, ctx.processed_at,
-                 after.paid)
+                 after.paid, after.held or None, after.debt or None)
     )  # fmt: skip
     for kind, amount in decision.legs:
         plan.entry_rows.append(
             EntryRow(tx_id, ctx.partition, command.asset, kind.value, None, amount, None, None,
-                     ctx.processed_at, None)
+                     ctx.processed_at, None, None, None)
         )  # fmt: skip
 
 
 def _lots(
     ctx: BatchContext, plan: BatchPlan, command: Command, decision: Accepted
 ) -> tuple[str | None, str | None]:
-    """Note the lots the command opened, drew on or booked out, as the batch leaves them;
-    return what its record keeps of the pieces it took and of the lots it booked out."""
+    """Note the lots the command opened, drew on, gave back to or booked out, as the batch
+    leaves them (in the order the decision moved them: the last note of a lot is its state);
+    return what its record keeps of the pieces it moved and of the lots it booked out."""
     user, asset = command.user_id, command.asset
-    for piece in (*decision.pieces, *decision.expired):
-        plan.lots[(user, asset, piece.lot_id)] = LotRow(
-            user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
-            _time(piece.expires_ms),
-        )  # fmt: skip
-    lot = decision.opened
-    if lot is not None:
+    for lot in (*decision.restored, *((decision.opened,) if decision.opened else ())):
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
             _time(lot.expires_ms),
         )  # fmt: skip
+    moved = (*decision.expired, *(decision.pieces if decision.pieces_from_lots else ()))
+    for piece in moved:
+        plan.lots[(user, asset, piece.lot_id)] = LotRow(
+            user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
+            _time(piece.expires_ms),
+        )  # fmt: skip
     return _pieces_json(decision.pieces), _pieces_json(decision.expired)
+
+
+def _holds(
+    ctx: BatchContext, plan: BatchPlan, command: Command, decision: Accepted, tx_id: uuid.UUID
+) -> None:
+    """Note the hold the command opened and the holds it resolved."""
+    user, asset = command.user_id, command.asset
+    opened = decision.hold
+    resolved: list[tuple[Hold, str, int | None]] = [(h, s, None) for h, s in decision.resolved]
+    if opened is not None:
+        resolved.append((opened, "open", None))
+    elif resolved and resolved[-1][1] == "captured":
+        resolved[-1] = (resolved[-1][0], "captured", decision.amount)
+    for hold, status, captured in resolved:
+        pieces = lots.pieces_document(hold.pieces)
+        plan.holds[(user, asset, hold.hold_id)] = HoldRow(
+            user, asset, hold.hold_id, ctx.partition, hold.transaction_id, hold.amount,
+            orjson.dumps(pieces).decode(), lots.at_ms(hold.expires_ms), status,
+            None if status == "open" else tx_id, captured,
+        )  # fmt: skip
 
 
 def _pieces_json(pieces: tuple[Piece, ...]) -> str | None:
@@ -374,6 +498,10 @@ def _repeat(
             paid_after=None,
             consumed_paid=None,
             expired_amount=None,
+            held_after=None,
+            debt_after=None,
+            hold_id=command.hold_id,
+            released_amount=None,
         )
         reply = _reply_bytes(ctx, command, reused, True)
         plan.decided.append(Outcome(command.type.value, "rejected", reused.error_code or ""))
@@ -435,7 +563,8 @@ def _reply_bytes(
         transaction_id=result.transaction_id, type=result.type, asset=result.asset,
         amount=result.amount, balance=result.balance_after, error=error,
         processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
-        expired=result.expired_amount,
+        expired=result.expired_amount, held=result.held_after, debt=result.debt_after,
+        hold_id=result.hold_id, released=result.released_amount,
     )  # fmt: skip
 
 
@@ -449,24 +578,32 @@ def outbox_row_of(row: ProcessedRow) -> OutboxRow:
         status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
         processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
-        expired=row.expired_amount,
+        expired=row.expired_amount, held=row.held_after, debt=row.debt_after,
+        hold_id=row.hold_id, released=row.released_amount,
     )  # fmt: skip
-    event = None
-    if row.transaction_id is not None:
-        assert row.balance_after is not None and row.version is not None, row
-        assert row.amount is not None, row
-        event = orjson.dumps(wire.event_document(
-            transaction_id=row.transaction_id, command_id=row.command_id,
-            idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
-            asset=row.asset, amount=row.amount, balance_after=row.balance_after,
-            version=row.version, description=row.description, occurred_at=row.processed_at,
-            paid_after=row.paid_after, consumed_paid=row.consumed_paid,
-            expired=row.expired_amount or 0,
-        ))  # fmt: skip
+    event = None if row.transaction_id is None else event_bytes(row)
     return OutboxRow(
         row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
         row.reply_topic, reply, event, None, row.processed_at,
     )  # fmt: skip
+
+
+def event_bytes(row: ProcessedRow) -> bytes:
+    """The `wallet.events` message of an accepted command, from its record alone (the relay
+    and the operators' republish send the same bytes)."""
+    assert row.transaction_id is not None and row.amount is not None, row
+    assert row.balance_after is not None and row.version is not None, row
+    return orjson.dumps(wire.event_document(
+        transaction_id=row.transaction_id, command_id=row.command_id,
+        idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
+        asset=row.asset, amount=row.amount, balance_after=row.balance_after,
+        version=row.version, description=row.description, occurred_at=row.processed_at,
+        paid_after=row.paid_after, consumed_paid=row.consumed_paid, extras=legs.extras(
+            row.expired_amount, row.released_amount, row.debt_paid, row.debt_added,
+            row.reversed_type),
+        held_after=row.held_after or 0, debt_after=row.debt_after or 0, hold_id=row.hold_id,
+        reverses=row.reverses, reason=row.reason,
+    ))  # fmt: skip
 
 
 def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) -> bytes:

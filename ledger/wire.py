@@ -10,7 +10,7 @@ from datetime import datetime
 
 import orjson
 
-from ledger.decide import system_legs
+from ledger.legs import Extras, system_legs
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 
@@ -35,10 +35,15 @@ def reply_bytes(
     paid: int | None = None,
     consumed_paid: int | None = None,
     expired: int | None = None,
+    held: int | None = None,
+    debt: int | None = None,
+    hold_id: str | None = None,
+    released: int | None = None,
 ) -> bytes:
-    """A `wallet.replies` message (schemas.replies.Reply). `paid` is the paid part of
-    `balance` (None where unknown: records written before lots existed); `consumed_paid`
-    the paid part of an accepted spend's amount."""
+    """A `wallet.replies` message (schemas.replies.Reply). `balance` is the user account's
+    balance, what is available (the reply's `balance` adds what holds keep aside: `held`);
+    `paid` its paid part (None where unknown: records written before lots existed);
+    `consumed_paid` the paid part of an accepted spend's or capture's amount."""
     consumed = None
     if consumed_paid is not None:
         assert amount is not None
@@ -55,11 +60,16 @@ def reply_bytes(
             "type": type,
             "asset": asset,
             "amount": amount,
-            "balance": balance,
+            "balance": None if balance is None else balance + (held or 0),
             "paid": None if free is None else paid,
             "free": free,
+            "held": None if balance is None else held or 0,
+            "available": balance,
+            "debt": None if balance is None else debt or 0,
+            "hold_id": hold_id,
             "consumed": consumed,
             "expired": expired,
+            "released": released,
             "error": {"code": error[0], "message": error[1]} if error else None,
             "processed_at": processed_at,
         }
@@ -81,11 +91,16 @@ def event_document(
     occurred_at: datetime,
     paid_after: int | None,
     consumed_paid: int | None,
-    expired: int,
+    extras: Extras,
+    held_after: int,
+    debt_after: int,
+    hold_id: str | None,
+    reverses: uuid.UUID | None,
+    reason: str | None,
 ) -> dict[str, object]:
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
-    its legs as its record implies (ledger.decide.system_legs), the user's balancing them."""
-    legs = system_legs(type, amount, consumed_paid, expired)
+    its legs as its record implies (ledger.legs.system_legs), the user's balancing them."""
+    legs = system_legs(type, amount, consumed_paid, extras)
     user_amount = -sum(n for _, n in legs)
     return {
         "transaction_id": transaction_id,
@@ -98,6 +113,11 @@ def event_document(
         "balance_after": balance_after,
         "version": version,
         "paid_after": paid_after,
+        "held_after": held_after,
+        "debt_after": debt_after,
+        "hold_id": hold_id,
+        "reverses": reverses,
+        "reason": reason,
         "entries": [
             {"account": _USER_ACCOUNT, "amount": user_amount},
             *({"account": kind.value, "amount": n} for kind, n in legs),

@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 
 from foundation import metrics
 from foundation.errors import FencedError
-from ledger.decide import AccountState
+from ledger.account import NO_REFERENCES, AccountState, References
 from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
 from processor.outbox import Outbox, PublishJob
 from processor.partitions import Partitions
@@ -83,20 +83,30 @@ class Committer:
 
     async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
         with metrics.STAGE["lookup"].time():
-            (known, loaded), assets = await asyncio.gather(
+            (known, loaded, refs), assets = await asyncio.gather(
                 self._lookups(group),
                 self._partitions.assets.cover({a for b in group for a in b.assets}),
             )
         with metrics.STAGE["plan"].time():
-            return [b.worker.plan(b, known, loaded, assets) for b in group]
+            return [b.worker.plan(b, known, loaded, assets, refs) for b in group]
 
     async def _lookups(
         self, group: list[Admitted]
-    ) -> tuple[dict[IdempotencyId, StoredResult], dict[AccountKey, AccountState]]:
+    ) -> tuple[dict[IdempotencyId, StoredResult], dict[AccountKey, AccountState], References]:
         return await asyncio.gather(
             self._store.find_processed([i for b in group for i in b.ids]),
             self._store.load_accounts([k for b in group for k in b.uncached]),
+            self._references(group),
         )
+
+    async def _references(self, group: list[Admitted]) -> References:
+        """What the group's commands name besides their wallets (most name nothing: then no
+        query at all)."""
+        holds = [k for b in group for k in b.references[0]]
+        targets = [t for b in group for t in b.references[1]]
+        if not holds and not targets:
+            return NO_REFERENCES
+        return await self._store.find_references(holds, targets)
 
     async def _set_aside_or_not(self, batch: Admitted) -> Admitted | None:
         """Before a record is set aside (`batch`), two batches written and rolled back: the

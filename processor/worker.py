@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from ledger.decide import AccountState, Assets
+from ledger.account import NO_REFERENCES, AccountState, Assets, HoldKey, References
 from ledger.lots import SpendOrder
 from ledger.plan import (
     AccountKey,
@@ -74,6 +75,7 @@ class Admitted:
     assets: set[str]
     position: BatchPosition
     cut: bool  # narrowed: records fetched after the batch were left for the next one
+    references: tuple[list[HoldKey], list[uuid.UUID]]  # holds and transactions it names
     # Before its one record is set aside as unprocessable, two batches to write and roll
     # back: the record as it is (its cause may be gone by now), then an ordinary command (the
     # control: does the database take anything at all?). See RecordReader.control.
@@ -215,6 +217,7 @@ class PartitionWorker:
             assets={c.asset for c in commands},
             position=position,
             cut=cut,
+            references=_references(commands),
             probes=probes,
         )
 
@@ -237,6 +240,7 @@ class PartitionWorker:
         known: Mapping[IdempotencyId, StoredResult],
         loaded: Mapping[AccountKey, AccountState],
         assets: Assets,
+        refs: References = NO_REFERENCES,
     ) -> BatchPlan:
         """Decide the batch; `known` and `loaded` may hold other partitions' rows too."""
         assert batch.worker is self and batch.position.first_offset == self.next_offset
@@ -250,7 +254,7 @@ class PartitionWorker:
             generation=self.generation,
             processed_at=datetime.now(UTC),
         )
-        return plan_batch(ctx, batch.intakes, mine, accounts, assets)
+        return plan_batch(ctx, batch.intakes, mine, accounts, assets, refs)
 
     def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
         """The batch is stored: move on, and return what the outbox must publish."""
@@ -267,6 +271,14 @@ class PartitionWorker:
             self._accounts.move_to_end(key)
         while len(self._accounts) > self._config.balance_cache_max:
             self._accounts.popitem(last=False)
+
+
+def _references(commands: Sequence[Command]) -> tuple[list[HoldKey], list[uuid.UUID]]:
+    """The holds (named by a hold, capture or release) and the transactions (named by a
+    reverse) that the batch's commands name: looked up before it is planned."""
+    holds = [(c.user_id, c.asset, c.hold_id) for c in commands if c.hold_id is not None]
+    targets = [c.transaction_id for c in commands if c.transaction_id is not None]
+    return holds, targets
 
 
 def _log_outcomes(partition: int, intakes: Sequence[Intake], decided: Sequence[Outcome]) -> None:

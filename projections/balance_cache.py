@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from ledger.lots import Holding
 
-State = tuple[int, int, int]  # (balance, version, paid)
+State = tuple[int, int, int, int, int]  # (balance, version, paid, held, debt)
 Accounts = dict[str, State]  # asset -> its state
 HeldEvents = list[tuple[str, State]]  # (asset, state) consumed during a read
 
@@ -76,7 +76,7 @@ class BalanceCache:
 
     def apply(self, user_id: str, asset: str, state: State) -> None:
         """One ledger event: the account after it."""
-        assert 0 <= state[2] <= state[0] and state[1] >= 1, state
+        assert 0 <= state[2] <= state[0] and state[1] >= 1 and min(state[3:]) >= 0, state
         for held in self._reading.get(user_id, ()):
             held.append((asset, state))
         accounts = self._users.get(user_id)
@@ -94,15 +94,19 @@ class BalanceCache:
 
 def balances_of(accounts: Accounts) -> dict[str, Holding]:
     """Each asset's holding, in asset order: what a balance read answers."""
-    return {asset: Holding(accounts[asset][0], accounts[asset][2]) for asset in sorted(accounts)}
+    return {
+        asset: Holding(balance, paid, held, debt)
+        for asset, (balance, _, paid, held, debt) in sorted(accounts.items())
+    }
 
 
 def balance_document(user_id: str, found: dict[str, Holding]) -> dict[str, object]:
-    """The body of a balance read: each asset's balance (the shape the REST wallets this
-    replaces answered with), and beside it how much of it is paid and free."""
+    """The body of a balance read: each asset's balance, held money included (the shape the
+    REST wallets this replaces answered with), and beside it what of it is available (paid
+    and free), held, and owed."""
     return {
         "userId": user_id,
-        "balances": {asset: h.balance for asset, h in found.items()},
+        "balances": {asset: h.total for asset, h in found.items()},
         "breakdown": {asset: h.document() for asset, h in found.items()},
     }
 

@@ -140,12 +140,13 @@ class EventsFollower:
         try:
             event = orjson.loads(value or b"")
             asset, balance, version = event["asset"], event["balance_after"], event["version"]
-            paid = event.get("paid_after")
+            paid, held, debt = event.get("paid_after"), event["held_after"], event["debt_after"]
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            asset = balance = version = paid = None
+            asset = balance = version = paid = held = debt = None
         if (isinstance(asset, str) and _count(balance, 0) and _count(version, 1)
-                and _count(paid, 0) and paid <= balance):  # fmt: skip
-            self.cache.apply(user_id, asset, (balance, version, paid))
+                and _count(paid, 0) and paid <= balance and _count(held, 0)
+                and _count(debt, 0)):  # fmt: skip
+            self.cache.apply(user_id, asset, (balance, version, paid, held, debt))
             return
         # Not a ledger event (the topic is the wallet's own; something else wrote to it), or
         # one republished from before lots (its paid part unknown): this user's cached

@@ -22,13 +22,16 @@ async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, Hold
 
 
 async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
-    """Each asset's (balance, version, paid) as the ledger's latest entry of the user says."""
+    """Each asset's (balance, version, paid, held, debt) as the ledger's latest entry of the
+    user says."""
     rows = await conn.fetch(
         """
-        SELECT a.code AS asset, e.balance_after, e.version, e.paid_after
+        SELECT a.code AS asset, e.balance_after, e.version, e.paid_after, e.held_after,
+               e.debt_after
           FROM assets a
           CROSS JOIN LATERAL (
-                SELECT balance_after, version, paid_after FROM ledger_entries
+                SELECT balance_after, version, paid_after, held_after, debt_after
+                  FROM ledger_entries
                  WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
                  ORDER BY version DESC LIMIT 1) e
         """,
@@ -36,7 +39,11 @@ async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
     )
     # The latest entry of every account carries its paid part (migration 008 gave it to
     # the accounts it found): no NULL reaches here.
-    return {r["asset"]: (r["balance_after"], r["version"], r["paid_after"]) for r in rows}
+    return {
+        r["asset"]: (r["balance_after"], r["version"], r["paid_after"], r["held_after"] or 0,
+                     r["debt_after"] or 0)
+        for r in rows
+    }  # fmt: skip
 
 
 _ITEM_COLUMNS = """

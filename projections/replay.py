@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import asyncpg
-import orjson
 from aiokafka import AIOKafkaProducer
 
-from ledger.wire import event_document
+from ledger.plan import event_bytes
 from storage.db import Conn
-from storage.event_store import std_uuid
+from storage.event_store import PROCESSED_COLUMNS, processed_row
 from storage.projection_store import LIVE, REPLAY, apply_next, checkpoint, known_partitions
 
 CHUNK_ENTRIES = 50_000
@@ -106,9 +104,9 @@ async def _rebuild_in_one_pass(conn: Conn, progress: Progress) -> int:
 # What the projector's chunks add up to (storage.projection_store._APPLY_SQL), in one pass.
 _ONE_PASS_SQL = """
 WITH latest AS (
-    INSERT INTO {balances} (user_id, asset, balance, version, updated_at, paid)
+    INSERT INTO {balances} (user_id, asset, balance, version, updated_at, paid, held, debt)
     SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at,
-           coalesce(paid_after, 0)
+           coalesce(paid_after, 0), coalesce(held_after, 0), coalesce(debt_after, 0)
       FROM ledger_entries WHERE account_kind = 'user'
      ORDER BY user_id, asset, version DESC)
 INSERT INTO {totals} (asset, account_kind, total)
@@ -143,11 +141,8 @@ async def republish(
     after, sent = from_entry - 1, 0
     while True:
         rows = await conn.fetch(
-            """
-            SELECT e.entry_id, e.transaction_id, e.user_id, e.asset, e.amount, e.balance_after,
-                   e.version, e.created_at, c.command_id, c.idempotency_key, c.type,
-                   c.amount AS command_amount, c.description, c.paid_after, c.consumed_paid,
-                   c.expired_amount
+            f"""
+            SELECT e.entry_id, {", ".join("c." + c for c in PROCESSED_COLUMNS)}
               FROM ledger_entries e
               JOIN processed_commands c ON c.transaction_id = e.transaction_id
              WHERE e.account_kind = 'user' AND e.entry_id > $1
@@ -159,29 +154,10 @@ async def republish(
         if not rows:
             return sent
         futures = [
-            await producer.send(events_topic, orjson.dumps(_event(r)), r["user_id"].encode())
+            await producer.send(events_topic, event_bytes(processed_row(r)), r["user_id"].encode())
             for r in rows
         ]
         for future in futures:
             await future
         after, sent = rows[-1]["entry_id"], sent + len(rows)
         progress(len(rows))
-
-
-def _event(row: asyncpg.Record) -> dict[str, object]:
-    return event_document(
-        transaction_id=std_uuid(row["transaction_id"]),
-        command_id=std_uuid(row["command_id"]),
-        idempotency_key=row["idempotency_key"],
-        type=row["type"],
-        user_id=row["user_id"],
-        asset=row["asset"],
-        amount=row["command_amount"],
-        balance_after=row["balance_after"],
-        version=row["version"],
-        description=row["description"],
-        occurred_at=row["created_at"],
-        paid_after=row["paid_after"],
-        consumed_paid=row["consumed_paid"],
-        expired=row["expired_amount"] or 0,
-    )

@@ -40,41 +40,58 @@ CHECKS: list[tuple[str, str]] = [
                OR balance_after <> coalesce(prev_balance, 0) + amount""",
     ),
     (
-        # The legs a record implies (ledger.decide.system_legs): a credit's source; a spend's
-        # paid part to revenue and free part to free_spent (a spend from before lots: all of
-        # it to revenue); an expire's amount, and what any transaction booked out, to expired.
+        # The legs a record implies (ledger.legs.system_legs): a credit's source; a spend's
+        # or capture's paid part to revenue and free part to free_spent (a spend from before
+        # lots: all of it to revenue); a hold into holds, a capture or release out of it; a
+        # reverse its target's legs backwards; an expire's amount, and what any transaction
+        # booked out, to expired; held money given back out of holds; debt paid or left
+        # to and from receivable.
         "every accepted command has one user entry and the system entries its record implies",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
             WHERE c.status = 'accepted'
-            GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid, c.expired_amount
+            GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid, c.expired_amount,
+                     c.released_amount, c.debt_paid, c.debt_added, c.reversed_type
            HAVING count(*) FILTER (WHERE e.account_kind = 'user') <> 1
                OR count(*) FILTER (WHERE e.account_kind <> 'user') = 0
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'treasury'), 0)
-                  <> CASE c.type WHEN 'top_up' THEN -c.amount ELSE 0 END
+                  <> CASE WHEN c.type = 'top_up' THEN -c.amount
+                          WHEN c.reversed_type = 'top_up' THEN c.amount ELSE 0 END
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'bonus_pool'), 0)
-                  <> CASE c.type WHEN 'bonus' THEN -c.amount ELSE 0 END
+                  <> CASE WHEN c.type = 'bonus' THEN -c.amount
+                          WHEN c.reversed_type = 'bonus' THEN c.amount ELSE 0 END
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'revenue'), 0)
-                  <> CASE c.type WHEN 'spend' THEN coalesce(c.consumed_paid, c.amount) ELSE 0 END
+                  <> CASE WHEN c.type IN ('spend', 'capture') THEN 1
+                          WHEN c.reversed_type IN ('spend', 'capture') THEN -1 ELSE 0 END
+                     * coalesce(c.consumed_paid, c.amount)
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'free_spent'), 0)
-                  <> CASE c.type WHEN 'spend' THEN c.amount - coalesce(c.consumed_paid, c.amount)
-                     ELSE 0 END
+                  <> CASE WHEN c.type IN ('spend', 'capture') THEN 1
+                          WHEN c.reversed_type IN ('spend', 'capture') THEN -1 ELSE 0 END
+                     * (c.amount - coalesce(c.consumed_paid, c.amount))
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'expired'), 0)
                   <> CASE c.type WHEN 'expire' THEN c.amount ELSE 0 END
-                     + coalesce(c.expired_amount, 0)""",
+                     + coalesce(c.expired_amount, 0)
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'holds'), 0)
+                  <> CASE c.type WHEN 'hold' THEN c.amount WHEN 'capture' THEN -c.amount
+                                 WHEN 'release' THEN -c.amount ELSE 0 END
+                     - coalesce(c.released_amount, 0)
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'receivable'), 0)
+                  <> coalesce(c.debt_paid, 0) - coalesce(c.debt_added, 0)""",
     ),
     (
         # Replies and events are rebuilt from the command's record: it must say what the
         # user's entry says (records from before the rebuild have no generation, and no version;
         # records from before lots no paid part).
-        "each accepted command records its user entry's balance, paid part and version",
+        "each accepted command records its user entry's balance, paid part, held, debt and version",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
               JOIN ledger_entries e
                 ON e.transaction_id = c.transaction_id AND e.account_kind = 'user'
              WHERE c.status = 'accepted' AND c.generation IS NOT NULL
                AND (e.version <> c.version OR e.balance_after <> c.balance_after
                     OR (c.paid_after IS NOT NULL
-                        AND e.paid_after IS DISTINCT FROM c.paid_after))""",
+                        AND e.paid_after IS DISTINCT FROM c.paid_after)
+                    OR e.held_after IS DISTINCT FROM c.held_after
+                    OR e.debt_after IS DISTINCT FROM c.debt_after)""",
     ),
     (
         "each account's open lots sum to its balance, and their paid part to its paid part",
@@ -94,17 +111,26 @@ CHECKS: list[tuple[str, str]] = [
                 OR coalesce(paid_after, 0) <> coalesce(paid, 0)""",
     ),
     (
-        # Every lot opened by a credit since lots exist: what is left of it is its amount less
-        # what spends recorded taking from it (lots_taken) and what expiry booked out of it
-        # (lots_expired), and of its credit's kind.
-        "each credit's lot holds its amount less what spends took from it and expiry booked out",
-        """WITH taken AS (
-                SELECT c.user_id, c.asset, (t->>0)::uuid AS lot_id, sum((t->>1)::bigint) AS n
-                  FROM processed_commands c
-                 CROSS JOIN jsonb_array_elements(coalesce(c.lots_taken, '[]')
+        # Every lot opened by a credit since lots exist: what is left of it is what the credit
+        # brought (its amount less the debt it paid) less what spends, holds and reversals
+        # recorded taking from it (lots_taken; a capture's come from its hold) and what expiry
+        # booked out of it (lots_expired), plus what was given back to it (lots_returned:
+        # holds released, reversed spends); and it is of its credit's kind.
+        "each credit's lot holds what it brought less what was taken, plus what came back",
+        """WITH moved AS (
+                SELECT c.user_id, c.asset, t, -1 AS sign FROM processed_commands c
+                 CROSS JOIN jsonb_array_elements(CASE WHEN c.type = 'capture' THEN '[]'
+                                                 ELSE coalesce(c.lots_taken, '[]') END
                                                  || coalesce(c.lots_expired, '[]')) t
                  WHERE c.lots_taken IS NOT NULL OR c.lots_expired IS NOT NULL
-                 GROUP BY 1, 2, 3)
+                UNION ALL
+                SELECT c.user_id, c.asset, t, 1 FROM processed_commands c
+                 CROSS JOIN jsonb_array_elements(c.lots_returned) t
+                 WHERE c.lots_returned IS NOT NULL),
+            taken AS (
+                SELECT user_id, asset, (t->>0)::uuid AS lot_id,
+                       -sum(sign * (t->>1)::bigint) AS n
+                  FROM moved GROUP BY 1, 2, 3)
             SELECT c.transaction_id::text AS example
               FROM processed_commands c
               LEFT JOIN taken t
@@ -113,28 +139,102 @@ CHECKS: list[tuple[str, str]] = [
                 ON l.user_id = c.user_id AND l.asset = c.asset AND l.lot_id = c.transaction_id
              WHERE c.type IN ('top_up', 'bonus') AND c.status = 'accepted'
                AND c.paid_after IS NOT NULL
-               AND (c.amount - coalesce(t.n, 0) <> coalesce(l.remaining, 0)
+               AND (c.amount - coalesce(c.debt_paid, 0) - coalesce(t.n, 0)
+                    <> coalesce(l.remaining, 0)
                     OR l.paid <> (c.type = 'top_up'))""",
     ),
     (
-        "no spend took from a lot whose expiry had come",
+        # (A capture may: its hold took the currency while it was still spendable.)
+        "no spend or hold took from a lot whose expiry had come",
         """SELECT s.transaction_id::text AS example
               FROM processed_commands s
              CROSS JOIN jsonb_array_elements(s.lots_taken) t
               JOIN processed_commands c ON c.transaction_id = (t->>0)::uuid
-             WHERE s.lots_taken IS NOT NULL AND c.expires_at <= s.processed_at""",
+             WHERE s.lots_taken IS NOT NULL AND s.type IN ('spend', 'hold')
+               AND c.expires_at <= s.processed_at""",
+    ),
+    (
+        "each account's held money is what its open holds keep, and the holds account all of it",
+        """WITH latest AS (
+                SELECT DISTINCT ON (user_id, asset) user_id, asset, held_after
+                  FROM ledger_entries WHERE account_kind = 'user'
+                 ORDER BY user_id, asset, version DESC),
+            open AS (
+                SELECT user_id, asset, sum(amount) AS held FROM holds
+                 WHERE status = 'open' GROUP BY user_id, asset)
+            SELECT user_id || ' ' || asset || ': held ' || coalesce(held_after, 0)
+                   || ', open holds ' || coalesce(held, 0) AS example
+              FROM latest FULL JOIN open USING (user_id, asset)
+             WHERE coalesce(held_after, 0) <> coalesce(held, 0)
+            UNION ALL
+            SELECT 'holds account of ' || asset || ' holds ' || sum(amount) AS example
+              FROM (SELECT asset, amount FROM ledger_entries WHERE account_kind = 'holds'
+                    UNION ALL
+                    SELECT asset, -amount FROM holds WHERE status = 'open') h
+             GROUP BY asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        # A hold is resolved by a capture or release naming it, or given back by the first
+        # transaction of its wallet past its expiry: once (the status is set once; a second
+        # capture or release is refused, and would show here).
+        "each hold is resolved at most once, as its resolving transaction says",
+        """SELECT hold_id AS example FROM processed_commands
+             WHERE type IN ('capture', 'release') AND status = 'accepted'
+             GROUP BY user_id, asset, hold_id HAVING count(*) > 1
+            UNION ALL
+            SELECT h.hold_id FROM holds h
+              LEFT JOIN processed_commands r
+                ON r.transaction_id = h.resolved_by AND r.status = 'accepted'
+             WHERE h.status <> 'open'
+               AND (r.transaction_id IS NULL
+                    OR h.status <> CASE WHEN r.type = 'capture' AND r.hold_id = h.hold_id
+                                        THEN 'captured'
+                                        WHEN r.type = 'release' AND r.hold_id = h.hold_id
+                                        THEN 'released' ELSE 'expired' END)""",
+    ),
+    (
+        "debt comes only from reversals: each wallet owes what reversals left less what "
+        "credits paid, and receivable holds minus all of it",
+        """WITH latest AS (
+                SELECT DISTINCT ON (user_id, asset) user_id, asset, debt_after
+                  FROM ledger_entries WHERE account_kind = 'user'
+                 ORDER BY user_id, asset, version DESC),
+            moved AS (
+                SELECT user_id, asset, sum(coalesce(debt_added, 0) - coalesce(debt_paid, 0)) AS n
+                  FROM processed_commands WHERE status = 'accepted'
+                   AND (debt_added IS NOT NULL OR debt_paid IS NOT NULL)
+                 GROUP BY user_id, asset)
+            SELECT user_id || ' ' || asset || ': owes ' || coalesce(debt_after, 0) AS example
+              FROM latest FULL JOIN moved USING (user_id, asset)
+             WHERE coalesce(debt_after, 0) <> coalesce(n, 0)
+                OR (debt_after IS NOT NULL AND n IS NULL)
+            UNION ALL
+            SELECT 'receivable of ' || asset || ' is off by ' || sum(amount) FROM (
+                SELECT asset, amount FROM ledger_entries WHERE account_kind = 'receivable'
+                UNION ALL
+                SELECT asset, debt_after FROM (
+                    SELECT DISTINCT ON (user_id, asset) asset, debt_after FROM ledger_entries
+                     WHERE account_kind = 'user' ORDER BY user_id, asset, version DESC) d
+                 WHERE debt_after IS NOT NULL) r
+             GROUP BY asset HAVING sum(amount) <> 0""",
     ),
     (
         # The expiry sweep's work: a wallet nobody touches is sent an `expire` within seconds.
-        f"no lot stays open more than {EXPIRED_OPEN_GRACE_S} s past its expiry",
-        f"""SELECT user_id || ' ' || asset || ' ' || lot_id AS example FROM lots
-             WHERE expires_at < now() - interval '{EXPIRED_OPEN_GRACE_S} seconds'""",
+        f"no lot or hold stays open more than {EXPIRED_OPEN_GRACE_S} s past its expiry",
+        f"""SELECT user_id || ' ' || asset || ' lot ' || lot_id AS example FROM lots
+             WHERE expires_at < now() - interval '{EXPIRED_OPEN_GRACE_S} seconds'
+            UNION ALL
+            SELECT user_id || ' ' || asset || ' hold ' || hold_id FROM holds
+             WHERE status = 'open'
+               AND expires_at < now() - interval '{EXPIRED_OPEN_GRACE_S} seconds'""",
     ),
     (
-        "each projected balance and paid part equals the ledger's (up to the checkpoints)",
+        "each projected balance, paid part, held and debt equals the ledger's (up to the "
+        "checkpoints)",
         """WITH ledger AS (
                 SELECT DISTINCT ON (e.user_id, e.asset) e.user_id, e.asset, e.balance_after,
-                       coalesce(e.paid_after, 0) AS paid
+                       coalesce(e.paid_after, 0) AS paid, coalesce(e.held_after, 0) AS held,
+                       coalesce(e.debt_after, 0) AS debt
                   FROM ledger_entries e
                   JOIN projection_checkpoints c
                     ON c.projection = 'balances' AND c.partition = e.partition
@@ -144,7 +244,8 @@ CHECKS: list[tuple[str, str]] = [
                    || ': ledger ' || coalesce(l.balance_after::text, 'none')
                    || ', projected ' || coalesce(b.balance::text, 'none') AS example
               FROM ledger l FULL JOIN balances b USING (user_id, asset)
-             WHERE l.balance_after IS DISTINCT FROM b.balance OR l.paid IS DISTINCT FROM b.paid""",
+             WHERE l.balance_after IS DISTINCT FROM b.balance OR l.paid IS DISTINCT FROM b.paid
+                OR l.held IS DISTINCT FROM b.held OR l.debt IS DISTINCT FROM b.debt""",
     ),
     (
         "each projected system total equals the ledger's (up to the checkpoints)",

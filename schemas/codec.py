@@ -66,7 +66,7 @@ def decode_command(value: bytes | None, *, bytes_max: int) -> Command | DecodeFa
 # Fields whose JSON value in a valid command is always a string (strict mode: a UUID, an enum
 # and a datetime are read from strings only).
 _STRING_FIELDS = frozenset({"command_id", "idempotency_key", "type", "user_id", "asset",
-                            "reply_to", "sent_at", "expires_at"})  # fmt: skip
+                            "reply_to", "sent_at"})  # fmt: skip
 
 
 def _repeated_key(value: bytes, command: Command) -> str | None:
@@ -83,7 +83,9 @@ def _repeated_key(value: bytes, command: Command) -> str | None:
     if b"\\" in value:
         return repeated_key(value)
     fields = command.model_fields_set
-    strings = len(fields & _STRING_FIELDS) + (command.description is not None)
+    optional = (command.description, command.expires_at, command.hold_id,
+                command.transaction_id, command.reason)  # fmt: skip
+    strings = len(fields & _STRING_FIELDS) + sum(v is not None for v in optional)
     metadata = command.metadata
     strings += len(metadata) + sum(isinstance(v, str) for v in metadata.values())
     if value.count(b'"') == 2 * (len(fields) + strings):

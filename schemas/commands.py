@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,10 +64,34 @@ class CommandType(StrEnum):
     # Book out whatever of the wallet has expired (no amount): what the processor's expiry
     # sweep sends for wallets nobody touches; every other command does it on its way.
     EXPIRE = "expire"
+    HOLD = "hold"  # set `amount` aside (user -> holds) until captured, released or expired
+    CAPTURE = "capture"  # spend what a hold set aside (all or part; the rest goes back)
+    RELEASE = "release"  # give what a hold set aside back to the wallet
+    # Undo an accepted spend, capture, top-up or bonus (once): a spend's currency goes back to
+    # the lots it came from; a credit is taken back from what is left of its lot, the
+    # shortfall becoming the wallet's debt.
+    REVERSE = "reverse"
 
 
 CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
 EXPIRES_AT_AHEAD_MAX = timedelta(days=3660)  # about ten years
+HOLD_EXPIRES_IN_S_MIN = 1
+HOLD_EXPIRES_IN_S_MAX = 30 * 24 * 3600  # thirty days
+# Which fields each type takes: (amount, hold_id, expires_in_s, transaction_id and reason);
+# "required", "optional" or absent (None).
+_FIELDS: dict[CommandType, tuple[str | None, str | None, str | None, str | None]] = {
+    CommandType.TOP_UP: ("required", None, None, None),
+    CommandType.BONUS: ("required", None, None, None),
+    CommandType.SPEND: ("required", None, None, None),
+    CommandType.EXPIRE: (None, None, None, None),
+    CommandType.HOLD: ("required", "optional", "required", None),
+    CommandType.CAPTURE: ("optional", "required", None, None),
+    CommandType.RELEASE: (None, "required", None, None),
+    CommandType.REVERSE: (None, None, None, "required"),
+}
+HoldId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
+]
 
 
 class Command(BaseModel):
@@ -85,34 +110,61 @@ class Command(BaseModel):
     asset: AssetCode
     amount: int | None = Field(
         default=None, ge=AMOUNT_MIN, le=AMOUNT_MAX,
-        description="Integer minor units; required, except for `expire`, which takes none.",
+        description="Integer minor units. Required for top_up, bonus, spend and hold; "
+        "optional for capture (default: all the hold keeps); expire, release and reverse "
+        "take none.",
     )  # fmt: skip
     expires_at: AwareDatetime | None = Field(
         default=None,
         description="top_up and bonus only: when the credited lot stops being spendable "
         "(RFC 3339, with zone, at most about ten years after sent_at).",
     )
+    hold_id: HoldId | None = Field(
+        default=None,
+        description="hold: the hold's name, unique per user and asset (default: its "
+        "transaction id); capture and release: the hold they resolve.",
+    )
+    expires_in_s: int | None = Field(
+        default=None, ge=HOLD_EXPIRES_IN_S_MIN, le=HOLD_EXPIRES_IN_S_MAX,
+        description="hold only (required): seconds until the hold expires and its amount "
+        "goes back to the wallet (1 s to 30 days).",
+    )  # fmt: skip
+    transaction_id: UUID | None = Field(
+        default=None,
+        description="reverse only (required): the accepted transaction to undo.",
+        json_schema_extra={"pattern": CANONICAL_UUID_PATTERN},
+    )
+    reason: Description | None = Field(
+        default=None, description="reverse only (required): why, as support or finance says it."
+    )
     description: Description | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     reply_to: TopicName = DEFAULT_REPLIES_TOPIC
     sent_at: AwareDatetime = Field(description="When the producer sent it (RFC 3339, with zone).")
 
-    @field_validator("command_id", mode="before")
+    @field_validator("command_id", "transaction_id", mode="before")
     @classmethod
-    def _canonical_command_id(cls, value: object) -> object:
+    def _canonical_uuid(cls, value: object, info: ValidationInfo) -> object:
         # Why only one spelling: the reply carries the canonical form, so a producer that sent
         # "{A1B2...}" or "urn:uuid:..." and matched replies by string would never see its own.
         if isinstance(value, str) and not _CANONICAL_UUID.fullmatch(value):
             raise ValueError(
-                "command_id must be a UUID in canonical form: 36 characters, lower-case hex "
-                "digits in groups of 8-4-4-4-12"
+                f"{info.field_name} must be a UUID in canonical form: 36 characters, "
+                "lower-case hex digits in groups of 8-4-4-4-12"
             )
         return value
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> Command:
-        if (self.amount is None) != (self.type is CommandType.EXPIRE):
-            raise ValueError("amount is required, except for expire, which takes none")
+        given = (self.amount, self.hold_id, self.expires_in_s, self.transaction_id)
+        names = ("amount", "hold_id", "expires_in_s", "transaction_id")
+        for name, value, rule in zip(names, given, _FIELDS[self.type], strict=True):
+            if rule is None and value is not None:
+                raise ValueError(f"{self.type} takes no {name}")
+            if rule == "required" and value is None:
+                raise ValueError(f"{self.type} requires {name}")
+        if (self.reason is None) != (self.type is not CommandType.REVERSE):
+            raise ValueError("reason is required for reverse, and for reverse only")
         if self.expires_at is not None:
             if self.type not in CREDITS:
                 raise ValueError("expires_at is for top_up and bonus only")
@@ -148,6 +200,10 @@ def new_command(
     description: str | None = None,
     reply_to: str = DEFAULT_REPLIES_TOPIC,
     expires_at: datetime | None = None,
+    hold_id: str | None = None,
+    expires_in_s: int | None = None,
+    transaction_id: UUID | None = None,
+    reason: str | None = None,
 ) -> Command:
     """Build a validated command (the Python producer's way in)."""
     return Command(
@@ -161,4 +217,8 @@ def new_command(
         reply_to=reply_to,
         sent_at=sent_at,
         expires_at=expires_at,
+        hold_id=hold_id,
+        expires_in_s=expires_in_s,
+        transaction_id=transaction_id,
+        reason=reason,
     )

@@ -19,6 +19,10 @@ class AccountKind(StrEnum):
     REVENUE = "revenue"  # sink of spends of paid currency: revenue, as finance books it
     FREE_SPENT = "free_spent"  # sink of spends of free currency (given away, never revenue)
     EXPIRED = "expired"  # sink of lots whose expiry came before they were spent
+    HOLDS = "holds"  # escrow: what open holds keep aside until captured, released or expired
+    # What wallets owe: a reversed credit already spent (negative while debt is open; the
+    # credits that pay it back bring it back towards zero).
+    RECEIVABLE = "receivable"
 
 
 class Entry(BaseModel):
@@ -40,9 +44,14 @@ class LedgerEvent(BaseModel):
     user_id: str
     asset: str
     amount: int  # an expire: what it booked out
-    balance_after: int
+    balance_after: int  # the user account's balance: what is available
     version: int
     paid_after: int | None  # the paid part of balance_after; None before lots existed
+    held_after: int  # set aside by open holds (not in balance_after, the available part)
+    debt_after: int  # what the wallet owes for reversed credits it had spent
+    hold_id: str | None  # hold, capture, release
+    reverses: UUID | None  # reverse: the transaction it undid
+    reason: str | None  # reverse: why
     entries: list[Entry]
     description: str | None
     occurred_at: AwareDatetime

@@ -27,6 +27,17 @@ class ErrorCode(StrEnum):
     TOO_MANY_LOTS = "too_many_lots"
     INVALID_EXPIRY = "invalid_expiry"
     NOTHING_TO_EXPIRE = "nothing_to_expire"
+    HOLD_NOT_FOUND = "hold_not_found"
+    HOLD_ID_TAKEN = "hold_id_taken"  # a hold of this name exists (open or resolved)
+    HOLD_ALREADY_CAPTURED = "hold_already_captured"
+    HOLD_ALREADY_RELEASED = "hold_already_released"
+    HOLD_EXPIRED = "hold_expired"
+    CAPTURE_EXCEEDS_HOLD = "capture_exceeds_hold"
+    TOO_MANY_HOLDS = "too_many_holds"
+    IN_DEBT = "in_debt"  # the wallet owes a reversed credit: spends and holds wait for credits
+    TRANSACTION_NOT_FOUND = "transaction_not_found"
+    ALREADY_REVERSED = "already_reversed"
+    NOT_REVERSIBLE = "not_reversible"  # only spends, captures, top-ups and bonuses reverse
 
 
 class ErrorInfo(BaseModel):
@@ -59,12 +70,25 @@ class Reply(BaseModel):
     type: CommandType | None
     asset: str | None
     amount: int | None
-    balance: int | None
-    paid: int | None = Field(description="The paid part of `balance` (bought currency).")
-    free: int | None = Field(description="The free part of `balance` (bonuses).")
-    consumed: Consumed | None = Field(description="An accepted spend: what it took.")
+    balance: int | None = Field(description="The wallet's total: available + held.")
+    paid: int | None = Field(description="The paid part of `available` (bought currency).")
+    free: int | None = Field(description="The free part of `available` (bonuses).")
+    held: int | None = Field(description="Set aside by open holds: counted, not spendable.")
+    available: int | None = Field(description="What a spend or a hold may take now.")
+    debt: int | None = Field(
+        description="What the wallet owes for reversed credits it had spent; later credits "
+        "pay it first, and spends and holds are refused (in_debt) until it is 0."
+    )
+    hold_id: str | None = Field(description="hold, capture, release: the hold.")
+    consumed: Consumed | None = Field(
+        description="An accepted spend or capture: what it took; a reverse of one: what went back."
+    )
     expired: int | None = Field(
         description="What the transaction booked out of lots whose expiry had come."
+    )
+    released: int | None = Field(
+        description="Held money the transaction gave back to the wallet: a capture's rest, a "
+        "release, holds whose expiry had come."
     )
     error: ErrorInfo | None
     processed_at: AwareDatetime

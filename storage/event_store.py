@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Protocol, overload
 
 import asyncpg
+import orjson
 
 from foundation.errors import FencedError
-from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, next_due_ms
+from ledger.account import AccountState, Hold, HoldKey, References, Target
+from ledger.lots import Lot, SpendOrder, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -28,6 +29,7 @@ from ledger.plan import (
     StoredResult,
     outbox_row_of,
 )
+from ledger.reversals import Origin, target_pieces
 from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
 
 # Each table's columns: the plan's rows name their fields after them, in this order.
@@ -65,6 +67,28 @@ INSERT INTO lots AS l (user_id, asset, lot_id, partition, paid, remaining, seq, 
 SELECT user_id, asset, lot_id, partition, paid, remaining, seq, expires_at
   FROM given WHERE remaining > 0
 ON CONFLICT (user_id, asset, lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
+"""
+
+
+# The holds a batch opened or resolved, as it leaves them (a hold opened and resolved within
+# the batch is written resolved). A resolution changes only an open hold: the planner refuses
+# a second one.
+_HOLDS_SQL = """
+WITH given AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::uuid[],
+                         $6::bigint[], $7::jsonb[], $8::timestamptz[], $9::text[], $10::uuid[],
+                         $11::bigint[])
+           AS k(user_id, asset, hold_id, partition, transaction_id, amount, pieces,
+                expires_at, status, resolved_by, captured)),
+resolved AS (
+    UPDATE holds h SET status = g.status, resolved_by = g.resolved_by, captured = g.captured
+      FROM given g
+     WHERE g.status <> 'open' AND h.status = 'open'
+       AND h.user_id = g.user_id AND h.asset = g.asset AND h.hold_id = g.hold_id
+    RETURNING h.hold_id)
+INSERT INTO holds SELECT * FROM given WHERE status = 'open'
+   OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.user_id = given.user_id
+                     AND h.asset = given.asset AND h.hold_id = given.hold_id)
 """
 
 
@@ -152,6 +176,10 @@ class EventStore(Protocol):
     async def due_wallets(
         self, partitions: Sequence[int], limit: int
     ) -> list[tuple[str, str, datetime]]: ...
+
+    async def find_references(
+        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+    ) -> References: ...
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
@@ -310,12 +338,21 @@ class PostgresEventStore:
             return {}
         rows = await self._pool.fetch(
             """
-            SELECT k.user_id, k.asset, e.balance_after, e.version, e.paid_after, l.*
+            SELECT k.user_id, k.asset, e.balance_after, e.version, e.paid_after, e.held_after,
+                   e.debt_after, l.*, h.holds
               FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
               CROSS JOIN LATERAL (
-                    SELECT balance_after, version, paid_after FROM ledger_entries
+                    SELECT balance_after, version, paid_after, held_after, debt_after
+                      FROM ledger_entries
                      WHERE account_kind = 'user' AND user_id = k.user_id AND asset = k.asset
                      ORDER BY version DESC LIMIT 1) AS e
+              LEFT JOIN LATERAL (
+                    SELECT jsonb_agg(jsonb_build_array(hold_id, transaction_id, amount, pieces,
+                                     (extract(epoch FROM expires_at) * 1000)::bigint)
+                                     ORDER BY transaction_id) AS holds
+                      FROM holds
+                     WHERE user_id = k.user_id AND asset = k.asset AND status = 'open'
+                       AND e.held_after IS NOT NULL) AS h ON true
               CROSS JOIN LATERAL (
                     SELECT array_agg(lot_id) AS lot_ids, array_agg(paid) AS lot_paid,
                            array_agg(remaining) AS lot_remaining, array_agg(seq) AS lot_seq,
@@ -340,7 +377,8 @@ class PostgresEventStore:
             """
             SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
                    c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount,
-                   c.paid_after, c.consumed_paid, c.expired_amount
+                   c.paid_after, c.consumed_paid, c.expired_amount, c.held_after, c.debt_after,
+                   c.hold_id, c.released_amount
               FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
               CROSS JOIN LATERAL (
                     SELECT * FROM processed_commands p
@@ -366,20 +404,50 @@ class PostgresEventStore:
                 paid_after=r["paid_after"],
                 consumed_paid=r["consumed_paid"],
                 expired_amount=r["expired_amount"],
+                held_after=r["held_after"],
+                debt_after=r["debt_after"],
+                hold_id=r["hold_id"],
+                released_amount=r["released_amount"],
             )
             for r in rows
         }
 
     @translated
+    async def find_references(
+        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+    ) -> References:
+        """How each named hold that is no longer open was resolved, and each named accepted
+        transaction with the lots it took (their origins from the credits that opened them)
+        and whether it was reversed."""
+        async with self._pool.acquire() as conn:
+            resolved = await conn.fetch(
+                "SELECT h.user_id, h.asset, h.hold_id, h.status"
+                "  FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, asset, hold_id)"
+                "  JOIN holds h USING (user_id, asset, hold_id) WHERE h.status <> 'open'",
+                [k[0] for k in holds], [k[1] for k in holds], [k[2] for k in holds],
+                timeout=self._timeout_s,
+            )  # fmt: skip
+            found = await conn.fetch(_TARGETS_SQL, list(targets), timeout=self._timeout_s)
+        return References(
+            {(r["user_id"], r["asset"], r["hold_id"]): r["status"] for r in resolved},
+            {std_uuid(r["transaction_id"]): _target(r) for r in found},
+        )
+
+    @translated
     async def due_wallets(
         self, partitions: Sequence[int], limit: int
     ) -> list[tuple[str, str, datetime]]:
-        """Wallets of the partitions holding a lot whose expiry has come: (user, asset, the
-        soonest such expiry), at most `limit`, soonest first."""
+        """Wallets of the partitions holding a lot or an open hold whose expiry has come:
+        (user, asset, the soonest such expiry), at most `limit`, soonest first."""
         rows = await self._pool.fetch(
             """
-            SELECT user_id, asset, min(expires_at) AS due_at FROM lots
-             WHERE partition = ANY($1::int[]) AND expires_at <= now()
+            SELECT user_id, asset, min(expires_at) AS due_at FROM (
+                SELECT user_id, asset, expires_at FROM lots
+                 WHERE partition = ANY($1::int[]) AND expires_at <= now()
+                UNION ALL
+                SELECT user_id, asset, expires_at FROM holds
+                 WHERE partition = ANY($1::int[]) AND status = 'open' AND expires_at <= now()
+            ) AS due
              GROUP BY user_id, asset ORDER BY due_at LIMIT $2
             """,
             list(partitions),
@@ -463,6 +531,9 @@ class PostgresEventStore:
         lots = [lot for _, plan in batches for lot in plan.lots.values()]
         if lots:
             await conn.execute(_LOTS_SQL, *zip(*lots, strict=True), timeout=self._timeout_s)
+        holds = [hold for _, plan in batches for hold in plan.holds.values()]
+        if holds:
+            await conn.execute(_HOLDS_SQL, *zip(*holds, strict=True), timeout=self._timeout_s)
 
     async def _copy(
         self,
@@ -507,7 +578,7 @@ class PostgresEventStore:
             stored = await conn.fetch(_UNPUBLISHED_OUTBOX_SQL, *args, timeout=self._timeout_s)
             decided = await conn.fetch(_UNPUBLISHED_DECIDED_SQL, *args, timeout=self._timeout_s)
         messages = [OutboxMessage(*r) for r in stored]
-        messages += [OutboxMessage.of(outbox_row_of(_processed_row(r))) for r in decided]
+        messages += [OutboxMessage.of(outbox_row_of(processed_row(r))) for r in decided]
         messages.sort(key=lambda m: (m.generation, m.source_offset))
         return messages[:limit]
 
@@ -598,25 +669,55 @@ SELECT {", ".join(PROCESSED_COLUMNS)}
  LIMIT $5"""
 
 
-def _processed_row(row: asyncpg.Record) -> ProcessedRow:
-    """A stored idempotency record as the planner made it (asyncpg's UUIDs as the stdlib's)."""
-    fields = dict(row.items())
-    fields["command_id"] = std_uuid(fields["command_id"])
-    fields["transaction_id"] = std_uuid(fields["transaction_id"])
+def processed_row(row: asyncpg.Record) -> ProcessedRow:
+    """A stored idempotency record as the planner made it (asyncpg's UUIDs as the stdlib's);
+    other columns the row holds are left out."""
+    fields = {name: row[name] for name in PROCESSED_COLUMNS}
+    for name in ("command_id", "transaction_id", "reverses"):
+        fields[name] = std_uuid(fields[name])
     return ProcessedRow(**fields)
 
 
 def _account(row: asyncpg.Record) -> AccountState:
-    """A loaded account with its open lots (asyncpg's UUIDs as the stdlib's), checked whole:
-    a state that enters the planner must hold together."""
+    """A loaded account with its open lots and holds (asyncpg's UUIDs as the stdlib's),
+    checked whole: a state that enters the planner must hold together."""
     columns = ("lot_ids", "lot_paid", "lot_remaining", "lot_seq", "lot_expires_ms")
     found = zip(*(row[c] or () for c in columns), strict=True)
     # In no order: the planner sorts them in their asset's spend order on first use.
     lots = [Lot(std_uuid(i), p, n, q, e) for i, p, n, q, e in found]
+    # One JSON document: the holds' pieces are JSON arrays inside it, not strings.
+    holds = tuple(
+        Hold(hold_id, uuid.UUID(tx), amount, pieces_of(pieces), expires_ms)
+        for hold_id, tx, amount, pieces, expires_ms in orjson.loads(row["holds"] or "[]")
+    )
     state = AccountState(row["balance_after"], row["version"], row["paid_after"] or 0,
-                         tuple(lots), next_due_ms(lots))  # fmt: skip
+                         tuple(lots), next_due_ms(lots), None, holds, row["held_after"] or 0,
+                         row["debt_after"] or 0)  # fmt: skip
     state.check()
     return state
+
+
+_TARGETS_SQL = """
+SELECT c.transaction_id, c.user_id, c.asset, c.type, c.amount, c.consumed_paid, c.lots_taken,
+       EXISTS (SELECT 1 FROM processed_commands r
+                WHERE r.reverses = c.transaction_id AND r.status = 'accepted') AS reversed,
+       (SELECT jsonb_agg(jsonb_build_array(o.transaction_id, o.type, o.version,
+                                           (extract(epoch FROM o.expires_at) * 1000)::bigint))
+          FROM jsonb_array_elements(c.lots_taken) AS t(piece)
+          JOIN processed_commands o ON o.transaction_id = (t.piece->>0)::uuid) AS origins
+  FROM processed_commands c
+ WHERE c.transaction_id = ANY($1::uuid[]) AND c.status = 'accepted'
+"""
+
+
+def _target(row: asyncpg.Record) -> Target:
+    """A transaction a reverse names, its pieces with their lots' origins."""
+    origins = {uuid.UUID(o[0]): Origin(o[1], o[2], o[3])
+               for o in orjson.loads(row["origins"] or "[]")}  # fmt: skip
+    taken = orjson.loads(row["lots_taken"] or "[]")
+    user, asset = row["user_id"], row["asset"]
+    return Target(user, asset, row["type"], row["amount"], row["consumed_paid"],
+                  target_pieces(taken, origins, user, asset), row["reversed"])  # fmt: skip
 
 
 def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:

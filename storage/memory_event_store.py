@@ -14,19 +14,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import orjson
+
 from foundation.errors import FencedError, StorageRefusedError
-from ledger.decide import AccountState
-from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, next_due_ms
+from ledger.account import AccountState, Hold, HoldKey, References, Target
+from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
     BatchPlan,
     EntryRow,
+    HoldRow,
     IdempotencyId,
     OutboxRow,
     ProcessedRow,
     StoredResult,
     outbox_row_of,
 )
+from ledger.reversals import Origin, target_pieces
 from storage.db import Failure
 from storage.event_store import (
     BatchPosition,
@@ -57,6 +61,7 @@ class MemoryEventStore:
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
         self.lots: dict[AccountKey, dict[uuid.UUID, Lot]] = {}  # the open lots
+        self.holds: dict[HoldKey, HoldRow] = {}  # every hold, open or resolved
         self._partition_of: dict[AccountKey, int] = {}
         self._outbox: dict[PartitionId, dict[tuple[int, int], OutboxRow]] = {}
         self._published: dict[PartitionId, tuple[int, int]] = {}
@@ -104,20 +109,56 @@ class MemoryEventStore:
         found = {}
         for key in (k for k in keys if k in self._accounts):
             lots = list(self.lots.get(key, {}).values())
-            found[key] = self._accounts[key]._replace(lots=tuple(lots), due_ms=next_due_ms(lots))
+            holds = tuple(
+                Hold(h.hold_id, h.transaction_id, h.amount, pieces_of(orjson.loads(h.pieces)),
+                     epoch_ms(h.expires_at))
+                for (user, asset, _), h in self.holds.items()
+                if (user, asset) == key and h.status == "open"
+            )  # fmt: skip
+            found[key] = self._accounts[key]._replace(lots=tuple(lots), due_ms=next_due_ms(lots),
+                                                      holds=holds)  # fmt: skip
             found[key].check()
         return found
+
+    async def find_references(
+        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+    ) -> References:
+        resolved = {k: self.holds[k].status for k in holds
+                    if k in self.holds and self.holds[k].status != "open"}  # fmt: skip
+        accepted = {r.transaction_id: r for r in self._processed.values() if r.transaction_id}
+        reversed_ = {r.reverses for r in accepted.values() if r.reverses is not None}
+        found = {}
+        for tx in (t for t in targets if t in accepted):
+            row = accepted[tx]
+            assert row.amount is not None
+            taken = orjson.loads(row.lots_taken or "[]")
+            origins = {
+                uuid.UUID(i): Origin(o.type, o.version or 0, _ms(o.expires_at))
+                for i, _ in taken
+                if (o := accepted.get(uuid.UUID(i))) is not None
+            }
+            pieces = target_pieces(taken, origins, row.user_id, row.asset)
+            found[tx] = Target(row.user_id, row.asset, row.type, row.amount, row.consumed_paid,
+                               pieces, tx in reversed_)  # fmt: skip
+        return References(resolved, found)
 
     async def due_wallets(
         self, partitions: Sequence[int], limit: int
     ) -> list[tuple[str, str, datetime]]:
         now_ms = epoch_ms(datetime.now(UTC))
+        expiries: dict[AccountKey, list[int]] = {}
+        for key, open_lots in self.lots.items():
+            expiries.setdefault(key, []).extend(
+                lot.expires_ms for lot in open_lots.values() if lot.expires_ms is not None
+            )
+        for (user, asset, _), hold in self.holds.items():
+            if hold.status == "open":
+                expiries.setdefault((user, asset), []).append(epoch_ms(hold.expires_at))
         due = []
-        for (user, asset), open_lots in self.lots.items():
-            expiries = [lot.expires_ms for lot in open_lots.values()
-                        if lot.expires_ms is not None and lot.expires_ms <= now_ms]  # fmt: skip
-            if expiries and self._partition_of.get((user, asset)) in partitions:
-                due.append((user, asset, at_ms(min(expiries))))
+        for (user, asset), times in expiries.items():
+            passed = [ms for ms in times if ms <= now_ms]
+            if passed and self._partition_of.get((user, asset)) in partitions:
+                due.append((user, asset, at_ms(min(passed))))
         return sorted(due, key=lambda d: d[2])[:limit]
 
     async def find_processed(
@@ -165,9 +206,14 @@ class MemoryEventStore:
         self, entries: list[EntryRow], processed: list[ProcessedRow]
     ) -> dict[AccountKey, AccountState]:
         sums: Counter[object] = Counter()
+        legs: Counter[object] = Counter()
+        users: Counter[object] = Counter()
         for entry in entries:
             sums[entry.transaction_id] += entry.amount
-        if any(sums.values()):
+            legs[entry.transaction_id] += 1
+            users[entry.transaction_id] += entry.account_kind == "user"
+        if (any(sums.values()) or any(not 2 <= n <= 8 for n in legs.values())
+                or any(n != 1 for n in users.values())):  # fmt: skip
             raise _refused("23514", "ledger entries of a transaction do not balance")
         accepted = {r.transaction_id for r in processed if r.status == "accepted"}
         accounts = dict(self._accounts)
@@ -177,7 +223,13 @@ class MemoryEventStore:
             if entry.transaction_id not in accepted:
                 raise _refused("23503", "entries do not match an accepted command")
             before = accounts.get((entry.user_id, entry.asset), AccountState(0, 0))
-            after = AccountState(entry.balance_after, entry.version, entry.paid_after or 0)
+            after = AccountState(
+                entry.balance_after,
+                entry.version,
+                entry.paid_after or 0,
+                held=entry.held_after or 0,
+                debt=entry.debt_after or 0,
+            )
             if (after.version != before.version + 1 or after.balance < 0
                     or before.balance + entry.amount != after.balance):  # fmt: skip
                 raise _refused("23514", "an entry does not continue its account's balance")
@@ -206,6 +258,9 @@ class MemoryEventStore:
                     expires_ms = None if lot.expires_at is None else epoch_ms(lot.expires_at)
                     open_lots[lot.lot_id] = Lot(lot.lot_id, lot.paid, lot.remaining, lot.seq,
                                                 expires_ms)  # fmt: skip
+            for key, hold in plan.holds.items():
+                self._partition_of[key[:2]] = hold.partition
+                self.holds[key] = hold
             outbox = self._outbox.setdefault(here, {})
             for row in plan.stored_outbox_rows():
                 outbox[(row.generation, row.source_offset)] = row
@@ -239,6 +294,10 @@ class MemoryEventStore:
                 del outbox[position]
             deleted += len(old[:limit])
         return deleted
+
+
+def _ms(at: datetime | None) -> int | None:
+    return None if at is None else epoch_ms(at)
 
 
 def _refused(sqlstate: str, message: str) -> StorageRefusedError:

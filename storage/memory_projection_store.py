@@ -22,7 +22,7 @@ class MemoryProjectionStore:
         self._ledger = ledger
         self._checkpoints: dict[tuple[str, int], int] = {}
         # target -> (user, asset) -> (balance, version, paid)
-        self._balances: dict[str, dict[tuple[str, str], tuple[int, int, int]]] = {}
+        self._balances: dict[str, dict[tuple[str, str], tuple[int, int, int, int, int]]] = {}
         self._totals: dict[str, Counter[tuple[str, str]]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}  # (checkpoint, partition) -> failure
 
@@ -54,8 +54,9 @@ class MemoryProjectionStore:
             assert entry.user_id is not None and entry.balance_after is not None
             assert entry.version is not None
             account = (entry.user_id, entry.asset)
-            if balances.get(account, (0, 0, 0))[1] < entry.version:
-                balances[account] = (entry.balance_after, entry.version, entry.paid_after or 0)
+            if balances.get(account, (0, 0, 0, 0, 0))[1] < entry.version:
+                balances[account] = (entry.balance_after, entry.version, entry.paid_after or 0,
+                                     entry.held_after or 0, entry.debt_after or 0)  # fmt: skip
         self._checkpoints[key] = batch[-1][0]
         self.failures.pop(key, None)
         return Applied(len(batch), batch[-1][0])
@@ -75,8 +76,8 @@ class MemoryProjectionStore:
     async def balances(self, target: Target, user_id: str) -> dict[str, Holding]:
         balances = self._balances.get(target.balances, {})
         return {
-            asset: Holding(balance, paid)
-            for (user, asset), (balance, _, paid) in sorted(balances.items())
+            asset: Holding(balance, paid, held, debt)
+            for (user, asset), (balance, _, paid, held, debt) in sorted(balances.items())
             if user == user_id
         }
 

@@ -40,23 +40,25 @@ REPLAY = Target("balances_replay", "balances_replay", "system_totals_replay")
 _APPLY_SQL = """
 WITH batch AS (
     SELECT asset, account_kind, user_id, amount, balance_after, version, created_at,
-           paid_after
+           paid_after, held_after, debt_after
       FROM ledger_entries
      WHERE partition = $1 AND entry_id > $2 AND entry_id <= $3),
 latest AS (
     SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after, version, created_at,
-           paid_after
+           paid_after, held_after, debt_after
       FROM batch WHERE account_kind = 'user'
      ORDER BY user_id, asset, version DESC),
 upserted AS (
     -- An entry from before lots has no paid part (only the newest of each account got one):
     -- 0 stands in until the account's newest entry is applied.
-    INSERT INTO {balances} AS b (user_id, asset, balance, version, updated_at, paid)
-    SELECT user_id, asset, balance_after, version, created_at, coalesce(paid_after, 0)
+    INSERT INTO {balances} AS b (user_id, asset, balance, version, updated_at, paid, held, debt)
+    SELECT user_id, asset, balance_after, version, created_at, coalesce(paid_after, 0),
+           coalesce(held_after, 0), coalesce(debt_after, 0)
       FROM latest
     ON CONFLICT (user_id, asset) DO UPDATE
        SET balance = EXCLUDED.balance, version = EXCLUDED.version,
-           updated_at = EXCLUDED.updated_at, paid = EXCLUDED.paid
+           updated_at = EXCLUDED.updated_at, paid = EXCLUDED.paid, held = EXCLUDED.held,
+           debt = EXCLUDED.debt
      WHERE b.version < EXCLUDED.version)
 INSERT INTO {totals} AS t (asset, account_kind, total)
 SELECT asset, account_kind, sum(amount) FROM batch
@@ -213,10 +215,11 @@ async def apply_next(
 
 async def projected_balances(conn: Conn, target: Target, user_id: str) -> dict[str, Holding]:
     rows = await conn.fetch(
-        f"SELECT asset, balance, paid FROM {target.balances} WHERE user_id = $1 ORDER BY asset",
+        f"SELECT asset, balance, paid, held, debt FROM {target.balances}"
+        " WHERE user_id = $1 ORDER BY asset",
         user_id,
     )
-    return {r["asset"]: Holding(r["balance"], r["paid"]) for r in rows}
+    return {r["asset"]: Holding(r["balance"], r["paid"], r["held"], r["debt"]) for r in rows}
 
 
 async def lag_by_partition(conn: Conn, target: Target = LIVE) -> dict[int, float]:

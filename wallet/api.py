@@ -122,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Dino Wallet", version="1", lifespan=lifespan)
     app.include_router(gateway.router, dependencies=[require_scope("commands:write")])
+    both = [require_scope("commands:write"), require_scope("ops")]
+    app.include_router(gateway.ops_router, dependencies=both)
     app.include_router(http.router, dependencies=[require_scope("wallets:read")])
     app.include_router(http.ops, dependencies=[require_scope("ops")])
     app.include_router(http.probes)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from foundation.settings import Settings
-from ledger.decide import AccountState
+from ledger.account import AccountState
 from ledger.lots import SpendOrder
 from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
 from messaging.kafka import partition_for

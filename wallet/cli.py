@@ -140,13 +140,28 @@ def processor() -> None:
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["top-up", "bonus", "spend", "expire"]))
+@click.argument(
+    "kind",
+    type=click.Choice(
+        ["top-up", "bonus", "spend", "expire", "hold", "capture", "release", "reverse"]
+    ),
+)
 @click.option("--user", "user_id", required=True, help="User id (also the message key).")
 @click.option("--asset", default="GOLD", show_default=True)
-@click.option("--amount", type=int, help="Integer minor units (not for expire).")
+@click.option(
+    "--amount",
+    type=int,
+    help="Integer minor units (capture: optional; not for expire, release, reverse).",
+)
 @click.option(
     "--expires-at", type=click.DateTime(), help="top-up, bonus: when the lot expires (UTC)."
 )
+@click.option("--hold-id", help="hold: its name (default: its transaction id); capture, release.")
+@click.option("--expires-in", "expires_in_s", type=int, help="hold: seconds until it expires.")
+@click.option(
+    "--transaction", "transaction_id", type=click.UUID, help="reverse: the transaction to undo."
+)
+@click.option("--reason", help="reverse: why (a store refund, a chargeback...).")
 @click.option("--key", "idempotency_key", help="Idempotency key (default: a new UUID).")
 @click.option("--description")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
@@ -156,11 +171,16 @@ def send(
     asset: str,
     amount: int | None,
     expires_at: datetime | None,
+    hold_id: str | None,
+    expires_in_s: int | None,
+    transaction_id: uuid.UUID | None,
+    reason: str | None,
     idempotency_key: str | None,
     description: str | None,
     timeout_s: float,
 ) -> None:
-    """Publish one command and print its reply (`expire` books out a wallet's expired lots)."""
+    """Publish one command and print its reply (`expire` books out a wallet's expired lots
+    and gives back its lapsed holds)."""
     from pydantic import ValidationError
 
     from commands.client import WalletClient
@@ -179,6 +199,10 @@ def send(
             description=description,
             reply_to=settings.replies_topic,
             expires_at=expires_at.replace(tzinfo=UTC) if expires_at else None,
+            hold_id=hold_id,
+            expires_in_s=expires_in_s,
+            transaction_id=transaction_id,
+            reason=reason,
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid command: {exc}") from None

@@ -166,11 +166,12 @@ async def print_balances(settings: Settings, user_id: str, consistent: bool) -> 
         found = await queries.balances(conn, user_id, consistent)
     table = Table(title=f"{user_id} ({'ledger' if consistent else 'projection'})")
     table.add_column("asset")
-    for column in ("balance", "paid", "free"):
+    columns = ("balance", "paid", "free", "held", "available", "debt")
+    for column in columns:
         table.add_column(column, justify="right")
     for asset, holding in found.items():
-        free = holding.balance - holding.paid
-        table.add_row(asset, f"{holding.balance:,}", f"{holding.paid:,}", f"{free:,}")
+        parts = holding.document()
+        table.add_row(asset, f"{holding.total:,}", *(f"{parts[c]:,}" for c in columns[1:]))
     Console().print(table)
 
 

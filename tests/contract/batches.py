@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from schemas.commands import Command
 from storage.event_store import BatchPosition, EventStore
 from tests.integration.helpers import command
 
@@ -27,10 +28,21 @@ async def planned_batch(
         command("top_up" if a > 0 else "spend", user, abs(a), key=k)
         for a, k in zip(amounts, keys, strict=True)
     ]
+    return await planned_commands(store, topic, partition, epoch, first, commands)
+
+
+async def planned_commands(
+    store: EventStore, topic: str, partition: int, epoch: int, first: int, commands: list[Command]
+) -> tuple[BatchPosition, BatchPlan]:
+    """`commands` at offsets first.., planned after the lookups the processor makes."""
     items = decoded_intakes(commands, first)
-    accounts = await store.load_accounts([(user, "GOLD")])
+    accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
+    refs = await store.find_references(
+        [(c.user_id, c.asset, c.hold_id) for c in commands if c.hold_id is not None],
+        [c.transaction_id for c in commands if c.transaction_id is not None],
+    )
     ctx = BatchContext(topic, partition, 0, datetime.now(UTC))
-    plan = plan_batch(ctx, items, known, accounts, await store.load_assets())
-    end = first + len(amounts)
+    plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs)
+    end = first + len(commands)
     return BatchPosition(topic, partition, epoch, 0, first, end, end - 1, b"fp"), plan

@@ -10,6 +10,7 @@ import pytest
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
 from ledger.plan import BatchPlan
+from schemas.commands import Command
 from storage.db import create_pool
 from storage.event_store import (
     BatchPosition,
@@ -20,7 +21,8 @@ from storage.event_store import (
     StaleOffsetError,
 )
 from storage.memory_event_store import MemoryEventStore
-from tests.contract.batches import planned_batch
+from tests.contract.batches import planned_batch, planned_commands
+from tests.integration.helpers import command
 
 TOPIC, PARTITION = "contract.commands", 0
 
@@ -41,6 +43,12 @@ async def _batch(
     store: EventStore, epoch: int, first: int, amounts: list[int], key: str = "k"
 ) -> tuple[BatchPosition, BatchPlan]:
     return await planned_batch(store, TOPIC, PARTITION, epoch, first, amounts, key)
+
+
+async def _commands(
+    store: EventStore, epoch: int, first: int, commands: list[Command]
+) -> tuple[BatchPosition, BatchPlan]:
+    return await planned_commands(store, TOPIC, PARTITION, epoch, first, commands)
 
 
 class TestClaims:
@@ -115,6 +123,46 @@ class TestLots:
         await store.commit_batch(*await _batch(store, claim.epoch, 3, [-6, 2]))
         account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
         assert [(lot.remaining, lot.seq) for lot in account.lots] == [(2, 5)]
+
+    async def test_a_loaded_account_holds_its_open_holds(self, store: EventStore) -> None:
+        """A hold comes back with its account (its pieces, what it keeps, when it expires),
+        outside the balance; once captured it is gone from the account."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        hold = command("hold", "ana", 4, key="h-1", hold_id="bid", expires_in_s=60)
+        first = [command("top_up", "ana", 10, key="t-1"), hold]
+        await store.commit_batch(*await _commands(store, claim.epoch, 0, first))
+        account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        (held,) = account.holds
+        assert (held.hold_id, held.amount, sum(p.amount for p in held.pieces)) == ("bid", 4, 4)
+        assert (account.balance, account.held) == (6, 4)
+        capture = command("capture", "ana", 3, key="c-1", hold_id="bid")
+        await store.commit_batch(*await _commands(store, claim.epoch, 2, [capture]))
+        account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        assert (account.balance, account.held, account.holds) == (7, 0, ())
+
+    async def test_references_say_how_holds_went_and_what_a_reverse_undoes(
+        self, store: EventStore
+    ) -> None:
+        """A resolved hold's status, and a spend with the lots it took (their origin from
+        the credit that opened them) and whether it was reversed."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 10, key="t-1"), command("spend", "ana", 4, key="s-1"),
+                 command("hold", "ana", 1, key="h-1", hold_id="h", expires_in_s=60),
+                 command("release", "ana", None, key="r-1", hold_id="h")]  # fmt: skip
+        position, plan = await _commands(store, claim.epoch, 0, batch)
+        await store.commit_batch(position, plan)
+        top_up, spend = (row.transaction_id for row in plan.processed_rows[:2])
+        assert spend is not None
+        refs = await store.find_references([("ana", "GOLD", "h"), ("ana", "GOLD", "x")], [spend])
+        assert refs.holds == {("ana", "GOLD", "h"): "released"}
+        target = refs.targets[spend]
+        assert (target.type, target.amount, target.reversed) == ("spend", 4, False)
+        assert [(p.lot_id, p.paid, p.amount, p.seq) for p in target.pieces] == [
+            (top_up, True, 4, 1)
+        ]
+        undo = command("reverse", "ana", None, key="u-1", transaction_id=spend, reason="test")
+        await store.commit_batch(*await _commands(store, claim.epoch, 4, [undo]))
+        assert (await store.find_references([], [spend])).targets[spend].reversed
 
     async def test_a_spend_records_what_it_took(self, store: EventStore) -> None:
         """A spend's record keeps its paid part, returned to a retry with its key."""

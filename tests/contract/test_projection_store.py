@@ -62,8 +62,8 @@ class TestApply:
         await _commit(events, 1, "bob", [7])
         assert await projections.known_partitions() == [0, 1]
         assert await _project_all(projections, 0) == 6 and await _project_all(projections, 1) == 2
-        assert await projections.balances(LIVE, "ana") == {"GOLD": (12, 12)}
-        assert await projections.balances(LIVE, "bob") == {"GOLD": (7, 7)}
+        assert await projections.balances(LIVE, "ana") == {"GOLD": (12, 12, 0, 0)}
+        assert await projections.balances(LIVE, "bob") == {"GOLD": (7, 7, 0, 0)}
         assert await projections.totals(LIVE) == {("GOLD", "treasury"): -22, ("GOLD", "revenue"): 3}
 
     async def test_a_target_is_projected_on_its_own(self, stores: Stores) -> None:
@@ -88,7 +88,7 @@ class TestCheckpoint:
         await _commit(events, 0, "ana", [1])
         stale = await projections.apply_next(LIVE, 0, 0)
         assert (stale.count, stale.position) == (0, None)
-        assert await projections.balances(LIVE, "ana") == {"GOLD": (10, 10)}
+        assert await projections.balances(LIVE, "ana") == {"GOLD": (10, 10, 0, 0)}
         assert await projections.totals(LIVE) == {("GOLD", "treasury"): -10}
 
     async def test_caught_up_is_no_lag(self, stores: Stores) -> None:

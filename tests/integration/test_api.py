@@ -88,7 +88,8 @@ class TestWrites:
         assert top_up.json() | {"transactionId": None} == {
             "status": "accepted", "duplicate": False, "transactionId": None, "userId": "ana",
             "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
-            "consumed": None, "expired": None, "error": None,
+            "held": 0, "available": 100, "debt": 0, "holdId": None, "consumed": None,
+            "expired": None, "released": None, "error": None,
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
@@ -111,6 +112,41 @@ class TestWrites:
         assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_asset"
 
 
+class TestHoldsAndReversals:
+    async def test_hold_capture_release_and_reverse_routes(
+        self, api: httpx.AsyncClient, stack: Settings
+    ) -> None:
+        """A hold (201, held and available), a partial capture, a second capture (409), a
+        release of an unknown hold (404), a reverse of the capture (201) and of it again
+        (409); the balance read shows held money in the total until it is resolved."""
+        await api.post("/wallet/topup", json=_body(userId="hana", amount=40))
+        held = await api.post("/wallet/hold", json=_body(userId="hana", amount=25,
+                                                         holdId="bid", expiresInS=60))  # fmt: skip
+        assert held.status_code == 201
+        assert (held.json()["balance"], held.json()["held"], held.json()["available"]) == (
+            40, 25, 15)  # fmt: skip
+        read = (await api.get("/wallet/hana/balance", params={"consistent": "true"})).json()
+        assert read["balances"] == {"GOLD": 40} and read["breakdown"]["GOLD"]["held"] == 25
+        body = _body(userId="hana", holdId="bid", amount=10)
+        won = await api.post("/wallet/capture", json=body)
+        assert won.status_code == 201 and won.json()["released"] == 15
+        again = await api.post("/wallet/capture", json=body | {"idempotencyKey": "c2"})
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "hold_already_captured"
+        release = {"userId": "hana", "assetId": "GOLD", "holdId": "nope", "idempotencyKey": "r1"}
+        with_amount = await api.post("/wallet/release", json=release | {"amount": 1})
+        assert with_amount.status_code == 422  # a release takes no amount
+        unknown = await api.post("/wallet/release", json=release)
+        assert unknown.status_code == 404
+        target = won.json()["transactionId"]
+        undo = {"userId": "hana", "assetId": "GOLD", "idempotencyKey": "u1",
+                "transactionId": target, "reason": "auction voided"}  # fmt: skip
+        reversed_ = await api.post("/wallet/reverse", json=undo)
+        assert reversed_.status_code == 201 and reversed_.json()["balance"] == 40
+        twice = await api.post("/wallet/reverse", json=undo | {"idempotencyKey": "u2"})
+        assert twice.status_code == 409
+
+
 class TestReads:
     async def test_balance_history_and_transaction(
         self, api: httpx.AsyncClient, stack: Settings
@@ -122,7 +158,10 @@ class TestReads:
         consistent = await api.get("/wallet/bea/balance", params={"consistent": "true"})
         assert consistent.json() == {
             "userId": "bea", "balances": {"DIAMONDS": 3, "GOLD": 60},
-            "breakdown": {"DIAMONDS": {"paid": 3, "free": 0}, "GOLD": {"paid": 60, "free": 0}},
+            "breakdown": {
+                "DIAMONDS": {"paid": 3, "free": 0, "held": 0, "available": 3, "debt": 0},
+                "GOLD": {"paid": 60, "free": 0, "held": 0, "available": 60, "debt": 0},
+            },
         }  # fmt: skip
         await wait_projected(stack)
         assert (await api.get("/wallet/bea/balance")).json() == consistent.json()
@@ -180,7 +219,8 @@ class TestAuthentication:
 
 class TestScopes:
     async def test_each_route_group_needs_its_scope(self, api_url: str, stack: Settings) -> None:
-        """commands:write for writes, wallets:read for reads, ops for the audit; else 403."""
+        """commands:write for writes, wallets:read for reads, ops for the audit, both
+        commands:write and ops for a reverse; else 403."""
         writer = _bearer(await new_key(stack, "writer", ["commands:write"]))
         reader = _bearer(await new_key(stack, "reader", ["wallets:read"]))
         operator = _bearer(await new_key(stack, "operator", ["ops"]))
@@ -191,6 +231,17 @@ class TestScopes:
                 "writer reads": await http.get("/wallet/ana/balance", headers=writer),
                 "reader audits": await http.get("/ops/audit", headers=reader),
                 "operator reads": await http.get("/wallet/ana/transactions", headers=operator),
+                "writer reverses": await http.post(
+                    "/wallet/reverse",
+                    headers=writer,
+                    json={
+                        "userId": "ana",
+                        "assetId": "GOLD",
+                        "idempotencyKey": "x",
+                        "transactionId": str(uuid.uuid4()),
+                        "reason": "no ops scope",
+                    },
+                ),
             }
             read = await http.get("/wallet/ana/balance?consistent=true", headers=reader)
             audit = await http.get("/ops/audit", headers=operator)
@@ -378,7 +429,8 @@ class TestBalanceCache:
         assert (plain.status_code, plain.content) == (routed.status_code, routed.content)
         assert plain.headers["content-type"] == routed.headers["content-type"]
         assert plain.json() == {
-            "userId": "eve", "balances": {"GOLD": 3}, "breakdown": {"GOLD": {"paid": 3, "free": 0}}
+            "userId": "eve", "balances": {"GOLD": 3},
+            "breakdown": {"GOLD": {"paid": 3, "free": 0, "held": 0, "available": 3, "debt": 0}},
         }  # fmt: skip
         head = await api.head("/wallet/eve/balance")
         assert head.status_code == 200 and head.content == b""

@@ -252,3 +252,54 @@ class TestExpiry:
         assert await asset_sums(settings) == {"GOLD": 0}
         audit = run_wallet(settings, "verify")
         assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+class TestHoldsAndReversals:
+    async def test_a_hold_captured_in_part_and_one_that_expires(self, stack: Settings) -> None:
+        """A hold captured in part spends part and gives the rest back; a second hold expires
+        untouched and the sweep gives it back; a capture after that is refused as expired;
+        the ledger's holds account ends at zero and verify is clean."""
+        settings = stack.model_copy(update={"expiry_sweep_interval_ms": 200})
+        async with running_processor(settings), client_for(settings) as client:
+            await client.request(command("top_up", "hal", 50))
+            bid = await client.request(command("hold", "hal", 30, hold_id="bid", expires_in_s=60))
+            assert (bid.balance, bid.held, bid.available) == (50, 30, 20)
+            won = await client.request(command("capture", "hal", 12, hold_id="bid"))
+            assert (won.amount, won.released, won.balance, won.held) == (12, 18, 38, 0)
+            fee = await client.request(command("hold", "hal", 5, hold_id="fee", expires_in_s=1))
+            assert fee.status == "accepted"
+
+            async def given_back() -> bool:
+                rows = await fetch(settings, "SELECT status FROM holds WHERE hold_id = 'fee'")
+                return rows[0]["status"] == "expired"
+
+            await eventually(given_back, 30, "the sweep gave the expired hold back")
+            late = await client.request(command("capture", "hal", None, hold_id="fee"))
+        assert late.error is not None and late.error.code == "hold_expired"
+        assert await balance(settings, "hal") == 38
+        held = await fetch(settings, "SELECT sum(amount) AS n FROM ledger_entries"
+                           " WHERE account_kind = 'holds'")  # fmt: skip
+        assert held[0]["n"] == 0 and await asset_sums(settings) == {"GOLD": 0}
+        audit = run_wallet(settings, "verify")
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+
+    async def test_a_refunded_top_up_leaves_debt_the_next_one_pays(self, stack: Settings) -> None:
+        """Top-up 10, spend 7, the top-up reversed: 3 taken back and 7 owed; a spend is
+        refused in debt; the next top-up of 20 pays the 7 first; verify is clean."""
+        async with running_processor(stack), client_for(stack) as client:
+            top_up = await client.request(command("top_up", "rex", 10))
+            await client.request(command("spend", "rex", 7))
+            assert top_up.transaction_id is not None
+            undo = command("reverse", "rex", None, reason="store refund",
+                           transaction_id=top_up.transaction_id)  # fmt: skip
+            refund = await client.request(undo)
+            refused = await client.request(command("spend", "rex", 1))
+            again = await client.request(command("top_up", "rex", 20))
+        assert (refund.status, refund.balance, refund.debt) == ("accepted", 0, 7)
+        assert refused.error is not None and refused.error.code == "in_debt"
+        assert (again.balance, again.debt) == (13, 0)
+        receivable = await fetch(stack, "SELECT sum(amount) AS n FROM ledger_entries"
+                                 " WHERE account_kind = 'receivable'")  # fmt: skip
+        assert receivable[0]["n"] == 0 and await asset_sums(stack) == {"GOLD": 0}
+        audit = run_wallet(stack, "verify")
+        assert audit.returncode == 0, audit.stdout + audit.stderr

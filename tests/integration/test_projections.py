@@ -183,15 +183,15 @@ class TestVerify:
             await conn.execute("UPDATE balances SET balance = balance + 1 WHERE ctid IN"
                                " (SELECT ctid FROM balances LIMIT 1)")  # fmt: skip
             problems = await audit(stack)
-            assert problems["each projected balance and paid part equals the ledger's (up to the"
-                            " checkpoints)"] == 1  # fmt: skip
+            assert problems["each projected balance, paid part, held and debt equals the "
+                            "ledger's (up to the checkpoints)"] == 1  # fmt: skip
             await conn.execute("UPDATE lots SET remaining = remaining + 1 WHERE ctid IN"
                                " (SELECT ctid FROM lots LIMIT 1)")  # fmt: skip
             problems = await audit(stack)
             assert problems["each account's open lots sum to its balance, and their paid part to"
                             " its paid part"] == 1  # fmt: skip
-            assert problems["each credit's lot holds its amount less what spends took from it and"
-                            " expiry booked out"] == 1  # fmt: skip
+            assert problems["each credit's lot holds what it brought less what was taken, plus"
+                            " what came back"] == 1  # fmt: skip
             # A superuser bypassing the append-only triggers, as an attacker or a bad script might.
             await conn.execute("SET session_replication_role = replica")
             await conn.execute("UPDATE ledger_entries SET amount = amount + 7 WHERE entry_id ="

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -10,11 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.lots import SpendOrder
-from ledger.plan import BatchContext, Intake, payload_hash, plan_batch, transaction_id_for
+from ledger.plan import (
+    BatchContext,
+    Intake,
+    ProcessedRow,
+    payload_hash,
+    plan_batch,
+    transaction_id_for,
+)
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
 from schemas.commands import Command
 from tests.integration.helpers import command
+from tests.unit.ledger_harness import Ledger
 
 CTX = BatchContext("cmds", 0, 0, datetime(2026, 1, 1, tzinfo=UTC))
 ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
@@ -202,3 +212,166 @@ class TestAgainstAModel:
             row.balance_after >= 0 for row in plan.entry_rows if row.balance_after is not None
         )
         assert len(plan.processed_rows) == len(used)
+
+
+# (kind, amount, seconds the clock moves first, which earlier hold or transaction it names)
+_ECONOMY_STEPS = st.lists(
+    st.tuples(
+        # Credits and holds twice as likely: resolutions need open holds, holds need money.
+        st.sampled_from(["top_up", "top_up", "bonus", "spend", "hold", "hold", "capture",
+                         "capture", "release", "reverse", "expire"]),
+        st.integers(1, 40), st.integers(0, 20), st.integers(0, 1_000),
+    ),
+    max_size=50,
+)  # fmt: skip
+
+
+@dataclass
+class _Hold:
+    amount: int
+    expires_ms: int
+    status: str = "open"
+
+
+@dataclass
+class _Model:
+    """What the wallet must hold, kept without lots: available, holds, debt."""
+
+    available: int = 0
+    debt: int = 0
+    holds: dict[str, _Hold] = field(default_factory=dict)
+    done: list[ProcessedRow] = field(default_factory=list)  # accepted, in order
+    reversed: set[uuid.UUID] = field(default_factory=set)
+    unbooked: bool = False  # holds lapsed that no accepted transaction has booked yet
+
+    def lapse(self, now_ms: int) -> bool:
+        """Holds whose expiry has come count as given back (the next accepted transaction
+        books it); whether any lapsed hold waits for its booking."""
+        lapsed = [h for h in self.holds.values() if h.status == "open" and h.expires_ms <= now_ms]
+        for hold in lapsed:
+            self.available += hold.amount
+            hold.status = "expired"
+        self.unbooked = self.unbooked or bool(lapsed)
+        return self.unbooked
+
+    def held(self) -> int:
+        return sum(h.amount for h in self.holds.values() if h.status == "open")
+
+    def expect(self, kind: str, amount: int, name: str, lapsed: bool) -> str | None:
+        """The error code the command must get (None: accepted), the model moved if so."""
+        if kind in ("top_up", "bonus"):
+            paid = min(self.debt, amount)
+            self.debt -= paid
+            self.available += amount - paid
+            return None
+        if kind in ("spend", "hold"):
+            if self.debt:
+                return "in_debt"
+            if amount > self.available:
+                return "insufficient_funds"
+            self.available -= amount
+            return None
+        if kind == "expire":
+            return None if lapsed else "nothing_to_expire"
+        return self._resolve(kind, amount, name)
+
+    def _resolve(self, kind: str, amount: int, name: str) -> str | None:
+        hold = self.holds.get(name)
+        if hold is None:
+            return "hold_not_found"
+        if hold.status != "open":
+            return {"captured": "hold_already_captured", "released": "hold_already_released",
+                    "expired": "hold_expired"}[hold.status]  # fmt: skip
+        taken = amount if kind == "capture" else 0
+        if taken > hold.amount:
+            return "capture_exceeds_hold"
+        self.available += hold.amount - taken
+        hold.status = "captured" if kind == "capture" else "released"
+        return None
+
+
+def _economy_command(kind: str, amount: int, pick: int, model: _Model, now_ms: int) -> Command:
+    if kind == "hold":
+        return command(
+            kind, "u", amount, hold_id=f"h{len(model.holds)}", expires_in_s=1 + pick % 30
+        )
+    if kind in ("capture", "release"):
+        # One of the latest holds mostly (open ones are worth resolving), now and then one
+        # that never existed.
+        names = list(model.holds)[-3:]
+        name = names[pick % len(names)] if names and pick % 10 else f"h{len(model.holds)}"
+        part = 1 + amount % 8  # mostly within what a hold keeps
+        return command(kind, "u", part if kind == "capture" else None, hold_id=name)
+    if kind == "reverse":
+        target = model.done[pick % len(model.done)].transaction_id if model.done else uuid.uuid4()
+        return command(kind, "u", None, transaction_id=target, reason="property")
+    return command(kind, "u", None if kind == "expire" else amount)
+
+
+class TestEconomyAgainstAModel:
+    @settings(max_examples=100, deadline=None)
+    @given(steps=_ECONOMY_STEPS)
+    def test_any_sequence_keeps_the_model_and_the_ledger(
+        self, steps: list[tuple[str, int, int, int]]
+    ) -> None:
+        """Any sequence of credits, spends, holds, captures, releases, reversals, expires and
+        clock steps, planned and committed batch by batch: every outcome is the model's; the
+        wallet's available, held and debt are the model's; the user's entries sum to its
+        balance, the holds account's to what is held, receivable's to minus the debt; each
+        hold is resolved at most once."""
+        ledger, model = Ledger(), _Model()
+        for kind, amount, step_s, pick in steps:
+            ledger.later(step_s)
+            found = _economy_command(kind, amount, pick, model, ledger.now_ms)
+            lapsed = model.lapse(ledger.now_ms)
+            [row] = ledger.send(found)
+            if kind == "reverse":
+                _check_reverse(model, row, found)
+            else:
+                expected = model.expect(kind, found.amount or 0, found.hold_id or "", lapsed)
+                assert row.error_code == expected, (kind, row)
+                if kind == "hold" and row.status == "accepted":
+                    model.holds[found.hold_id or ""] = _Hold(
+                        amount, ledger.now_ms + 1000 * (found.expires_in_s or 0)
+                    )
+            if row.status == "accepted":
+                model.unbooked = False
+                model.done.append(row)
+                account = ledger.account()
+                assert (account.balance, account.held, account.debt) == (
+                    model.available, model.held(), model.debt)  # fmt: skip
+        _check_entries(ledger)
+
+
+def _check_reverse(model: _Model, row: ProcessedRow, sent: Command) -> None:
+    """A reverse's outcome against the model (what a credit's lot still holds is the
+    ledger's to say: the model checks the debt it leaves is what was not left)."""
+    target = next((r for r in model.done if r.transaction_id == sent.transaction_id), None)
+    if target is None:
+        assert row.error_code == "transaction_not_found"
+    elif target.transaction_id in model.reversed:
+        assert row.error_code == "already_reversed"
+    elif target.type not in ("spend", "capture", "top_up", "bonus"):
+        assert row.error_code == "not_reversible"
+    else:
+        assert row.status == "accepted" and target.amount is not None, row
+        model.reversed.add(target.transaction_id or uuid.uuid4())
+        if target.type in ("spend", "capture"):
+            model.available += target.amount
+        else:
+            owed = row.debt_added or 0
+            assert 0 <= owed <= target.amount
+            model.available -= target.amount - owed
+            model.debt += owed
+
+
+def _check_entries(ledger: Ledger) -> None:
+    account = ledger.account()
+    totals: Counter[str] = Counter()
+    for entry in ledger.store.entries:
+        totals[entry.account_kind] += entry.amount
+    assert totals["user"] == account.balance
+    assert totals["holds"] == account.held
+    assert totals["receivable"] == -account.debt
+    resolutions = Counter(h.hold_id for h in ledger.store.holds.values() if h.status != "open")
+    assert all(n == 1 for n in resolutions.values())

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from ledger.decide import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected, decide
+from ledger.account import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected
+from ledger.decide import decide
 from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder, at_ms
 from schemas.events import AccountKind
 from tests.integration.helpers import command

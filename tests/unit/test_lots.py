@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import lots
-from ledger.decide import EMPTY_ACCOUNT, Accepted, decide
+from ledger.account import EMPTY_ACCOUNT, Accepted
+from ledger.decide import decide
 from ledger.lots import Lot, SpendOrder
 from schemas.commands import Command
 from tests.integration.helpers import command

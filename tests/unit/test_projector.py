@@ -61,8 +61,8 @@ class TestFollowing:
         await _top_up(ledger, 3, "bob", 9)
         projector = Projector(store)
         await _run_until(projector, lambda: projector.health() is not None)
-        assert await store.balances(LIVE, "ana") == {"GOLD": (5, 5)}
-        assert await store.balances(LIVE, "bob") == {"GOLD": (9, 9)}
+        assert await store.balances(LIVE, "ana") == {"GOLD": (5, 5, 0, 0)}
+        assert await store.balances(LIVE, "bob") == {"GOLD": (9, 9, 0, 0)}
         assert projector.health() == {"partitions": 2, "failing": []}
 
 
@@ -76,7 +76,7 @@ class TestFailingPartition:
         await _top_up(ledger, 1, "bob", 9)
         projector = Projector(store)
         await _run_until(projector, lambda: (LIVE.checkpoint, 0) in store.failures)
-        assert await store.balances(LIVE, "bob") == {"GOLD": (9, 9)}
+        assert await store.balances(LIVE, "bob") == {"GOLD": (9, 9, 0, 0)}
         assert await store.balances(LIVE, "ana") == {}
         failure = store.failures[(LIVE.checkpoint, 0)]
         assert failure.count >= 1 and failure.error == "ValueError"
@@ -92,5 +92,5 @@ class TestFailingPartition:
         await _run_until(projector, lambda: (LIVE.checkpoint, 0) in store.failures)
         store.broken = -1
         await _run_until(projector, lambda: (LIVE.checkpoint, 0) not in store.failures)
-        assert await store.balances(LIVE, "ana") == {"GOLD": (5, 5)}
+        assert await store.balances(LIVE, "ana") == {"GOLD": (5, 5, 0, 0)}
         assert projector.health() == {"partitions": 1, "failing": []}

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from ledger import wire
+from ledger.legs import NO_EXTRAS, Extras
 from schemas.dead_letters import DeadLetter, DecodeErrorCode
 from schemas.events import LedgerEvent
 from schemas.replies import Reply
@@ -63,41 +64,56 @@ class TestReplies:
         assert document["error"] == {"code": "invalid_command", "message": "why"}
 
 
+def _event(**changes: object) -> dict[str, object]:
+    """An event document: a spend of 3 unless `changes` say otherwise."""
+    fields: dict[str, Any] = dict(
+        transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
+        type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
+        description=None, occurred_at=NOW, paid_after=2, consumed_paid=1, extras=NO_EXTRAS,
+        held_after=0, debt_after=0, hold_id=None, reverses=None, reason=None,
+    )  # fmt: skip
+    fields.update(changes)
+    document = wire.event_document(**fields)
+    return _check(orjson.dumps(document), LedgerEvent, "event")
+
+
+def _entries(document: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(e["account"], e["amount"]) for e in document["entries"]]
+
+
 class TestEvents:
     def test_a_spend_event_balances(self) -> None:
         """A spend of paid and free currency has three entries summing to zero: the user's,
         revenue for the paid part and free_spent for the free part."""
-        document = wire.event_document(
-            transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
-            type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
-            description=None, occurred_at=NOW, paid_after=2, consumed_paid=1, expired=0,
-        )  # fmt: skip
-        checked = _check(orjson.dumps(document), LedgerEvent, "event")
-        entries = [(e["account"], e["amount"]) for e in checked["entries"]]
-        assert entries == [("user", -3), ("revenue", 1), ("free_spent", 2)]
+        assert _entries(_event()) == [("user", -3), ("revenue", 1), ("free_spent", 2)]
 
     def test_a_spend_recorded_before_lots_went_to_revenue(self) -> None:
         """A spend from before lots (its paid part unknown) is rebuilt as it was written:
         the whole amount to revenue."""
-        document = wire.event_document(
-            transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
-            type="spend", user_id="ana", asset="GOLD", amount=3, balance_after=2, version=2,
-            description=None, occurred_at=NOW, paid_after=None, consumed_paid=None, expired=0,
-        )  # fmt: skip
-        checked = _check(orjson.dumps(document), LedgerEvent, "event")
-        assert [(e["account"], e["amount"]) for e in checked["entries"]][1:] == [("revenue", 3)]
+        document = _event(paid_after=None, consumed_paid=None)
+        assert _entries(document)[1:] == [("revenue", 3)]
 
     def test_an_expiry_booked_by_a_credit(self) -> None:
         """A credit that also books out an expired lot: its source, the expired leg, and the
         user's leg moving by the difference."""
-        document = wire.event_document(
-            transaction_id=uuid.uuid4(), command_id=uuid.uuid4(), idempotency_key="k",
-            type="top_up", user_id="ana", asset="GOLD", amount=10, balance_after=10, version=3,
-            description=None, occurred_at=NOW, paid_after=10, consumed_paid=None, expired=4,
-        )  # fmt: skip
-        checked = _check(orjson.dumps(document), LedgerEvent, "event")
-        entries = [(e["account"], e["amount"]) for e in checked["entries"]]
-        assert entries == [("user", 6), ("treasury", -10), ("expired", 4)]
+        document = _event(type="top_up", amount=10, consumed_paid=None, extras=Extras(expired=4))
+        assert _entries(document) == [("user", 6), ("treasury", -10), ("expired", 4)]
+
+    def test_a_partial_capture_releases_the_rest_in_one_holds_leg(self) -> None:
+        """A capture of 3 from a hold of 5: holds gives up 5, revenue and free_spent take
+        the 3, the user gets the 2 back."""
+        document = _event(type="capture", hold_id="bid-1", extras=Extras(released=2))
+        assert _entries(document) == [
+            ("user", 2), ("holds", -5), ("revenue", 1), ("free_spent", 2)
+        ]  # fmt: skip
+
+    def test_a_reversed_top_up_already_spent_leaves_debt(self) -> None:
+        """Reversing a top-up of 10 of which 4 is left: treasury gets 10 back, the user gives
+        4, receivable books the 6 owed."""
+        document = _event(type="reverse", amount=10, consumed_paid=None, reason="refund",
+                          extras=Extras(debt_added=6, reversed_type="top_up"), debt_after=6,
+                          reverses=uuid.uuid4())  # fmt: skip
+        assert _entries(document) == [("user", -4), ("treasury", 10), ("receivable", -6)]
 
 
 class TestDeadLetters:
