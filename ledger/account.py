@@ -46,7 +46,7 @@ class AccountState(NamedTuple):
     lots: tuple[Lot, ...] = ()  # in `order` (see lots.in_order); in no order when it is None
     due_ms: int | None = None  # the soonest expiry among the lots (None: none expires)
     order: SpendOrder | None = None
-    holds: tuple[Hold, ...] = ()  # oldest first
+    holds: tuple[Hold, ...] = ()  # in no particular order
     held: int = 0
     debt: int = 0
 
@@ -91,6 +91,8 @@ class Accepted(NamedTuple):
     resolved: tuple[tuple[Hold, str], ...] = ()  # holds it closed: captured, released, expired
     debt_paid: int = 0  # a credit: what of it paid debt
     debt_added: int = 0  # a reversed credit: what of it had been spent already
+    unexpired: int = 0  # a reversed credit: what of it expiry had booked out (taken back)
+    settled: tuple[Piece, ...] = ()  # what currency given back paid of the debt, from lots
     reversed_type: str | None = None  # a reverse: the type of the transaction undone
 
 
@@ -104,6 +106,8 @@ class Target(NamedTuple):
     consumed_paid: int | None  # a spend or capture: its paid part
     pieces: tuple[Piece, ...]  # a spend or capture: what it took from which lots
     reversed: bool  # reversed already
+    before_lots: bool = False  # recorded before lots existed (its lots are not known)
+    expired: int = 0  # a credit: what expiry booked out of its lot
 
 
 HoldKey = tuple[str, str, str]  # (user_id, asset, hold_id)

@@ -27,6 +27,8 @@ from schemas.commands import AMOUNT_MAX, Command, CommandType
 from schemas.replies import ErrorCode
 
 _EXPIRE = CommandType.EXPIRE.value
+_BESIDES = Accepted._fields.index("expired_besides")
+_DEBT_PAID = Accepted._fields.index("debt_paid")
 
 
 def decide(
@@ -58,7 +60,9 @@ def decide(
     own = _by_type(command, account, transaction_id, now_ms, refs, (expired, lapsed))
     if isinstance(own, Rejected):
         return own
-    return _booked(command.type.value, start, own, expired, lapsed, restored)
+    if not (expired or lapsed or restored or own.restored):  # most commands: nothing else moved
+        return _legged(command.type.value, start, own, own.account, 0, own.debt_paid)
+    return _booked(command.type.value, start, own, (expired, lapsed), restored, now_ms)
 
 
 def _by_type(
@@ -88,26 +92,68 @@ def _booked(
     type: str,
     start: AccountState,
     own: Accepted,
-    expired: tuple[Piece, ...],
-    lapsed: tuple[Hold, ...],
+    due: tuple[tuple[Piece, ...], tuple[Hold, ...]],
     restored: tuple[Lot, ...],
+    now_ms: int,
 ) -> Accepted:
-    """The accepted decision with its legs: its own, and what it booked out of expired lots
-    and gave back from lapsed holds on its way. The user's leg balances them, and must be
-    exactly what the balance moved by (asserted: the ledger and the state cannot part)."""
+    """The accepted decision with what it booked on its way: lots whose expiry had come
+    (before it, and among the lots its own give-back reopened) booked out, lapsed holds given
+    back, and currency given back paying the wallet's debt first."""
+    expired, lapsed = due
+    account = own.account
+    late, live = lots.due(account.lots, account.due_ms, now_ms)
+    if late:  # a release, capture or reversal gave back to a lot whose expiry had come
+        assert type != _EXPIRE, late
+        account = _without(account, late, live)
+        expired = (*expired, *late)
+    returned = (*(p for h in lapsed for p in h.pieces), *own.returned)
+    account, settled = _settle(account, returned)
     gone = 0 if type == _EXPIRE else lots.pieces_total(expired)
-    released = own.released + sum(h.amount for h in lapsed)
+    debt_paid = own.debt_paid + lots.pieces_total(settled)
+    own = own._replace(
+        released=own.released + sum(h.amount for h in lapsed), expired=expired,
+        expired_besides=gone, restored=(*restored, *own.restored), returned=returned,
+        resolved=(*((h, "expired") for h in lapsed), *own.resolved), settled=settled,
+    )  # fmt: skip
+    return _legged(type, start, own, account, gone, debt_paid)
+
+
+def _legged(
+    type: str, start: AccountState, own: Accepted, after: AccountState, gone: int, debt_paid: int
+) -> Accepted:
+    """The decision with its legs, derived from what its record will say (ledger.legs); the
+    user's balances them, and must be exactly what the balance moved by (asserted: the
+    ledger and the state cannot part)."""
     assert own.amount is not None
-    extras = legs.extras(gone, released, own.debt_paid, own.debt_added, own.reversed_type)
+    extras = legs.extras(gone, own.released, debt_paid, own.debt_added, own.reversed_type,
+                         own.unexpired)  # fmt: skip
     system = legs.system_legs(type, own.amount, own.consumed_paid, extras)
     user_amount = -sum(n for _, n in system)
-    assert_moved(start, own.account, user_amount)
-    return own._replace(
-        user_amount=user_amount, legs=system, expired=expired, expired_besides=gone,
-        released=released, restored=(*restored, *own.restored),
-        returned=(*(p for h in lapsed for p in h.pieces), *own.returned),
-        resolved=(*((h, "expired") for h in lapsed), *own.resolved),
+    assert_moved(start, after, user_amount)
+    # Built from the tuple, not by _replace: this is every command's path, and _replace
+    # costs several times as much (the indices are looked up by name, once).
+    fields = (after, user_amount, system, *own[3:_BESIDES], gone,
+              *own[_BESIDES + 1 : _DEBT_PAID], debt_paid, *own[_DEBT_PAID + 1 :])  # fmt: skip
+    return Accepted._make(fields)
+
+
+def _settle(
+    account: AccountState, returned: tuple[Piece, ...]
+) -> tuple[AccountState, tuple[Piece, ...]]:
+    """Currency given back to a wallet in debt (a release, a capture's rest, lapsed holds, a
+    reversed spend) pays the debt first, as a credit does (after the transaction's own credit
+    has paid what it could): taken from the lots in spend order."""
+    if not account.debt or not returned:
+        return account, ()
+    pay = min(account.debt, lots.pieces_total(returned), account.balance)
+    if not pay:
+        return account, ()
+    taken, left = lots.take(account.lots, pay)
+    settled = account._replace(
+        balance=account.balance - pay, paid=account.paid - lots.paid_part(taken), lots=left,
+        due_ms=lots.next_due_ms(left), debt=account.debt - pay,
     )  # fmt: skip
+    return settled, taken
 
 
 def _without(

@@ -28,9 +28,10 @@ class Extras(NamedTuple):
 
     expired: int = 0  # lots whose expiry had come, booked out to `expired`
     released: int = 0  # held money back to the balance, out of `holds`
-    debt_paid: int = 0  # a credit's part that paid debt, into `receivable`
+    debt_paid: int = 0  # what of a credit, or of currency given back, paid debt: `receivable`
     debt_added: int = 0  # a reversed credit's part that had been spent, out of `receivable`
     reversed_type: str | None = None  # a reverse: what it undid
+    unexpired: int = 0  # a reversed credit's part expiry had booked out, back from `expired`
 
 
 NO_EXTRAS = Extras()
@@ -82,7 +83,7 @@ def system_legs(type: str, amount: int, consumed_paid: int | None, extras: Extra
     # back): netted, they could cancel out and leave a transaction with no system leg.
     merged = list(legs)
     more = (
-        (AccountKind.EXPIRED, extras.expired),
+        (AccountKind.EXPIRED, extras.expired - extras.unexpired),
         (AccountKind.HOLDS, -extras.released),
         (AccountKind.RECEIVABLE, extras.debt_paid - extras.debt_added),
     )
@@ -101,8 +102,10 @@ def extras(
     debt_paid: int | None,
     debt_added: int | None,
     reversed_type: str | None,
+    unexpired: int | None = None,
 ) -> Extras:
     """A record's extras (its columns are NULL where nothing moved)."""
     if not (expired or released or debt_paid or debt_added or reversed_type):
         return NO_EXTRAS
-    return Extras(expired or 0, released or 0, debt_paid or 0, debt_added or 0, reversed_type)
+    return Extras(expired or 0, released or 0, debt_paid or 0, debt_added or 0, reversed_type,
+                  unexpired or 0)  # fmt: skip

@@ -135,6 +135,8 @@ class ProcessedRow(NamedTuple):
     reversed_type: str | None  # a reverse: that transaction's type
     reason: str | None  # a reverse: why
     lots_returned: str | None  # JSON [[lot id, amount], ...] given back (holds, reversed spends)
+    unexpired_amount: int | None  # a reversed credit: what expiry had booked out, taken back
+    lots_settled: str | None  # JSON [[lot id, amount], ...]: currency given back paying debt
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
@@ -265,6 +267,20 @@ def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(digest))
 
 
+def references_named(commands: Sequence[Command]) -> tuple[list[HoldKey], list[uuid.UUID]]:
+    """The holds and the transactions that commands name, to look up before they are planned
+    (see References): a capture's or release's hold, a hold's own name (taken already?), the
+    name a hold without one gets (its transaction id: a client may have used it), a reverse's
+    transaction."""
+    holds = [
+        (c.user_id, c.asset, c.hold_id or str(transaction_id_for(c.user_id, c.idempotency_key)))
+        for c in commands
+        if c.hold_id is not None or c.type is CommandType.HOLD
+    ]
+    targets = [c.transaction_id for c in commands if c.transaction_id is not None]
+    return holds, targets
+
+
 def plan_batch(
     ctx: BatchContext,
     items: Sequence[Intake],
@@ -320,7 +336,7 @@ def _note_references(
     target = command.transaction_id
     if command.type is CommandType.REVERSE and target is not None:
         refs.targets[target] = refs.targets[target]._replace(reversed=True)
-    elif decision.amount is not None:
+    if decision.amount is not None:
         refs.targets[tx_id] = Target(user, asset, command.type.value, decision.amount,
                                      decision.consumed_paid, decision.pieces, False)  # fmt: skip
 
@@ -347,6 +363,8 @@ class _Decided(NamedTuple):
     debt_paid: int | None = None
     debt_added: int | None = None
     reversed_type: str | None = None
+    unexpired_amount: int | None = None
+    lots_settled: str | None = None
 
 
 def _record(
@@ -380,7 +398,7 @@ def _record(
         d.consumed_paid, d.lots_taken, expires_at, d.expired_amount, d.lots_expired,
         d.held_after, d.debt_after, _hold_id(command, decision), d.released_amount,
         d.debt_paid, d.debt_added, command.transaction_id, d.reversed_type, command.reason,
-        d.lots_returned,
+        d.lots_returned, d.unexpired_amount, d.lots_settled,
     )  # fmt: skip
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row))
@@ -409,7 +427,8 @@ def _accepted(
                     decision.consumed_paid, taken, decision.expired_besides or None, expired,
                     _pieces_json(decision.returned), decision.released or None,
                     decision.debt_paid or None, decision.debt_added or None,
-                    decision.reversed_type)  # fmt: skip
+                    decision.reversed_type, decision.unexpired or None,
+                    _pieces_json(decision.settled))  # fmt: skip
 
 
 def _entries(
@@ -440,7 +459,8 @@ def _lots(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
             _time(lot.expires_ms),
         )  # fmt: skip
-    moved = (*decision.expired, *(decision.pieces if decision.pieces_from_lots else ()))
+    moved = (*decision.expired, *(decision.pieces if decision.pieces_from_lots else ()),
+             *decision.settled)  # fmt: skip
     for piece in moved:
         plan.lots[(user, asset, piece.lot_id)] = LotRow(
             user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
@@ -600,7 +620,7 @@ def event_bytes(row: ProcessedRow) -> bytes:
         version=row.version, description=row.description, occurred_at=row.processed_at,
         paid_after=row.paid_after, consumed_paid=row.consumed_paid, extras=legs.extras(
             row.expired_amount, row.released_amount, row.debt_paid, row.debt_added,
-            row.reversed_type),
+            row.reversed_type, row.unexpired_amount),
         held_after=row.held_after or 0, debt_after=row.debt_after or 0, hold_id=row.hold_id,
         reverses=row.reverses, reason=row.reason,
     ))  # fmt: skip

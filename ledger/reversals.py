@@ -2,11 +2,13 @@
 
 A reverse undoes one accepted transaction of the same wallet, once. A spend or capture gives
 its currency back to the lots it took from (paid stays paid, an expiry stays with its lot).
-A top-up or bonus is taken back from what is left of its lot; what the player had spent of it
-already cannot be taken from their balance without taking other purchases' currency, so it
-becomes the wallet's debt, booked against the `receivable` system account: the balance never
-goes negative, later credits pay the debt first, and spends and holds are refused while it
-is open.
+A top-up or bonus is taken back from what is left of its lot, and what expiry booked out of
+it comes back from `expired`; what the player had spent of it cannot be taken from their
+balance without taking other purchases' currency, so it becomes the wallet's debt, booked
+against the `receivable` system account: the balance never goes negative, later credits (and
+currency given back: a release, a reversed spend) pay the debt first, and spends and holds
+are refused while it is open. Transactions recorded before lots existed are not reversed:
+which lots they moved is not known.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ledger import lots
-from ledger.account import BALANCE_MAX, Accepted, AccountState, References, Rejected
+from ledger.account import BALANCE_MAX, Accepted, AccountState, References, Rejected, Target
 from ledger.legs import CREDIT_TYPES, SPENT_TYPES
 from schemas.commands import Command
 from schemas.replies import ErrorCode
@@ -35,13 +37,17 @@ def reverse(command: Command, account: AccountState, refs: References) -> Accept
                         f"{command.asset}")  # fmt: skip
     if target.reversed:
         return Rejected(ErrorCode.ALREADY_REVERSED, f"{target_id} was reversed already")
+    if target.before_lots or (target.type in SPENT_TYPES and not target.pieces):
+        return Rejected(ErrorCode.NOT_REVERSIBLE,
+                        f"{target_id} was recorded before lots existed: which lots it moved is "
+                        "not known")  # fmt: skip
     if target.type in SPENT_TYPES:
         if account.total() + target.amount > BALANCE_MAX:
             return Rejected(ErrorCode.BALANCE_LIMIT_EXCEEDED,
                             f"a balance may not exceed {BALANCE_MAX} {command.asset}")  # fmt: skip
         return _give_back(account, target.pieces, target.type, target.consumed_paid)
     if target.type in CREDIT_TYPES:
-        return _take_back(account, target_id, target.amount, target.type)
+        return _take_back(account, target, target_id)
     return Rejected(ErrorCode.NOT_REVERSIBLE,
                     f"a {target.type} is not reversed: spends, captures, top-ups and bonuses "
                     "are")  # fmt: skip
@@ -61,14 +67,16 @@ def _give_back(
                     returned=pieces, reversed_type=type)  # fmt: skip
 
 
-def _take_back(
-    account: AccountState, lot_id: uuid.UUID, amount: int, type: str
-) -> Accepted | Rejected:
-    """What is left of the credit's lot leaves the wallet; the rest becomes debt."""
+def _take_back(account: AccountState, target: Target, lot_id: uuid.UUID) -> Accepted | Rejected:
+    """What is left of the credit's lot leaves the wallet, what expiry booked out of it comes
+    back from `expired`; the rest, spent, becomes debt."""
+    amount = target.amount
     lot = next((x for x in account.lots if x.lot_id == lot_id), None)
     left = 0 if lot is None else lot.remaining
     assert left <= amount, (lot, amount)  # a lot never holds more than its credit brought
-    if account.debt + amount - left > BALANCE_MAX:  # reversals of credits that paid debt
+    unexpired = min(target.expired, amount - left)
+    owed = amount - left - unexpired
+    if account.debt + owed > BALANCE_MAX:  # reversals of credits that paid debt
         return Rejected(ErrorCode.BALANCE_LIMIT_EXCEEDED,
                         f"a debt may not exceed {BALANCE_MAX}")  # fmt: skip
     kept = tuple(x for x in account.lots if x is not lot)
@@ -76,12 +84,12 @@ def _take_back(
     after = account._replace(
         balance=account.balance - left, version=account.version + 1,
         paid=account.paid - paid_gone, lots=kept, due_ms=lots.next_due_ms(kept),
-        debt=account.debt + amount - left,
+        debt=account.debt + owed,
     )  # fmt: skip
     pieces = () if lot is None else (lots.Piece(lot.lot_id, lot.paid, left, lot.seq,
                                                 lot.expires_ms, 0),)  # fmt: skip
-    return Accepted(after, 0, (), pieces=pieces, amount=amount, debt_added=amount - left,
-                    reversed_type=type)  # fmt: skip
+    return Accepted(after, 0, (), pieces=pieces, amount=amount, debt_added=owed,
+                    unexpired=unexpired, reversed_type=target.type)  # fmt: skip
 
 
 class Origin(NamedTuple):

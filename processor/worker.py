@@ -29,6 +29,7 @@ from ledger.plan import (
     Outcome,
     StoredResult,
     plan_batch,
+    references_named,
 )
 from processor import narrowing
 from processor.intake import IntakeRules
@@ -217,7 +218,7 @@ class PartitionWorker:
             assets={c.asset for c in commands},
             position=position,
             cut=cut,
-            references=_references(commands),
+            references=references_named(commands),
             probes=probes,
         )
 
@@ -271,14 +272,6 @@ class PartitionWorker:
             self._accounts.move_to_end(key)
         while len(self._accounts) > self._config.balance_cache_max:
             self._accounts.popitem(last=False)
-
-
-def _references(commands: Sequence[Command]) -> tuple[list[HoldKey], list[uuid.UUID]]:
-    """The holds (named by a hold, capture or release) and the transactions (named by a
-    reverse) that the batch's commands name: looked up before it is planned."""
-    holds = [(c.user_id, c.asset, c.hold_id) for c in commands if c.hold_id is not None]
-    targets = [c.transaction_id for c in commands if c.transaction_id is not None]
-    return holds, targets
 
 
 def _log_outcomes(partition: int, intakes: Sequence[Intake], decided: Sequence[Outcome]) -> None:

@@ -51,7 +51,8 @@ CHECKS: list[tuple[str, str]] = [
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
             WHERE c.status = 'accepted'
             GROUP BY c.transaction_id, c.type, c.amount, c.consumed_paid, c.expired_amount,
-                     c.released_amount, c.debt_paid, c.debt_added, c.reversed_type
+                     c.released_amount, c.debt_paid, c.debt_added, c.reversed_type,
+                     c.unexpired_amount
            HAVING count(*) FILTER (WHERE e.account_kind = 'user') <> 1
                OR count(*) FILTER (WHERE e.account_kind <> 'user') = 0
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'treasury'), 0)
@@ -70,7 +71,7 @@ CHECKS: list[tuple[str, str]] = [
                      * (c.amount - coalesce(c.consumed_paid, c.amount))
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'expired'), 0)
                   <> CASE c.type WHEN 'expire' THEN c.amount ELSE 0 END
-                     + coalesce(c.expired_amount, 0)
+                     + coalesce(c.expired_amount, 0) - coalesce(c.unexpired_amount, 0)
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'holds'), 0)
                   <> CASE c.type WHEN 'hold' THEN c.amount WHEN 'capture' THEN -c.amount
                                  WHEN 'release' THEN -c.amount ELSE 0 END
@@ -112,17 +113,20 @@ CHECKS: list[tuple[str, str]] = [
     ),
     (
         # Every lot opened by a credit since lots exist: what is left of it is what the credit
-        # brought (its amount less the debt it paid) less what spends, holds and reversals
+        # brought (its amount less the debt it paid itself) less what spends, holds and reversals
         # recorded taking from it (lots_taken; a capture's come from its hold) and what expiry
-        # booked out of it (lots_expired), plus what was given back to it (lots_returned:
-        # holds released, reversed spends); and it is of its credit's kind.
+        # booked out of it (lots_expired) and what paid debt (lots_settled), plus what was
+        # given back to it (lots_returned: holds released, reversed spends); and it is of its
+        # credit's kind.
         "each credit's lot holds what it brought less what was taken, plus what came back",
         """WITH moved AS (
                 SELECT c.user_id, c.asset, t, -1 AS sign FROM processed_commands c
                  CROSS JOIN jsonb_array_elements(CASE WHEN c.type = 'capture' THEN '[]'
                                                  ELSE coalesce(c.lots_taken, '[]') END
-                                                 || coalesce(c.lots_expired, '[]')) t
+                                                 || coalesce(c.lots_expired, '[]')
+                                                 || coalesce(c.lots_settled, '[]')) t
                  WHERE c.lots_taken IS NOT NULL OR c.lots_expired IS NOT NULL
+                    OR c.lots_settled IS NOT NULL
                 UNION ALL
                 SELECT c.user_id, c.asset, t, 1 FROM processed_commands c
                  CROSS JOIN jsonb_array_elements(c.lots_returned) t
@@ -140,6 +144,8 @@ CHECKS: list[tuple[str, str]] = [
              WHERE c.type IN ('top_up', 'bonus') AND c.status = 'accepted'
                AND c.paid_after IS NOT NULL
                AND (c.amount - coalesce(c.debt_paid, 0) - coalesce(t.n, 0)
+                    + (SELECT coalesce(sum((s->>1)::bigint), 0)  -- debt paid from lots, not it
+                         FROM jsonb_array_elements(coalesce(c.lots_settled, '[]')) s)
                     <> coalesce(l.remaining, 0)
                     OR l.paid <> (c.type = 'top_up'))""",
     ),

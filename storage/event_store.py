@@ -699,10 +699,16 @@ def _account(row: asyncpg.Record) -> AccountState:
 
 _TARGETS_SQL = """
 SELECT c.transaction_id, c.user_id, c.asset, c.type, c.amount, c.consumed_paid, c.lots_taken,
+       c.paid_after IS NULL AS before_lots,
        EXISTS (SELECT 1 FROM processed_commands r
                 WHERE r.reverses = c.transaction_id AND r.status = 'accepted') AS reversed,
-       (SELECT jsonb_agg(jsonb_build_array(o.transaction_id, o.type, o.version,
-                                           (extract(epoch FROM o.expires_at) * 1000)::bigint))
+       (SELECT coalesce(sum((t->>1)::bigint), 0) FROM processed_commands e
+         CROSS JOIN jsonb_array_elements(e.lots_expired) AS t
+         WHERE e.user_id = c.user_id AND e.asset = c.asset AND e.lots_expired IS NOT NULL
+           AND c.type IN ('top_up', 'bonus') AND (t->>0)::uuid = c.transaction_id) AS expired,
+       (SELECT jsonb_agg(jsonb_build_array(
+                   o.transaction_id, o.type, o.version,
+                   floor(extract(epoch FROM o.expires_at) * 1000)::bigint))
           FROM jsonb_array_elements(c.lots_taken) AS t(piece)
           JOIN processed_commands o ON o.transaction_id = (t.piece->>0)::uuid) AS origins
   FROM processed_commands c
@@ -717,7 +723,8 @@ def _target(row: asyncpg.Record) -> Target:
     taken = orjson.loads(row["lots_taken"] or "[]")
     user, asset = row["user_id"], row["asset"]
     return Target(user, asset, row["type"], row["amount"], row["consumed_paid"],
-                  target_pieces(taken, origins, user, asset), row["reversed"])  # fmt: skip
+                  target_pieces(taken, origins, user, asset), row["reversed"],
+                  row["before_lots"], row["expired"])  # fmt: skip
 
 
 def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:

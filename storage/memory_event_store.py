@@ -138,8 +138,16 @@ class MemoryEventStore:
                 if (o := accepted.get(uuid.UUID(i))) is not None
             }
             pieces = target_pieces(taken, origins, row.user_id, row.asset)
+            expired = sum(
+                n
+                for r in accepted.values()
+                if (r.user_id, r.asset) == (row.user_id, row.asset)
+                for i, n in orjson.loads(r.lots_expired or "[]")
+                if uuid.UUID(i) == tx
+            )
             found[tx] = Target(row.user_id, row.asset, row.type, row.amount, row.consumed_paid,
-                               pieces, tx in reversed_)  # fmt: skip
+                               pieces, tx in reversed_, row.paid_after is None,
+                               expired if row.type in ("top_up", "bonus") else 0)  # fmt: skip
         return References(resolved, found)
 
     async def due_wallets(

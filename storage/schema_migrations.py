@@ -66,6 +66,7 @@ SERVICE_GRANTS = {
     "dead_letter_requests": "SELECT, INSERT",
     "assets": "SELECT, INSERT, UPDATE",
     "lots": "SELECT, INSERT, UPDATE, DELETE",
+    "holds": "SELECT, INSERT, UPDATE",  # kept once resolved: a second resolution is answered
     "schema_migrations": "SELECT",
     "partition_state": "SELECT, INSERT, UPDATE",
     "outbox_positions": "SELECT, INSERT, UPDATE",

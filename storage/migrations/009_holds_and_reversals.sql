@@ -46,7 +46,11 @@ ALTER TABLE processed_commands
     ADD COLUMN reason text CHECK ((reason IS NULL) = (type <> 'reverse')),
     -- What it gave back to lots ([[lot id, amount], ...]): a release's or a capture's rest,
     -- lapsed holds, a reversed spend's pieces.
-    ADD COLUMN lots_returned jsonb;
+    ADD COLUMN lots_returned jsonb,
+    -- A reversed credit: what expiry had booked out of its lot, taken back from `expired`.
+    ADD COLUMN unexpired_amount bigint CHECK (unexpired_amount > 0),
+    -- Currency given back to a wallet in debt pays the debt first: what it took from lots.
+    ADD COLUMN lots_settled jsonb;
 
 -- Once per transaction, enforced by the database too.
 CREATE UNIQUE INDEX processed_commands_reversed_once ON processed_commands (reverses)
@@ -97,11 +101,12 @@ ALTER TABLE system_totals_replay DROP CONSTRAINT system_totals_account_kind_chec
         CHECK (account_kind IN ('treasury', 'bonus_pool', 'revenue', 'free_spent', 'expired',
                                 'holds', 'receivable'));
 
--- The user leg moves by what the record implies: a credit by its amount less the debt it
--- paid; a spend, expire or hold by minus its amount; a capture by nothing of its own; a
--- release by the hold's amount; a reverse by the amount given back (a spend or capture) or
--- minus what was left of the credit's lot (its amount less the debt it left). Then less what
--- it booked out as expired and plus what lapsed holds (or a capture's rest) gave back.
+-- The user leg moves by what the record implies: a credit by its amount; a spend, expire or
+-- hold by minus its amount; a capture by nothing of its own; a release by the hold's amount;
+-- a reverse by the amount given back (a spend or capture) or minus what was left of the
+-- credit's lot (its amount less the debt it left and what expiry had booked out). Then less
+-- what it booked out as expired, plus what lapsed holds (or a capture's rest) gave back, less
+-- what paid debt.
 CREATE OR REPLACE FUNCTION ledger_entries_check_batch() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad text;
@@ -125,20 +130,21 @@ BEGIN
       LEFT JOIN LATERAL (
             SELECT c.user_id, c.type, c.amount, c.balance_after, c.paid_after, c.expired_amount,
                    c.held_after, c.debt_after, c.released_amount, c.debt_paid, c.debt_added,
-                   c.reversed_type
+                   c.reversed_type, c.unexpired_amount
               FROM processed_commands c
              WHERE c.transaction_id = n.transaction_id AND c.asset = n.asset
                AND c.status = 'accepted' LIMIT 1) c ON true
      WHERE c.user_id IS NULL
         OR (n.account_kind = 'user' AND (n.user_id <> c.user_id
             OR n.amount <> CASE
-                   WHEN c.type IN ('top_up', 'bonus') THEN c.amount - coalesce(c.debt_paid, 0)
+                   WHEN c.type IN ('top_up', 'bonus') THEN c.amount
                    WHEN c.type IN ('spend', 'expire', 'hold') THEN -c.amount
                    WHEN c.type = 'capture' THEN 0
                    WHEN c.type = 'release' THEN c.amount
                    WHEN c.reversed_type IN ('spend', 'capture') THEN c.amount
-                   ELSE coalesce(c.debt_added, 0) - c.amount END
+                   ELSE coalesce(c.debt_added, 0) + coalesce(c.unexpired_amount, 0) - c.amount END
                - coalesce(c.expired_amount, 0) + coalesce(c.released_amount, 0)
+               - coalesce(c.debt_paid, 0)
             OR n.balance_after <> c.balance_after
             OR n.paid_after IS DISTINCT FROM c.paid_after
             OR n.held_after IS DISTINCT FROM c.held_after

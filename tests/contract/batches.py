@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
+from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch, references_named
 from schemas.commands import Command
 from storage.event_store import BatchPosition, EventStore
 from tests.integration.helpers import command
@@ -38,10 +38,7 @@ async def planned_commands(
     items = decoded_intakes(commands, first)
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
-    refs = await store.find_references(
-        [(c.user_id, c.asset, c.hold_id) for c in commands if c.hold_id is not None],
-        [c.transaction_id for c in commands if c.transaction_id is not None],
-    )
+    refs = await store.find_references(*references_named(commands))
     ctx = BatchContext(topic, partition, 0, datetime.now(UTC))
     plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs)
     end = first + len(commands)

@@ -205,7 +205,8 @@ class TestVerify:
         assert problems["every transaction's entries sum to zero"] == 1
         assert problems["every asset's entries sum to zero"] == 1
         assert problems[
-            "each accepted command records its user entry's balance, paid part and version"
+            "each accepted command records its user entry's balance, paid part, held, debt and "
+            "version"
         ] == 1  # fmt: skip
 
 

@@ -11,7 +11,15 @@ from typing import Any
 
 from ledger.account import EMPTY_ACCOUNT, AccountState
 from ledger.lots import SpendOrder, at_ms
-from ledger.plan import BatchContext, BatchPlan, Intake, ProcessedRow, payload_hash, plan_batch
+from ledger.plan import (
+    BatchContext,
+    BatchPlan,
+    Intake,
+    ProcessedRow,
+    payload_hash,
+    plan_batch,
+    references_named,
+)
 from schemas.commands import Command
 from storage.event_store import BatchPosition
 from storage.memory_event_store import MemoryEventStore
@@ -54,10 +62,7 @@ class Ledger:
         store = self.store
         known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
         accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
-        refs = await store.find_references(
-            [(c.user_id, c.asset, c.hold_id) for c in commands if c.hold_id is not None],
-            [c.transaction_id for c in commands if c.transaction_id is not None],
-        )
+        refs = await store.find_references(*references_named(commands))
         ctx = BatchContext(TOPIC, 0, 0, at_ms(self.now_ms))
         plan = plan_batch(ctx, items, known, accounts, dict(store.assets), refs)
         end = self._offset + len(commands)

@@ -242,7 +242,8 @@ class _Model:
     holds: dict[str, _Hold] = field(default_factory=dict)
     done: list[ProcessedRow] = field(default_factory=list)  # accepted, in order
     reversed: set[uuid.UUID] = field(default_factory=set)
-    unbooked: bool = False  # holds lapsed that no accepted transaction has booked yet
+    unbooked: int = 0  # given back by lapsed holds, not yet booked by an accepted transaction
+    returned: int = 0  # given back by the command at hand (a release, a reversed spend...)
 
     def lapse(self, now_ms: int) -> bool:
         """Holds whose expiry has come count as given back (the next accepted transaction
@@ -250,9 +251,17 @@ class _Model:
         lapsed = [h for h in self.holds.values() if h.status == "open" and h.expires_ms <= now_ms]
         for hold in lapsed:
             self.available += hold.amount
+            self.unbooked += hold.amount
             hold.status = "expired"
-        self.unbooked = self.unbooked or bool(lapsed)
-        return self.unbooked
+        self.returned = 0
+        return bool(self.unbooked)
+
+    def book(self) -> None:
+        """An accepted transaction: what it and lapsed holds gave back pays debt first."""
+        pay = min(self.debt, self.unbooked + self.returned, self.available)
+        self.debt -= pay
+        self.available -= pay
+        self.unbooked = 0
 
     def held(self) -> int:
         return sum(h.amount for h in self.holds.values() if h.status == "open")
@@ -286,6 +295,7 @@ class _Model:
         if taken > hold.amount:
             return "capture_exceeds_hold"
         self.available += hold.amount - taken
+        self.returned = hold.amount - taken
         hold.status = "captured" if kind == "capture" else "released"
         return None
 
@@ -335,7 +345,7 @@ class TestEconomyAgainstAModel:
                         amount, ledger.now_ms + 1000 * (found.expires_in_s or 0)
                     )
             if row.status == "accepted":
-                model.unbooked = False
+                model.book()
                 model.done.append(row)
                 account = ledger.account()
                 assert (account.balance, account.held, account.debt) == (
@@ -358,9 +368,10 @@ def _check_reverse(model: _Model, row: ProcessedRow, sent: Command) -> None:
         model.reversed.add(target.transaction_id or uuid.uuid4())
         if target.type in ("spend", "capture"):
             model.available += target.amount
+            model.returned = target.amount
         else:
-            owed = row.debt_added or 0
-            assert 0 <= owed <= target.amount
+            owed, unexpired = row.debt_added or 0, row.unexpired_amount or 0
+            assert 0 <= owed + unexpired <= target.amount and not unexpired  # nothing expires
             model.available -= target.amount - owed
             model.debt += owed
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 
 from ledger.account import HOLDS_OPEN_MAX
-from ledger.plan import ProcessedRow, outbox_row_of
+from ledger.plan import ProcessedRow, outbox_row_of, transaction_id_for
 from tests.integration.helpers import command
 from tests.unit.ledger_harness import Ledger, held_for
 
@@ -173,13 +173,26 @@ class TestExpiry:
         assert ledger.one("expire").error_code == "nothing_to_expire"
 
     def test_a_held_piece_of_an_expired_lot_is_booked_out_when_given_back(self) -> None:
-        """A bonus lot that expires while held: releasing it gives it back, and the next
-        transaction books it out as expired."""
+        """A bonus lot that expires while held: the release gives it back and books it out
+        as expired in the same transaction; the lots still make up the balance."""
         ledger = Ledger()
         expires_at = datetime.fromtimestamp(ledger.now_ms / 1000 + 5, UTC)
         ledger.one("bonus", 10, expires_at=expires_at)
-        ledger.one("hold", 10, hold_id="h", **held_for(60))
+        ledger.one("top_up", 3)
+        ledger.one("hold", 13, hold_id="h", **held_for(60))
         ledger.later(6)
-        ledger.one("release", hold_id="h")
-        row = ledger.one("top_up", 1)
-        assert (row.expired_amount, row.balance_after) == (10, 1)
+        row = ledger.one("release", hold_id="h")
+        assert (row.expired_amount, row.balance_after, row.released_amount) == (10, 3, None)
+        assert _legs(row) == [("user", 3), ("holds", -13), ("expired", 10)]
+        ledger.account().check()
+        assert ledger.one("top_up", 1).expired_amount is None
+
+    def test_a_hold_named_like_another_holds_default_name_is_refused(self) -> None:
+        """A hold without a name is named by its transaction id: if a client used that name
+        for a hold before, the hold is refused (hold_id_taken), not written twice."""
+        ledger = _funded()
+        taken = str(transaction_id_for("u", "later"))
+        ledger.one("hold", 1, hold_id=taken, **held_for(60))
+        ledger.one("release", hold_id=taken)
+        row = ledger.one("hold", 1, key="later", **held_for(60))
+        assert row.error_code == "hold_id_taken"

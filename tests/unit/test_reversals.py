@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 
+from ledger.account import EMPTY_ACCOUNT, References, Rejected, Target
+from ledger.decide import decide
+from ledger.lots import SpendOrder
 from ledger.plan import ProcessedRow, transaction_id_for
 from ledger.reversals import legacy_lot_id, target_pieces
 from tests.integration.helpers import command
-from tests.unit.ledger_harness import Ledger, held_for, tx
+from tests.unit.ledger_harness import START_MS, Ledger, at, held_for, tx
 
 
 def _reverse(ledger: Ledger, row: ProcessedRow, user: str = "u") -> ProcessedRow:
@@ -95,6 +98,54 @@ class TestReverseACredit:
         _reverse(ledger, first)
         second = ledger.one("top_up", 10)
         assert _reverse(ledger, second).debt_after == 7
+
+
+class TestExpiredAndIndebted:
+    def test_a_spend_reversed_after_its_lot_expired_is_booked_out_at_once(self) -> None:
+        """A spend from an expiring lot, reversed after the expiry: the currency goes back to
+        its lot and is booked out as expired in the same transaction."""
+        ledger = Ledger()
+        ledger.one("bonus", 10, expires_at=at(ledger, 5))
+        spend = ledger.one("spend", 4)
+        ledger.later(6)
+        row = _reverse(ledger, spend)
+        assert (row.status, row.balance_after, row.expired_amount) == ("accepted", 0, 10)
+        ledger.account().check()
+
+    def test_a_refund_of_an_expired_top_up_takes_it_back_from_expired(self) -> None:
+        """A top-up that expired unspent, refunded: what expiry booked out comes back from
+        the expired account; nothing is owed."""
+        ledger = Ledger()
+        top_up = ledger.one("top_up", 10, expires_at=at(ledger, 5))
+        ledger.one("spend", 3)
+        ledger.later(6)
+        ledger.one("expire")
+        row = _reverse(ledger, top_up)
+        assert (row.unexpired_amount, row.debt_added, row.debt_after) == (7, 3, 3)
+
+    def test_currency_given_back_pays_the_debt_first(self) -> None:
+        """Top-up 100 held whole, the top-up refunded (100 owed, as the hold keeps it): the
+        release gives the 100 back, and it pays the debt, as a credit would."""
+        ledger = Ledger()
+        top_up = ledger.one("top_up", 100)
+        ledger.one("hold", 100, hold_id="h", **held_for(60))
+        assert _reverse(ledger, top_up).debt_after == 100
+        row = ledger.one("release", hold_id="h")
+        assert (row.balance_after, row.debt_after, row.debt_paid) == (0, None, 100)
+        assert row.lots_settled is not None
+        ledger.account().check()
+
+    def test_what_was_recorded_before_lots_is_not_reversed(self) -> None:
+        """A spend or credit recorded before lots existed (its lots unknown) is refused as
+        not reversible."""
+        account = EMPTY_ACCOUNT._replace(balance=60, paid=60, version=2)
+        for target in (Target("u", "GOLD", "spend", 40, None, (), False, True),
+                       Target("u", "GOLD", "top_up", 60, None, (), False, True)):  # fmt: skip
+            found = command("reverse", "u", None, transaction_id=uuid.UUID(int=7), reason="x")
+            refs = References({}, {uuid.UUID(int=7): target})
+            result = decide(found, account, {"GOLD": SpendOrder.FREE_FIRST}, uuid.UUID(int=8),
+                            START_MS, refs)  # fmt: skip
+            assert isinstance(result, Rejected) and result.code == "not_reversible"
 
 
 class TestNotReversed:
