@@ -702,7 +702,7 @@ SELECT c.transaction_id, c.user_id, c.asset, c.type, c.amount, c.consumed_paid, 
        c.paid_after IS NULL AS before_lots,
        EXISTS (SELECT 1 FROM processed_commands r
                 WHERE r.reverses = c.transaction_id AND r.status = 'accepted') AS reversed,
-       (SELECT coalesce(sum((t->>1)::bigint), 0) FROM processed_commands e
+       (SELECT coalesce(sum((t->>1)::bigint), 0)::bigint FROM processed_commands e
          CROSS JOIN jsonb_array_elements(e.lots_expired) AS t
          WHERE e.user_id = c.user_id AND e.asset = c.asset AND e.lots_expired IS NOT NULL
            AND c.type IN ('top_up', 'bonus') AND (t->>0)::uuid = c.transaction_id) AS expired,

@@ -160,6 +160,9 @@ class TestLots:
         assert [(p.lot_id, p.paid, p.amount, p.seq) for p in target.pieces] == [
             (top_up, True, 4, 1)
         ]
+        assert top_up is not None
+        credit = (await store.find_references([], [top_up])).targets[top_up]
+        assert (credit.expired, type(credit.expired), credit.before_lots) == (0, int, False)
         undo = command("reverse", "ana", None, key="u-1", transaction_id=spend, reason="test")
         await store.commit_batch(*await _commands(store, claim.epoch, 4, [undo]))
         assert (await store.find_references([], [spend])).targets[spend].reversed
