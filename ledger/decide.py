@@ -43,7 +43,8 @@ def decide(
     `transaction_id` is the id the transaction gets if accepted (a credit's lot is named by
     it); `refs` what the command names besides its wallet (holds, a reversed transaction).
     Holds and lots whose expiry has come are given back and booked out by the transaction."""
-    assert 0 <= account.paid <= account.balance and account.total() <= BALANCE_MAX, account
+    assert 0 <= account.paid <= account.balance, account
+    assert account.balance + account.held <= BALANCE_MAX, account
     assert account.version >= 0 and account.debt >= 0, account
     assert command.amount is None or 1 <= command.amount <= AMOUNT_MAX, command.amount
 
@@ -53,7 +54,10 @@ def decide(
     if account.order is not order:  # loaded, or the asset's order changed: sort once
         account = account._replace(lots=lots.in_order(account.lots, order), order=order)
     start = account
-    account, lapsed, restored = holds.lapse(account, now_ms)
+    lapsed: tuple[Hold, ...] = ()
+    restored: tuple[Lot, ...] = ()
+    if account.holds:  # most wallets hold none: no call
+        account, lapsed, restored = holds.lapse(account, now_ms)
     expired, live = lots.due(account.lots, account.due_ms, now_ms)
     if expired:
         account = _without(account, expired, live)
@@ -128,7 +132,9 @@ def _legged(
     extras = legs.extras(gone, own.released, debt_paid, own.debt_added, own.reversed_type,
                          own.unexpired)  # fmt: skip
     system = legs.system_legs(type, own.amount, own.consumed_paid, extras)
-    user_amount = -sum(n for _, n in system)
+    user_amount = 0
+    for _, moved in system:  # one to four legs: a loop beats sum() over a generator here
+        user_amount -= moved
     assert_moved(start, after, user_amount)
     # Built from the tuple, not by _replace: this is every command's path, and _replace
     # costs several times as much (the indices are looked up by name, once).

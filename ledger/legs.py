@@ -40,13 +40,14 @@ NO_EXTRAS = Extras()
 def _spent(amount: int, consumed_paid: int | None, sign: int) -> Legs:
     """A spend's paid part to revenue and free part to free_spent (sign -1: given back). A
     spend recorded before lots existed, its paid part unknown, went to revenue whole."""
-    if consumed_paid is None:
+    if consumed_paid is None or consumed_paid == amount:
         return ((AccountKind.REVENUE, sign * amount),)
-    sides = (
+    if not consumed_paid:
+        return ((AccountKind.FREE_SPENT, sign * amount),)
+    return (
         (AccountKind.REVENUE, sign * consumed_paid),
         (AccountKind.FREE_SPENT, sign * (amount - consumed_paid)),
     )
-    return tuple(side for side in sides if side[1])
 
 
 def _own(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> Legs:

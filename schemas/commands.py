@@ -89,6 +89,7 @@ _FIELDS: dict[CommandType, tuple[str | None, str | None, str | None, str | None]
     CommandType.RELEASE: (None, "required", None, None),
     CommandType.REVERSE: (None, None, None, "required"),
 }
+_AMOUNT_ONLY = frozenset({CommandType.TOP_UP, CommandType.BONUS, CommandType.SPEND})
 HoldId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 ]
@@ -156,6 +157,21 @@ class Command(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> Command:
+        plain = self.type in _AMOUNT_ONLY  # most commands: checked without the table's loop
+        if plain and self.amount is not None and self.hold_id is None is self.expires_in_s:
+            if self.transaction_id is not None or self.reason is not None:
+                raise ValueError(f"{self.type} takes no transaction_id or reason")
+        else:
+            self._check_fields()
+        if self.expires_at is not None:
+            if self.type not in CREDITS:
+                raise ValueError("expires_at is for top_up and bonus only")
+            if self.expires_at - self.sent_at > EXPIRES_AT_AHEAD_MAX:
+                raise ValueError("expires_at is more than ten years after sent_at")
+        return self
+
+    def _check_fields(self) -> None:
+        """Each field the type takes, needs or refuses (see _FIELDS)."""
         given = (self.amount, self.hold_id, self.expires_in_s, self.transaction_id)
         names = ("amount", "hold_id", "expires_in_s", "transaction_id")
         for name, value, rule in zip(names, given, _FIELDS[self.type], strict=True):
@@ -165,12 +181,6 @@ class Command(BaseModel):
                 raise ValueError(f"{self.type} requires {name}")
         if (self.reason is None) != (self.type is not CommandType.REVERSE):
             raise ValueError("reason is required for reverse, and for reverse only")
-        if self.expires_at is not None:
-            if self.type not in CREDITS:
-                raise ValueError("expires_at is for top_up and bonus only")
-            if self.expires_at - self.sent_at > EXPIRES_AT_AHEAD_MAX:
-                raise ValueError("expires_at is more than ten years after sent_at")
-        return self
 
     @field_validator("metadata")
     @classmethod
