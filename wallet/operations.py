@@ -194,7 +194,8 @@ async def print_history(settings: Settings, user_id: str, asset: str | None, lim
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:
     """Paid and free currency consumed in [start, end): the revenue and free_spent legs of
-    the period's spends (a scan of the period's ledger entries; reports are rare)."""
+    the period's spends and captures, less those of its reversals (a scan of the period's
+    ledger entries; reports are rare)."""
     assert start.tzinfo is not None and end.tzinfo is not None
     row = await conn.fetchrow(
         """
