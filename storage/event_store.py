@@ -71,8 +71,9 @@ ON CONFLICT (user_id, asset, lot_id) DO UPDATE SET remaining = EXCLUDED.remainin
 
 
 # The holds a batch opened or resolved, as it leaves them (a hold opened and resolved within
-# the batch is written resolved). A resolution changes only an open hold: the planner refuses
-# a second one.
+# the batch is written resolved); the number of rows it could not write. A resolution changes
+# only an open hold: one of a hold resolved already would be the planner disagreeing with the
+# table (it refuses second resolutions), and must never pass silently.
 _HOLDS_SQL = """
 WITH given AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::uuid[],
@@ -85,10 +86,14 @@ resolved AS (
       FROM given g
      WHERE g.status <> 'open' AND h.status = 'open'
        AND h.user_id = g.user_id AND h.asset = g.asset AND h.hold_id = g.hold_id
-    RETURNING h.hold_id)
-INSERT INTO holds SELECT * FROM given WHERE status = 'open'
-   OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.user_id = given.user_id
-                     AND h.asset = given.asset AND h.hold_id = given.hold_id)
+    RETURNING 1),
+inserted AS (
+    INSERT INTO holds SELECT * FROM given WHERE status = 'open'
+       OR NOT EXISTS (SELECT 1 FROM holds h WHERE h.user_id = given.user_id
+                         AND h.asset = given.asset AND h.hold_id = given.hold_id)
+    RETURNING 1)
+SELECT (SELECT count(*) FROM given) - (SELECT count(*) FROM resolved)
+       - (SELECT count(*) FROM inserted)
 """
 
 
@@ -533,7 +538,10 @@ class PostgresEventStore:
             await conn.execute(_LOTS_SQL, *zip(*lots, strict=True), timeout=self._timeout_s)
         holds = [hold for _, plan in batches for hold in plan.holds.values()]
         if holds:
-            await conn.execute(_HOLDS_SQL, *zip(*holds, strict=True), timeout=self._timeout_s)
+            unwritten = await conn.fetchval(
+                _HOLDS_SQL, *zip(*holds, strict=True), timeout=self._timeout_s
+            )
+            assert unwritten == 0, f"{unwritten} hold resolutions found no open hold"
 
     async def _copy(
         self,

@@ -198,7 +198,19 @@ class MemoryEventStore:
         if any(n > 1 or key in self._processed for key, n in keys.items()):
             raise _refused("23505", "an idempotency record exists already")
         entries = [r for _, plan in batches for r in plan.entry_rows]
+        self._check_holds([h for _, plan in batches for h in plan.holds.values()])
         return self._check_entries(entries, processed)
+
+    def _check_holds(self, holds: list[HoldRow]) -> None:
+        """An opened hold is new (the primary key); a resolution finds its hold open, or new
+        in this batch (else the planner and the table disagree: see _HOLDS_SQL)."""
+        for hold in holds:
+            known = self.holds.get((hold.user_id, hold.asset, hold.hold_id))
+            if hold.status == "open" and known is not None:
+                raise _refused("23505", "a hold of this name exists already")
+            assert known is None or known.status == "open" or hold.status == "open", (
+                f"a resolution of {hold.hold_id} found no open hold"
+            )
 
     def _check_position(self, position: BatchPosition) -> None:
         state = self.partition(position.topic, position.partition)

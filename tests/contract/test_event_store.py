@@ -167,6 +167,24 @@ class TestLots:
         await store.commit_batch(*await _commands(store, claim.epoch, 4, [undo]))
         assert (await store.find_references([], [spend])).targets[spend].reversed
 
+    async def test_resolving_a_resolved_hold_fails_the_whole_commit(
+        self, store: EventStore
+    ) -> None:
+        """A batch that would resolve a hold the table holds resolved (the planner never
+        writes one) fails loudly, and writes nothing."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 10, key="t-1"),
+                 command("hold", "ana", 1, key="h-1", hold_id="h", expires_in_s=60),
+                 command("release", "ana", None, key="r-1", hold_id="h")]  # fmt: skip
+        position, released = await _commands(store, claim.epoch, 0, batch)
+        await store.commit_batch(position, released)
+        position, plan = await _commands(store, claim.epoch, 3, [command("top_up", "ana", 1)])
+        plan.holds.update(released.holds)
+        with pytest.raises(AssertionError):
+            await store.commit_batch(position, plan)
+        account = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        assert (account.balance, account.version) == (10, 3)
+
     async def test_a_spend_records_what_it_took(self, store: EventStore) -> None:
         """A spend's record keeps its paid part, returned to a retry with its key."""
         claim = await store.claim_partition(TOPIC, PARTITION, "a")
