@@ -32,6 +32,7 @@ from ledger.account import (
     Target,
 )
 from ledger.decide import decide
+from ledger.legs import Legs
 from ledger.lots import Piece
 from schemas.codec import DecodeFailure
 from schemas.commands import Command, CommandType
@@ -293,7 +294,7 @@ def plan_batch(
     transactions its commands name (see References), as stored before the batch."""
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
     plan = BatchPlan()
-    seen = dict(known)
+    seen: dict[IdempotencyId, StoredResult | ProcessedRow] = dict(known)
     refs = References(dict(refs.holds), dict(refs.targets))  # the batch's own moves added
     reversing = any(_is_reverse(item.admitted) for item in items)
     now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
@@ -311,8 +312,10 @@ def plan_batch(
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
         decision = decide(command, account, assets, tx_id, now_ms, refs)
-        result = _record(ctx, plan, item, command, account, decision, tx_id)
-        seen[(command.user_id, command.idempotency_key)] = result
+        # The record itself stands for its result (the same fields): no copy per command.
+        seen[(command.user_id, command.idempotency_key)] = _record(
+            ctx, plan, item, command, account, decision, tx_id
+        )
         if isinstance(decision, Accepted) and (reversing or decision.resolved):
             _note_references(refs, command, decision, tx_id)
     _assert_balanced(plan)
@@ -375,7 +378,7 @@ def _record(
     before: AccountState,
     decision: Accepted | Rejected,
     transaction_id: uuid.UUID,
-) -> StoredResult:
+) -> ProcessedRow:
     kind = command.type.value  # an enum's .value is a property call: read it once
     if isinstance(decision, Accepted):
         d = _accepted(ctx, plan, command, decision, transaction_id)
@@ -401,9 +404,10 @@ def _record(
         d.lots_returned, d.unexpired_amount, d.lots_settled,
     )  # fmt: skip
     plan.processed_rows.append(row)
-    plan.outbox_rows.append(outbox_row_of(row))
+    legs_known = decision.legs if isinstance(decision, Accepted) else None
+    plan.outbox_rows.append(outbox_row_of(row, legs_known))
     plan.decided.append(Outcome(kind, d.status, d.error_code or ""))
-    return row.result()
+    return row
 
 
 def _hold_id(command: Command, decision: Accepted | Rejected) -> str | None:
@@ -498,7 +502,11 @@ def _time(ms: int | None) -> datetime | None:
 
 
 def _repeat(
-    ctx: BatchContext, plan: BatchPlan, item: Intake, command: Command, prior: StoredResult
+    ctx: BatchContext,
+    plan: BatchPlan,
+    item: Intake,
+    command: Command,
+    prior: StoredResult | ProcessedRow,
 ) -> None:
     """A key seen before: the original outcome again, or a refusal if the payload differs."""
     if prior.payload_hash == item.payload_hash:
@@ -572,7 +580,7 @@ def _outbox(
 
 
 def _reply_bytes(
-    ctx: BatchContext, command: Command, result: StoredResult, duplicate: bool
+    ctx: BatchContext, command: Command, result: StoredResult | ProcessedRow, duplicate: bool
 ) -> bytes:
     error = None
     if result.error_code is not None:
@@ -588,10 +596,12 @@ def _reply_bytes(
     )  # fmt: skip
 
 
-def outbox_row_of(row: ProcessedRow) -> OutboxRow:
+def outbox_row_of(row: ProcessedRow, legs_known: Legs | None = None) -> OutboxRow:
     """What the relay publishes for a decided command, built from its idempotency record
     alone: the planner calls it for each command, and the event store calls it again for a
-    record whose messages must be republished, so both publish the same bytes."""
+    record whose messages must be republished, so both publish the same bytes. (The planner
+    passes the legs it decided, the ones the record implies: tests/unit/ledger_harness.py
+    compares the two for every command of the property test.)"""
     error = None if row.error_code is None else (row.error_code, row.error_message or "")
     reply = wire.reply_bytes(
         command_id=row.command_id, idempotency_key=row.idempotency_key, user_id=row.user_id,
@@ -601,26 +611,29 @@ def outbox_row_of(row: ProcessedRow) -> OutboxRow:
         expired=row.expired_amount, held=row.held_after, debt=row.debt_after,
         hold_id=row.hold_id, released=row.released_amount,
     )  # fmt: skip
-    event = None if row.transaction_id is None else event_bytes(row)
+    event = None if row.transaction_id is None else event_bytes(row, legs_known)
     return OutboxRow(
         row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
         row.reply_topic, reply, event, None, row.processed_at,
     )  # fmt: skip
 
 
-def event_bytes(row: ProcessedRow) -> bytes:
+def event_bytes(row: ProcessedRow, legs_known: Legs | None = None) -> bytes:
     """The `wallet.events` message of an accepted command, from its record alone (the relay
-    and the operators' republish send the same bytes)."""
+    and the operators' republish send the same bytes); `legs_known`: its legs, when the
+    caller has them already."""
     assert row.transaction_id is not None and row.amount is not None, row
     assert row.balance_after is not None and row.version is not None, row
+    if legs_known is None:
+        legs_known = legs.system_legs(row.type, row.amount, row.consumed_paid, legs.extras(
+            row.expired_amount, row.released_amount, row.debt_paid, row.debt_added,
+            row.reversed_type, row.unexpired_amount))  # fmt: skip
     return orjson.dumps(wire.event_document(
         transaction_id=row.transaction_id, command_id=row.command_id,
         idempotency_key=row.idempotency_key, type=row.type, user_id=row.user_id,
         asset=row.asset, amount=row.amount, balance_after=row.balance_after,
         version=row.version, description=row.description, occurred_at=row.processed_at,
-        paid_after=row.paid_after, consumed_paid=row.consumed_paid, extras=legs.extras(
-            row.expired_amount, row.released_amount, row.debt_paid, row.debt_added,
-            row.reversed_type, row.unexpired_amount),
+        paid_after=row.paid_after, legs=legs_known,
         held_after=row.held_after or 0, debt_after=row.debt_after or 0, hold_id=row.hold_id,
         reverses=row.reverses, reason=row.reason,
     ))  # fmt: skip

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import orjson
 
-from ledger.legs import Extras, system_legs
+from ledger.legs import Legs
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 
@@ -90,8 +90,7 @@ def event_document(
     description: str | None,
     occurred_at: datetime,
     paid_after: int | None,
-    consumed_paid: int | None,
-    extras: Extras,
+    legs: Legs,
     held_after: int,
     debt_after: int,
     hold_id: str | None,
@@ -99,8 +98,8 @@ def event_document(
     reason: str | None,
 ) -> dict[str, object]:
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
-    its legs as its record implies (ledger.legs.system_legs), the user's balancing them."""
-    legs = system_legs(type, amount, consumed_paid, extras)
+    its system legs as its record implies them (ledger.legs.system_legs), the user's
+    balancing them."""
     user_amount = -sum(n for _, n in legs)
     return {
         "transaction_id": transaction_id,

@@ -21,7 +21,7 @@ from ledger.plan import (
     references_named,
 )
 from schemas.commands import Command
-from storage.event_store import BatchPosition
+from storage.event_store import BatchPosition, OutboxMessage
 from storage.memory_event_store import MemoryEventStore
 from tests.integration.helpers import command
 
@@ -68,6 +68,10 @@ class Ledger:
         end = self._offset + len(commands)
         position = BatchPosition(TOPIC, 0, self._epoch, 0, self._offset, end, end - 1, b"f")
         await store.commit_batch(position, plan)
+        # What a relay would republish after a crash (rebuilt from the records alone) is what
+        # the planner made (with the legs it decided): the same bytes, for every command.
+        rebuilt = await store.unpublished(TOPIC, 0, (0, self._offset), len(commands))
+        assert rebuilt == [OutboxMessage.of(row) for row in plan.outbox_rows], commands
         self._offset = end
         return plan
 

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from ledger import wire
-from ledger.legs import NO_EXTRAS, Extras
+from ledger.legs import NO_EXTRAS, Extras, system_legs
 from schemas.dead_letters import DeadLetter, DecodeErrorCode
 from schemas.events import LedgerEvent
 from schemas.replies import Reply
@@ -73,6 +73,8 @@ def _event(**changes: object) -> dict[str, object]:
         held_after=0, debt_after=0, hold_id=None, reverses=None, reason=None,
     )  # fmt: skip
     fields.update(changes)
+    fields["legs"] = system_legs(fields["type"], fields["amount"], fields.pop("consumed_paid"),
+                                 fields.pop("extras"))  # fmt: skip
     document = wire.event_document(**fields)
     return _check(orjson.dumps(document), LedgerEvent, "event")
 
