@@ -424,15 +424,19 @@ class PostgresEventStore:
         """How each named hold that is no longer open was resolved, and each named accepted
         transaction with the lots it took (their origins from the credits that opened them)
         and whether it was reversed."""
+        resolved: list[asyncpg.Record] = []
+        found: list[asyncpg.Record] = []
         async with self._pool.acquire() as conn:
-            resolved = await conn.fetch(
-                "SELECT h.user_id, h.asset, h.hold_id, h.status"
-                "  FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_id, asset, hold_id)"
-                "  JOIN holds h USING (user_id, asset, hold_id) WHERE h.status <> 'open'",
-                [k[0] for k in holds], [k[1] for k in holds], [k[2] for k in holds],
-                timeout=self._timeout_s,
-            )  # fmt: skip
-            found = await conn.fetch(_TARGETS_SQL, list(targets), timeout=self._timeout_s)
+            if holds:
+                resolved = await conn.fetch(
+                    "SELECT h.user_id, h.asset, h.hold_id, h.status FROM unnest($1::text[],"
+                    " $2::text[], $3::text[]) AS k(user_id, asset, hold_id)"
+                    " JOIN holds h USING (user_id, asset, hold_id) WHERE h.status <> 'open'",
+                    [k[0] for k in holds], [k[1] for k in holds], [k[2] for k in holds],
+                    timeout=self._timeout_s,
+                )  # fmt: skip
+            if targets:
+                found = await conn.fetch(_TARGETS_SQL, list(targets), timeout=self._timeout_s)
         return References(
             {(r["user_id"], r["asset"], r["hold_id"]): r["status"] for r in resolved},
             {std_uuid(r["transaction_id"]): _target(r) for r in found},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch, references_named
@@ -32,14 +33,21 @@ async def planned_batch(
 
 
 async def planned_commands(
-    store: EventStore, topic: str, partition: int, epoch: int, first: int, commands: list[Command]
+    store: EventStore,
+    topic: str,
+    partition: int,
+    epoch: int,
+    first: int,
+    commands: Sequence[Command],
+    at: datetime | None = None,
 ) -> tuple[BatchPosition, BatchPlan]:
-    """`commands` at offsets first.., planned after the lookups the processor makes."""
+    """`commands` at offsets first.., planned after the lookups the processor makes, at time
+    `at` (default: now)."""
     items = decoded_intakes(commands, first)
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
     refs = await store.find_references(*references_named(commands))
-    ctx = BatchContext(topic, partition, 0, datetime.now(UTC))
+    ctx = BatchContext(topic, partition, 0, at or datetime.now(UTC))
     plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs)
     end = first + len(commands)
     return BatchPosition(topic, partition, epoch, 0, first, end, end - 1, b"fp"), plan

@@ -12,17 +12,13 @@ from typing import Any
 from ledger.account import EMPTY_ACCOUNT, AccountState
 from ledger.lots import SpendOrder, at_ms
 from ledger.plan import (
-    BatchContext,
     BatchPlan,
-    Intake,
     ProcessedRow,
-    payload_hash,
-    plan_batch,
-    references_named,
 )
 from schemas.commands import Command
-from storage.event_store import BatchPosition, OutboxMessage
+from storage.event_store import OutboxMessage
 from storage.memory_event_store import MemoryEventStore
+from tests.contract.batches import planned_commands
 from tests.integration.helpers import command
 
 TOPIC = "harness.commands"
@@ -57,16 +53,10 @@ class Ledger:
         self.now_ms += int(seconds * 1000)
 
     async def _send(self, commands: tuple[Command, ...]) -> BatchPlan:
-        items = [Intake(self._offset + i, c.user_id.encode(), c.encode(), c, payload_hash(c))
-                 for i, c in enumerate(commands)]  # fmt: skip
         store = self.store
-        known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
-        accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
-        refs = await store.find_references(*references_named(commands))
-        ctx = BatchContext(TOPIC, 0, 0, at_ms(self.now_ms))
-        plan = plan_batch(ctx, items, known, accounts, dict(store.assets), refs)
-        end = self._offset + len(commands)
-        position = BatchPosition(TOPIC, 0, self._epoch, 0, self._offset, end, end - 1, b"f")
+        position, plan = await planned_commands(store, TOPIC, 0, self._epoch, self._offset,
+                                                commands, at_ms(self.now_ms))  # fmt: skip
+        end = position.next_offset
         await store.commit_batch(position, plan)
         # What a relay would republish after a crash (rebuilt from the records alone) is what
         # the planner made (with the legs it decided): the same bytes, for every command.
