@@ -5,6 +5,8 @@
 # alternating. Each side: `wallet up` plus one `wallet processor`, run in a scratch directory of
 # their own (so a fresh .wallet/ each time, and this checkout's is left alone); the bench client
 # is this checkout's. Stop any `make up` first: two stacks at once would share the two cores.
+# With CPU=1, each run also prints the CPU seconds the stack spent on it, by process kind
+# (benchmarks/cpu_seconds.py): steadier than commands/s on a shared machine.
 #   benchmarks/compare.sh d816cde
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,9 @@ side() { # label code_dir
         local name=$1
         shift
         for _ in 1 2 3; do
+            [ -z "${CPU:-}" ] || "$here/.venv/bin/python" "$here/benchmarks/cpu_seconds.py" >"$run/cpu.json"
             env -C "$run" PYTHONPATH="$here" "$here/.venv/bin/wallet" bench --json "$@"
+            [ -z "${CPU:-}" ] || "$here/.venv/bin/python" "$here/benchmarks/cpu_seconds.py" --since "$run/cpu.json" >&2
         done | "$here/.venv/bin/python" "$here/benchmarks/summarize.py" "$label, $name"
     }
     bench "paced 2,000/s" --commands 10000 --rate 2000 --no-ceiling
