@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,20 +93,15 @@ class BatchContext:
 
 
 class ProcessedRow(NamedTuple):
-    """A command's idempotency record (and, accepted, its transaction's header)."""
+    """A command's idempotency record (and, accepted, its transaction's header). The fields
+    the command gives come first, then the ones its decision sets (_accepted, _rejected)."""
 
     user_id: str
     idempotency_key: str
     command_id: uuid.UUID
     type: str
     asset: str
-    amount: int | None  # an accepted expire: what it booked out; a refused one: None
     payload_hash: bytes
-    status: str
-    error_code: str | None
-    error_message: str | None
-    transaction_id: uuid.UUID | None
-    balance_after: int | None
     description: str | None
     metadata: str  # JSON text
     topic: str
@@ -116,26 +110,33 @@ class ProcessedRow(NamedTuple):
     processed_at: datetime
     generation: int
     reply_topic: str
+    reverses: uuid.UUID | None  # a reverse: the transaction it undid
+    reason: str | None  # a reverse: why
+    # Set by the decision, in this order:
+    amount: int | None  # an accepted expire: what it booked out; a refused one: None
+    status: str
+    error_code: str | None
+    error_message: str | None
+    transaction_id: uuid.UUID | None
+    balance_after: int | None
     version: int | None  # the account's version after an accepted command
     paid_after: int | None  # the paid part of balance_after
+    held_after: int | None  # what open holds keep aside after it (outside balance_after)
+    debt_after: int | None  # what the wallet owes after it
+    expires_at: datetime | None  # a credit: when its lot stops being spendable; a hold: its
+    hold_id: str | None  # a hold, capture or release: its hold (as named, or as taken)
     consumed_paid: int | None  # an accepted spend: the paid part of its amount
     # JSON [[lot id, amount], ...] in order taken: what an accepted spend or hold took from
     # lots, a capture from its hold, a reversed credit from its lot (what a reverse undoes).
     lots_taken: str | None
-    expires_at: datetime | None  # a credit: when its lot stops being spendable
     expired_amount: int | None  # accepted: what it booked out of expired lots (besides amount)
     lots_expired: str | None  # accepted: JSON [[lot id, amount], ...] of the lots it booked out
     # Holds, reversals and debt (NULL where they did not come in, as for most commands):
-    held_after: int | None  # what open holds keep aside after it (outside balance_after)
-    debt_after: int | None  # what the wallet owes after it
-    hold_id: str | None  # a hold, capture or release: its hold
+    lots_returned: str | None  # JSON [[lot id, amount], ...] given back (holds, reversed spends)
     released_amount: int | None  # held money it gave back (a capture's rest, lapsed holds)
     debt_paid: int | None  # a credit: the part that paid debt
     debt_added: int | None  # a reversed credit: the part already spent, now owed
-    reverses: uuid.UUID | None  # a reverse: the transaction it undid
     reversed_type: str | None  # a reverse: that transaction's type
-    reason: str | None  # a reverse: why
-    lots_returned: str | None  # JSON [[lot id, amount], ...] given back (holds, reversed spends)
     unexpired_amount: int | None  # a reversed credit: what expiry had booked out, taken back
     lots_settled: str | None  # JSON [[lot id, amount], ...]: currency given back paying debt
 
@@ -227,6 +228,17 @@ class BatchPlan:
     holds: dict[HoldKey, HoldRow] = field(default_factory=dict)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
+    opened: set[tuple[str, str, uuid.UUID]] = field(default_factory=set)  # keys of `lots`
+
+    def lots_opened(self) -> list[LotRow]:
+        """The lots this batch opened that are still open: rows the table cannot hold yet (a
+        lot is named by its crediting transaction), so they are copied in, not upserted."""
+        return [lot for key, lot in self.lots.items() if key in self.opened and lot.remaining]
+
+    def lots_changed(self) -> list[LotRow]:
+        """The lots that were open before this batch (or given back to after being used up)
+        as it leaves them: updated, reopened, or deleted when used up."""
+        return [lot for key, lot in self.lots.items() if key not in self.opened]
 
     def stored_outbox_rows(self) -> list[OutboxRow]:
         """The outbox rows the ledger cannot rebuild: dead letters and the replies to repeated
@@ -344,30 +356,10 @@ def _note_references(
                                      decision.consumed_paid, decision.pieces, False)  # fmt: skip
 
 
-class _Decided(NamedTuple):
-    """The fields of a record that its decision sets."""
-
-    amount: int | None
-    status: str
-    error_code: str | None
-    error_message: str | None
-    transaction_id: uuid.UUID | None
-    balance_after: int | None
-    version: int | None
-    paid_after: int | None
-    held_after: int | None
-    debt_after: int | None
-    consumed_paid: int | None = None
-    lots_taken: str | None = None
-    expired_amount: int | None = None
-    lots_expired: str | None = None
-    lots_returned: str | None = None
-    released_amount: int | None = None
-    debt_paid: int | None = None
-    debt_added: int | None = None
-    reversed_type: str | None = None
-    unexpired_amount: int | None = None
-    lots_settled: str | None = None
+# What a decision sets of its record: ProcessedRow's fields from `amount` on, in order (a
+# plain tuple: a named one per command costs more than the rest of the record's building).
+_DecidedFields = tuple[object, ...]
+_NOTHING_MOVED = (None,) * 11  # a rejected command's consumed_paid .. lots_settled
 
 
 def _record(
@@ -379,60 +371,55 @@ def _record(
     decision: Accepted | Rejected,
     transaction_id: uuid.UUID,
 ) -> ProcessedRow:
-    kind = command.type.value  # an enum's .value is a property call: read it once
+    legs_known: Legs | None = None
     if isinstance(decision, Accepted):
-        d = _accepted(ctx, plan, command, decision, transaction_id)
+        decided = _accepted(ctx, plan, command, decision, transaction_id)
+        legs_known = decision.legs
     else:
-        balance: int | None = before.balance
-        paid: int | None = before.paid
-        if decision.code is ErrorCode.UNKNOWN_ASSET:
-            balance = paid = None
-        d = _Decided(command.amount, "rejected", decision.code.value, decision.message, None,
-                     balance, None, paid, before.held or None, before.debt or None)  # fmt: skip
-    expires_at = command.expires_at
-    if isinstance(decision, Accepted) and decision.hold is not None:
-        expires_at = lots.at_ms(decision.hold.expires_ms)
-    row = ProcessedRow(
-        command.user_id, command.idempotency_key, command.command_id, kind, command.asset,
-        d.amount, item.payload_hash or b"", d.status, d.error_code, d.error_message,
-        d.transaction_id, d.balance_after, command.description,
+        decided = _rejected(command, before, decision)
+    # From one tuple (_make): this is every command's path, and a call with 39 arguments
+    # costs about three times as much.
+    row = ProcessedRow._make((
+        command.user_id, command.idempotency_key, command.command_id, command.type.value,
+        command.asset, item.payload_hash or b"", command.description,
         orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
-        ctx.processed_at, ctx.generation, command.reply_to, d.version, d.paid_after,
-        d.consumed_paid, d.lots_taken, expires_at, d.expired_amount, d.lots_expired,
-        d.held_after, d.debt_after, _hold_id(command, decision), d.released_amount,
-        d.debt_paid, d.debt_added, command.transaction_id, d.reversed_type, command.reason,
-        d.lots_returned, d.unexpired_amount, d.lots_settled,
-    )  # fmt: skip
+        ctx.processed_at, ctx.generation, command.reply_to, command.transaction_id,
+        command.reason, *decided,
+    ))  # fmt: skip
     plan.processed_rows.append(row)
-    legs_known = decision.legs if isinstance(decision, Accepted) else None
     plan.outbox_rows.append(outbox_row_of(row, legs_known))
-    plan.decided.append(Outcome(kind, d.status, d.error_code or ""))
+    plan.decided.append(Outcome(row.type, row.status, row.error_code or ""))
     return row
 
 
-def _hold_id(command: Command, decision: Accepted | Rejected) -> str | None:
-    """A hold's name as given, or as the accepted hold took it (its transaction id)."""
-    if isinstance(decision, Accepted) and decision.hold is not None:
-        return decision.hold.hold_id
-    return command.hold_id
+def _rejected(command: Command, before: AccountState, decision: Rejected) -> _DecidedFields:
+    balance: int | None = before.balance
+    paid: int | None = before.paid
+    if decision.code is ErrorCode.UNKNOWN_ASSET:
+        balance = paid = None
+    return (command.amount, "rejected", decision.code.value, decision.message, None, balance,
+            None, paid, before.held or None, before.debt or None, command.expires_at,
+            command.hold_id, *_NOTHING_MOVED)  # fmt: skip
 
 
 def _accepted(
     ctx: BatchContext, plan: BatchPlan, command: Command, decision: Accepted, tx_id: uuid.UUID
-) -> _Decided:
+) -> _DecidedFields:
     after = decision.account
     plan.accounts[(command.user_id, command.asset)] = after
     _entries(ctx, plan, command, tx_id, decision)
     taken, expired = _lots(ctx, plan, command, decision)
+    expires_at, hold_id = command.expires_at, command.hold_id
     if decision.hold is not None or decision.resolved:
         _holds(ctx, plan, command, decision, tx_id)
-    return _Decided(decision.amount, "accepted", None, None, tx_id, after.balance,
-                    after.version, after.paid, after.held or None, after.debt or None,
-                    decision.consumed_paid, taken, decision.expired_besides or None, expired,
-                    _pieces_json(decision.returned), decision.released or None,
-                    decision.debt_paid or None, decision.debt_added or None,
-                    decision.reversed_type, decision.unexpired or None,
-                    _pieces_json(decision.settled))  # fmt: skip
+    if decision.hold is not None:  # a hold's name as the hold took it, and its expiry
+        expires_at, hold_id = lots.at_ms(decision.hold.expires_ms), decision.hold.hold_id
+    return (decision.amount, "accepted", None, None, tx_id, after.balance, after.version,
+            after.paid, after.held or None, after.debt or None, expires_at, hold_id,
+            decision.consumed_paid, taken, decision.expired_besides or None, expired,
+            _pieces_json(decision.returned), decision.released or None,
+            decision.debt_paid or None, decision.debt_added or None, decision.reversed_type,
+            decision.unexpired or None, _pieces_json(decision.settled))  # fmt: skip
 
 
 def _entries(
@@ -458,6 +445,8 @@ def _lots(
     leaves them (in the order the decision moved them: the last note of a lot is its state);
     return what its record keeps of the pieces it moved and of the lots it booked out."""
     user, asset = command.user_id, command.asset
+    if decision.opened is not None:
+        plan.opened.add((user, asset, decision.opened.lot_id))
     for lot in (*decision.restored, *((decision.opened,) if decision.opened else ())):
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
@@ -646,10 +635,19 @@ def _dead_letter_bytes(ctx: BatchContext, item: Intake, failure: DecodeFailure) 
 
 
 def _assert_balanced(plan: BatchPlan) -> None:
-    """Postcondition: every transaction's entries sum to zero (rule 1)."""
-    totals: Counter[object] = Counter()
+    """Postcondition: every transaction's entries sum to zero (rule 1), with one user leg.
+    One pass, no table: _entries appends a transaction's entries together, its user leg
+    first (asserted: a leg of another transaction in between fails)."""
+    transactions = total = 0
+    transaction_id = None
     for row in plan.entry_rows:
-        totals[row.transaction_id] += row.amount
-    assert all(total == 0 for total in totals.values()), "unbalanced transaction planned"
-    users = sum(1 for row in plan.entry_rows if row.account_kind == _USER_ACCOUNT)
-    assert users == sum(1 for d in plan.decided if d.outcome == "accepted"), "one user leg each"
+        if row.account_kind == _USER_ACCOUNT:
+            assert total == 0, "unbalanced transaction planned"
+            transactions += 1
+            transaction_id, total = row.transaction_id, 0
+        assert row.transaction_id is transaction_id, "a transaction's entries apart"
+        total += row.amount
+    assert total == 0, "unbalanced transaction planned"
+    assert transactions == sum(1 for d in plan.decided if d.outcome == "accepted"), (
+        "one user leg each"
+    )

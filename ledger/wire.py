@@ -100,7 +100,15 @@ def event_document(
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
     its system legs as its record implies them (ledger.legs.system_legs), the user's
     balancing them."""
-    user_amount = -sum(n for _, n in legs)
+    # One loop, no generators, enums as they are (orjson writes an enum as its value): every
+    # accepted command comes here.
+    user_leg = {"account": _USER_ACCOUNT, "amount": 0}
+    entries: list[dict[str, object]] = [user_leg]
+    user_amount = 0
+    for kind, n in legs:
+        user_amount -= n
+        entries.append({"account": kind, "amount": n})
+    user_leg["amount"] = user_amount
     return {
         "transaction_id": transaction_id,
         "command_id": command_id,
@@ -117,10 +125,7 @@ def event_document(
         "hold_id": hold_id,
         "reverses": reverses,
         "reason": reason,
-        "entries": [
-            {"account": _USER_ACCOUNT, "amount": user_amount},
-            *({"account": kind.value, "amount": n} for kind, n in legs),
-        ],
+        "entries": entries,
         "description": description,
         "occurred_at": occurred_at,
     }

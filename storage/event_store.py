@@ -24,6 +24,7 @@ from ledger.plan import (
     BatchPlan,
     EntryRow,
     IdempotencyId,
+    LotRow,
     OutboxRow,
     ProcessedRow,
     StoredResult,
@@ -38,17 +39,19 @@ ENTRY_COLUMNS = EntryRow._fields
 OUTBOX_COLUMNS = OutboxRow._fields
 DEAD_LETTER_REQUESTS_MAX = 1_000  # read per claim: an operator names records one at a time
 # The tables a batch copies rows into, in the order it writes them (entries need their
-# commands first); the open lots it leaves are written after them (_LOTS_SQL).
+# commands first); the lots it opened are copied too, the lots it changed are written after
+# them (_LOTS_SQL).
 BATCH_TABLES = (
     ("processed_commands", PROCESSED_COLUMNS),
     ("ledger_entries", ENTRY_COLUMNS),
+    ("lots", LotRow._fields),
     ("outbox", OUTBOX_COLUMNS),
 )
 
 
 def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
     """A plan's rows for each of BATCH_TABLES, in the same order."""
-    return plan.processed_rows, plan.entry_rows, plan.stored_outbox_rows()
+    return plan.processed_rows, plan.entry_rows, plan.lots_opened(), plan.stored_outbox_rows()
 
 
 # The lots a batch opened or drew on, as it leaves them: one statement that deletes the lots
@@ -537,7 +540,7 @@ class PostgresEventStore:
         rows = [batch_rows(plan) for _, plan in batches]
         for index, (table, columns) in enumerate(BATCH_TABLES):
             await self._copy(conn, table, columns, [r for per in rows for r in per[index]])
-        lots = [lot for _, plan in batches for lot in plan.lots.values()]
+        lots = [lot for _, plan in batches for lot in plan.lots_changed()]
         if lots:
             await conn.execute(_LOTS_SQL, *zip(*lots, strict=True), timeout=self._timeout_s)
         holds = [hold for _, plan in batches for hold in plan.holds.values()]

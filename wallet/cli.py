@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
+from foundation import collector
 from foundation.errors import WalletError
 from foundation.logs import configure_logging
 from foundation.settings import Settings, load_settings
@@ -57,6 +58,7 @@ def _on_db(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 def _run_role(role: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
     """Run a long-lived role (processor, projector, API) until SIGINT or SIGTERM."""
     settings = _settings()
+    collector.tune_for_service()
 
     async def go() -> None:
         await role(settings, _stop_event())
@@ -94,6 +96,7 @@ def up(broker: str | None) -> None:
     if broker is not None:
         settings = settings.model_copy(update={"embedded_broker": broker})
     configure_logging(settings.log_level, "console")
+    collector.tune_for_service()
     _run(run_up(settings, _stop_event))
 
 

@@ -47,6 +47,18 @@ class TestLots:
         ids = [row.transaction_id for row in plan.processed_rows]
         assert written == {(ids[0], True, 5), (ids[1], False, 7)}
 
+    def test_lots_opened_are_copied_and_lots_open_before_are_changed(self) -> None:
+        """Of a wallet's earlier lot, a lot opened and used up, and a lot opened and left
+        open in one batch: the new open lot is to copy in, the earlier lot (drawn on) to
+        change, and the lot opened and used up within the batch is written nowhere."""
+        first = plan_batch(CTX, _items(command("top_up", "u", 5)), {}, {}, ASSETS)
+        batch = [command("bonus", "u", 3), command("spend", "u", 4), command("top_up", "u", 9)]
+        plan = plan_batch(CTX, _items(*batch), {}, first.accounts, ASSETS)
+        earlier = first.processed_rows[0].transaction_id
+        _, _, left_open = (row.transaction_id for row in plan.processed_rows)
+        assert [(lot.lot_id, lot.remaining) for lot in plan.lots_opened()] == [(left_open, 9)]
+        assert [(lot.lot_id, lot.remaining) for lot in plan.lots_changed()] == [(earlier, 4)]
+
 
 class TestExpiry:
     def test_a_batch_books_a_lot_out_once_and_rebuilds_the_same_event(self) -> None:
