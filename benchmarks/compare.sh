@@ -6,8 +6,10 @@
 # their own (so a fresh .wallet/ each time, and this checkout's is left alone); the bench client
 # is this checkout's. Stop any `make up` first: two stacks at once would share the two cores.
 # With CPU=1, each run also prints the CPU seconds the stack spent on it, by process kind
-# (benchmarks/cpu_seconds.py): steadier than commands/s on a shared machine.
+# (benchmarks/cpu_seconds.py): steadier than commands/s on a shared machine. With PACED=0 (and
+# FULL=1) only the 100,000-command mode is measured, after an unmeasured warm-up run.
 #   benchmarks/compare.sh d816cde
+#   CPU=1 FULL=1 PACED=0 PAIRS=2 benchmarks/compare.sh 5515f74
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
@@ -33,8 +35,13 @@ side() { # label code_dir
             [ -z "${CPU:-}" ] || "$here/.venv/bin/python" "$here/benchmarks/cpu_seconds.py" --since "$run/cpu.json" >&2
         done | "$here/.venv/bin/python" "$here/benchmarks/summarize.py" "$label, $name"
     }
-    bench "paced 2,000/s" --commands 10000 --rate 2000 --no-ceiling
-    bench "paced 5,000/s" --commands 25000 --rate 5000 --no-ceiling
+    if [ "${PACED:-1}" = 0 ]; then # no paced modes: one unmeasured run warms the stack up
+        env -C "$run" PYTHONPATH="$here" "$here/.venv/bin/wallet" bench --commands 20000 \
+            --no-ceiling >/dev/null
+    else
+        bench "paced 2,000/s" --commands 10000 --rate 2000 --no-ceiling
+        bench "paced 5,000/s" --commands 25000 --rate 5000 --no-ceiling
+    fi
     [ -z "${FULL:-}" ] || bench "100,000 over 10,000 users" --commands 100000 --users 10000 --no-ceiling
     kill -INT "$proc"
     sleep 3
