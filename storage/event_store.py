@@ -54,9 +54,9 @@ def batch_rows(plan: BatchPlan) -> tuple[Sequence[tuple[object, ...]], ...]:
     return plan.processed_rows, plan.entry_rows, plan.lots_opened(), plan.stored_outbox_rows()
 
 
-# The lots a batch opened or drew on, as it leaves them: one statement that deletes the lots
-# used up and writes the others (a lot opened and used up within the batch is deleted before
-# it was ever written: a no-op).
+# The lots that were open before a batch (or that it gave back to), as it leaves them: one
+# statement that deletes the lots used up and writes the others (a lot given back to after it
+# was used up is inserted again). The lots a batch opens are copied in with its records.
 _LOTS_SQL = """
 WITH given AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::int[], $5::bool[],
