@@ -1,5 +1,6 @@
-"""CPU seconds (user + system) used so far by the stack's processes, by kind: PostgreSQL,
-the Kafka broker (java), `wallet up` and standalone `wallet processor`s. Throughput on this
+"""CPU seconds (user + system) used so far by the stack's processes, by kind: PostgreSQL
+(its sessions, its autovacuum, its background writers), the Kafka broker (java), `wallet up`
+and standalone `wallet processor`s. Throughput on this
 machine is CPU-bound, and a shared machine's neighbours move commands/s far more than they
 move the CPU seconds a run costs: the difference of two snapshots is the steadier figure.
 
@@ -19,9 +20,19 @@ from pathlib import Path
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
+# PostgreSQL's own processes by their titles: what is not a session's statements is the
+# table's upkeep (autovacuum: dead rows of updated and deleted rows) or the write-ahead log's
+# and checkpoints' background work.
+_PG_UPKEEP = {"autovacuum": "postgres autovacuum", "checkpointer": "postgres background",
+              "background writer": "postgres background", "walwriter": "postgres background",
+              "io worker": "postgres background"}  # fmt: skip
+
+
 def _kind(comm: str, cmdline: str) -> str | None:
     if "postgres" in comm:
-        return "postgres"
+        title = cmdline.removeprefix("postgres: ")
+        upkeep = (kind for prefix, kind in _PG_UPKEEP.items() if title.startswith(prefix))
+        return next(upkeep, "postgres")  # the server itself and its sessions
     if comm == "java":
         return "kafka"
     for role in ("up", "processor"):
