@@ -30,13 +30,12 @@ from foundation import metrics
 from foundation.settings import Settings
 from ledger.lots import epoch_ms
 from messaging.kafka import RecordBatches
-from schemas.commands import CommandType, new_command
+from schemas.commands import SWEEP_KEY_PREFIX, CommandType, new_command
 from storage.db import RETRIABLE_DB_ERRORS
 from storage.event_store import EventStore
 
 log = structlog.get_logger("wallet.expiry")
 SWEEP_WALLETS_MAX = 1_000
-KEY_PREFIX = "wallet-expiry-sweep"
 
 
 class ExpirySweep:
@@ -77,7 +76,7 @@ class ExpirySweep:
         for user_id, asset, due_at in due:
             command = new_command(
                 type=CommandType.EXPIRE, user_id=user_id, asset=asset, amount=None,
-                idempotency_key=f"{KEY_PREFIX}:{asset}:{epoch_ms(due_at)}",
+                idempotency_key=f"{SWEEP_KEY_PREFIX}{asset}:{epoch_ms(due_at)}",
                 command_id=uuid.uuid4(), sent_at=now, reply_to=self._settings.replies_topic,
             )  # fmt: skip
             await batches.add(self._settings.commands_topic, user_id.encode(), command.encode())

@@ -98,6 +98,10 @@ class OutboxPublisher:
         await self._queue.join()
         await self._watermarks.flush()
 
+    async def close(self) -> None:
+        """After `run` has ended: stop storing watermarks (see Watermarks.close)."""
+        await self._watermarks.close()
+
     async def submit_backlog(
         self, topic: str, partition: int, epoch: int, after: tuple[int, int]
     ) -> None:

@@ -106,11 +106,17 @@ class Processor:
                 for task in (relay, sweeping):
                     task.cancel()
                 await asyncio.gather(relay, sweeping, return_exceptions=True)
-                # Bounded: a broker that does not answer must not keep the process from exiting.
-                for client in (consumer, producer):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(client.stop(), timeout_s)
-                log.info("processor stopped", owner=self.owner)
+                try:
+                    await self._publisher.close()
+                finally:
+                    await self._stop_clients((consumer, producer), timeout_s)
+
+    async def _stop_clients(self, clients: tuple[Any, ...], timeout_s: float) -> None:
+        # Bounded: a broker that does not answer must not keep the process from exiting.
+        for client in clients:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.stop(), timeout_s)
+        log.info("processor stopped", owner=self.owner)
 
     async def _until_stopped(
         self, stop: asyncio.Event, background: tuple[asyncio.Task[None], ...], timeout_s: float

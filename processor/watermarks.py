@@ -59,6 +59,19 @@ class Watermarks:
             await asyncio.shield(self._storing)
         self.check()
 
+    async def close(self) -> None:
+        """Stop storing: the processor is stopping and gave `flush` what time it could. Marks
+        not stored yet are left to the next owner, which republishes a little more; the task
+        must not outlive the processor (retrying against a database that is gone, or
+        destroyed pending when the loop closes). A bug that ended it is raised."""
+        if self._storing is None:
+            return
+        task, self._storing = self._storing, None
+        task.cancel()
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            raise outcome
+
     async def _store_pending(self) -> None:
         backoff_s = 0.05
         while self._pending:

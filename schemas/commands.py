@@ -74,6 +74,10 @@ class CommandType(StrEnum):
 
 
 CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
+# The idempotency keys of the processor's expiry sweep (`expire` commands it sends for wallets
+# nobody touches): reserved, so that no other command of the user can take one first and make
+# the sweep's expire a refused key reuse, again at every pass.
+SWEEP_KEY_PREFIX = "wallet-expiry-sweep:"
 EXPIRES_AT_AHEAD_MAX = timedelta(days=3660)  # about ten years
 HOLD_EXPIRES_IN_S_MIN = 1
 HOLD_EXPIRES_IN_S_MAX = 30 * 24 * 3600  # thirty days
@@ -105,7 +109,10 @@ class Command(BaseModel):
         "back as written.",
         json_schema_extra={"pattern": CANONICAL_UUID_PATTERN},
     )
-    idempotency_key: IdempotencyKey = Field(description="Unique per user; retries reuse it.")
+    idempotency_key: IdempotencyKey = Field(
+        description="Unique per user; retries reuse it. Keys starting with "
+        f"'{SWEEP_KEY_PREFIX}' are the expiry sweep's: only an expire may use one."
+    )
     type: CommandType
     user_id: UserId
     asset: AssetCode
@@ -163,6 +170,11 @@ class Command(BaseModel):
                 raise ValueError(f"{self.type} takes no transaction_id or reason")
         else:
             self._check_fields()
+        if (
+            self.idempotency_key.startswith(SWEEP_KEY_PREFIX)
+            and self.type is not CommandType.EXPIRE
+        ):
+            raise ValueError(f"idempotency keys starting with {SWEEP_KEY_PREFIX!r} are for expire")
         if self.expires_at is not None:
             if self.type not in CREDITS:
                 raise ValueError("expires_at is for top_up and bonus only")

@@ -70,6 +70,22 @@ class TestDecode:
         assert not isinstance(decode_command(_with(**changes), bytes_max=65536), Command)
 
 
+class TestReservedKeys:
+    def test_the_sweeps_keys_are_refused_for_other_types(self) -> None:
+        """A top-up keyed like the expiry sweep's expire is refused: it could take the key
+        first and turn the sweep's expire into a refused key reuse at every pass."""
+        result = decode_command(
+            _with(idempotency_key="wallet-expiry-sweep:GOLD:1"), bytes_max=65536
+        )
+        assert isinstance(result, DecodeFailure) and result.code == "invalid_fields"
+
+    def test_an_expire_may_use_one(self) -> None:
+        """An expire with such a key decodes: the sweep's own, or a client's asking the same."""
+        doc = json.loads(_with(idempotency_key="wallet-expiry-sweep:GOLD:1", type="expire"))
+        del doc["amount"]
+        assert isinstance(decode_command(json.dumps(doc).encode(), bytes_max=65536), Command)
+
+
 class TestUnstorableText:
     def test_lone_surrogate_is_invalid_with_its_envelope(self) -> None:
         """A lone UTF-16 surrogate (a JavaScript substring through an emoji) is refused as

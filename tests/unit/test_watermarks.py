@@ -65,3 +65,35 @@ class TestFailures:
         marks.published(_mark(0, 1, 4))
         with pytest.raises(AssertionError):
             await marks.flush()
+
+
+class TestClose:
+    async def test_close_ends_a_task_still_retrying(self) -> None:
+        """With the store down, the storing task retries; close cancels it and returns, and
+        the mark is left unstored for the next owner."""
+        store = FlakyStore()
+        epoch = await _claimed(store, 1)
+        marks = Watermarks(store, SETTINGS)
+        store.down = True
+        marks.published(_mark(0, epoch, 4))
+        await asyncio.sleep(0.1)
+        storing = [t for t in asyncio.all_tasks() if t.get_name() == "outbox-watermarks"]
+        assert len(storing) == 1 and not storing[0].done()
+        await asyncio.wait_for(marks.close(), 5)
+        assert storing[0].cancelled()
+        store.down = False
+        assert (await store.claim_partition(TOPIC, 0, "next")).published_offset < 4
+
+    async def test_close_raises_a_bug_that_ended_the_task(self) -> None:
+        """A storing task ended by a bug is not swallowed by close."""
+        store = FlakyStore()
+        marks = Watermarks(store, SETTINGS)
+
+        async def broken(_: object) -> None:
+            raise AssertionError("bug")
+
+        store.mark_published = broken  # type: ignore[method-assign,assignment]
+        marks.published(_mark(0, 1, 4))
+        await asyncio.sleep(0.05)
+        with pytest.raises(AssertionError):
+            await marks.close()
