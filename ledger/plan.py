@@ -123,7 +123,8 @@ class ProcessedRow(NamedTuple):
     paid_after: int | None  # the paid part of balance_after
     held_after: int | None  # what open holds keep aside after it (outside balance_after)
     debt_after: int | None  # what the wallet owes after it
-    expires_at: datetime | None  # a credit: when its lot stops being spendable; a hold: its
+    expires_at: datetime | None  # a credit: when its lot stops being spendable; a hold: when
+    # it lapses
     hold_id: str | None  # a hold, capture or release: its hold (as named, or as taken)
     consumed_paid: int | None  # an accepted spend: the paid part of its amount
     # JSON [[lot id, amount], ...] in order taken: what an accepted spend or hold took from
@@ -228,17 +229,22 @@ class BatchPlan:
     holds: dict[HoldKey, HoldRow] = field(default_factory=dict)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
-    opened: set[tuple[str, str, uuid.UUID]] = field(default_factory=set)  # keys of `lots`
 
     def lots_opened(self) -> list[LotRow]:
         """The lots this batch opened that are still open: rows the table cannot hold yet (a
-        lot is named by its crediting transaction), so they are copied in, not upserted."""
-        return [lot for key, lot in self.lots.items() if key in self.opened and lot.remaining]
+        lot is named by its crediting transaction, one of this batch's), so they are copied
+        in, not upserted."""
+        here = self._transaction_ids()
+        return [lot for lot in self.lots.values() if lot.lot_id in here and lot.remaining]
 
     def lots_changed(self) -> list[LotRow]:
         """The lots that were open before this batch (or given back to after being used up)
         as it leaves them: updated, reopened, or deleted when used up."""
-        return [lot for key, lot in self.lots.items() if key not in self.opened]
+        here = self._transaction_ids()
+        return [lot for lot in self.lots.values() if lot.lot_id not in here]
+
+    def _transaction_ids(self) -> set[uuid.UUID]:
+        return {r.transaction_id for r in self.processed_rows if r.transaction_id is not None}
 
     def stored_outbox_rows(self) -> list[OutboxRow]:
         """The outbox rows the ledger cannot rebuild: dead letters and the replies to repeated
@@ -445,8 +451,6 @@ def _lots(
     leaves them (in the order the decision moved them: the last note of a lot is its state);
     return what its record keeps of the pieces it moved and of the lots it booked out."""
     user, asset = command.user_id, command.asset
-    if decision.opened is not None:
-        plan.opened.add((user, asset, decision.opened.lot_id))
     for lot in (*decision.restored, *((decision.opened,) if decision.opened else ())):
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,

@@ -25,6 +25,17 @@ async def _claimed(store: FlakyStore, partitions: int) -> int:
     return 1
 
 
+def _broken_store() -> FlakyStore:
+    """A store whose watermark writes fail with a bug (not an outage)."""
+    store = FlakyStore()
+
+    async def broken(_: object) -> None:
+        raise AssertionError("bug")
+
+    store.mark_published = broken  # type: ignore[method-assign,assignment]
+    return store
+
+
 class TestStoring:
     async def test_the_latest_mark_of_each_partition_is_stored(self) -> None:
         """Marks handed over in several rounds are stored by flush, the highest per partition."""
@@ -55,13 +66,7 @@ class TestStoring:
 class TestFailures:
     async def test_a_bug_while_storing_is_raised_not_retried(self) -> None:
         """Anything but a storage outage ends the storing task and surfaces on flush."""
-        store = FlakyStore()
-        marks = Watermarks(store, SETTINGS)
-
-        async def broken(_: object) -> None:
-            raise AssertionError("bug")
-
-        store.mark_published = broken  # type: ignore[method-assign,assignment]
+        marks = Watermarks(_broken_store(), SETTINGS)
         marks.published(_mark(0, 1, 4))
         with pytest.raises(AssertionError):
             await marks.flush()
@@ -86,13 +91,7 @@ class TestClose:
 
     async def test_close_raises_a_bug_that_ended_the_task(self) -> None:
         """A storing task ended by a bug is not swallowed by close."""
-        store = FlakyStore()
-        marks = Watermarks(store, SETTINGS)
-
-        async def broken(_: object) -> None:
-            raise AssertionError("bug")
-
-        store.mark_published = broken  # type: ignore[method-assign,assignment]
+        marks = Watermarks(_broken_store(), SETTINGS)
         marks.published(_mark(0, 1, 4))
         await asyncio.sleep(0.05)
         with pytest.raises(AssertionError):
