@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from foundation.settings import load_settings
+from ledger.account import Assets
 from ledger.plan import BatchContext, decoded_intakes, plan_batch
 from messaging.kafka import partition_for
 from schemas.commands import Command, CommandType
@@ -31,6 +32,7 @@ async def seed(commands: int, users: int, partitions: int) -> None:
     store = PostgresEventStore(pool, 120.0)
     run = uuid.uuid4().hex[:6]
     rng = random.Random(1)
+    assets = await store.load_assets()
     claims = {p: await store.claim_partition(TOPIC, p, "seed") for p in range(partitions)}
     offsets = {p: claims[p].next_offset for p in range(partitions)}
     started, written = time.perf_counter(), 0
@@ -43,7 +45,9 @@ async def seed(commands: int, users: int, partitions: int) -> None:
                               amount=rng.randint(1, 1000), sent_at=datetime.now(UTC))  # fmt: skip
             by_partition.setdefault(partition_for(user, partitions), []).append(command)
         for partition, batch in by_partition.items():
-            await _write(store, claims[partition].epoch, partition, offsets[partition], batch)
+            await _write(
+                store, assets, claims[partition].epoch, partition, offsets[partition], batch
+            )
             offsets[partition] += len(batch)
         written += sum(len(b) for b in by_partition.values())
         print(
@@ -57,12 +61,17 @@ async def seed(commands: int, users: int, partitions: int) -> None:
 
 
 async def _write(
-    store: PostgresEventStore, epoch: int, partition: int, first: int, batch: list[Command]
+    store: PostgresEventStore,
+    assets: Assets,
+    epoch: int,
+    partition: int,
+    first: int,
+    batch: list[Command],
 ) -> None:
     items = decoded_intakes(batch, first)
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in batch}))
     ctx = BatchContext(TOPIC, partition, 0, datetime.now(UTC))
-    plan = plan_batch(ctx, items, {}, accounts, frozenset({"GOLD"}))
+    plan = plan_batch(ctx, items, {}, accounts, assets)
     end = first + len(batch)
     position = BatchPosition(TOPIC, partition, epoch, 0, first, end, end - 1, b"seed")
     await store.commit_batch(position, plan)

@@ -27,6 +27,7 @@ from schemas.commands import AMOUNT_MAX, Command, CommandType
 from schemas.replies import ErrorCode
 
 _EXPIRE = CommandType.EXPIRE.value
+_CREDITS = (CommandType.TOP_UP, CommandType.BONUS)
 _BESIDES = Accepted._fields.index("expired_besides")
 _DEBT_PAID = Accepted._fields.index("debt_paid")
 
@@ -53,6 +54,10 @@ def decide(
         return Rejected(ErrorCode.UNKNOWN_ASSET, f"asset {command.asset} does not exist")
     if account.order is not order:  # loaded, or the asset's order changed: sort once
         account = account._replace(lots=lots.in_order(account.lots, order), order=order)
+    if not (account.holds or account.debt) and (account.due_ms is None or account.due_ms > now_ms):
+        plain = _plain(command, account, transaction_id, now_ms)
+        if plain is not None:
+            return plain
     start = account
     lapsed: tuple[Hold, ...] = ()
     restored: tuple[Lot, ...] = ()
@@ -67,6 +72,37 @@ def decide(
     if not (expired or lapsed or restored or own.restored):  # most commands: nothing else moved
         return _legged(command.type.value, start, own, own.account, 0, own.debt_paid)
     return _booked(command.type.value, start, own, (expired, lapsed), restored, now_ms)
+
+
+def _plain(
+    command: Command, account: AccountState, tx_id: uuid.UUID, now_ms: int
+) -> Accepted | None:
+    """Most of the traffic: a credit or spend on a wallet with nothing else to book (no
+    holds, no debt, no lot due), accepted. Its legs are its type's own, written straight
+    (ledger.legs derives the same from its record: the planner's tests compare them), which
+    spares the general path's steps, about two thirds of the decision's cost. None: the
+    general path decides it (a refusal, an expiring credit, any other type)."""
+    kind = command.type
+    amount = command.amount
+    if amount is None:  # an expire, capture, release or reverse
+        return None
+    if kind is CommandType.SPEND:
+        if amount > account.balance:
+            return None
+        own = _spend(command, account)
+        assert isinstance(own, Accepted) and own.consumed_paid is not None
+        user_amount = -amount
+        system = legs.spent(amount, own.consumed_paid, 1)
+    elif kind in _CREDITS and command.expires_at is None:
+        if _refuse_credit(command, account, now_ms) is not None:
+            return None
+        own = _credit(command, account, tx_id)
+        user_amount = amount
+        system = ((legs.CREDIT_SOURCE[kind.value], -amount),)
+    else:
+        return None
+    assert_moved(account, own.account, user_amount)
+    return Accepted._make((own.account, user_amount, system, *own[3:]))
 
 
 def _by_type(

@@ -138,6 +138,29 @@ class TestDatabaseConstraints:
                     f" 'treasury', NULL, {system_leg}, NULL, NULL, now())"
                 )
 
+    async def test_a_system_leg_beside_another_assets_transaction_is_refused(
+        self, store: PostgresEventStore, conn: asyncpg.Connection
+    ) -> None:
+        """A system leg in another asset than its transaction's user leg is refused, however
+        the amounts add up (each transaction and asset needs its own user leg)."""
+        claim = await store.claim_partition(TOPIC, 0, "owner")
+        await store.commit_batch(_position(claim.epoch, 0, 1), _plan(0, 10))
+        tx = await conn.fetchval("SELECT transaction_id FROM processed_commands")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                _INSERT_ENTRIES + "($1, 0, 'GOLD', 'user', 'zed', 5, 15, 2, now()),"
+                " ($1, 0, 'DIAMONDS', 'treasury', NULL, -5, NULL, NULL, now())",
+                tx,
+            )
+
+    async def test_the_batch_check_keeps_its_settings(self, conn: asyncpg.Connection) -> None:
+        """The batch check plans afresh and never scans a table whole, after every migration
+        that replaced it."""
+        config = await conn.fetchval(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'ledger_entries_check_batch'"
+        )
+        assert sorted(config) == ["enable_seqscan=off", "plan_cache_mode=force_custom_plan"]
+
     async def test_account_version_cannot_repeat(self, store: PostgresEventStore) -> None:
         """Two owners writing version 1 of one account: the second write fails whole, refused
         by the database as a unique violation (the store says so as its own error)."""

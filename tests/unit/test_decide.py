@@ -5,8 +5,19 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ledger.account import BALANCE_MAX, EMPTY_ACCOUNT, Accepted, AccountState, Rejected
+from ledger import decide as decisions
+from ledger import lots
+from ledger.account import (
+    BALANCE_MAX,
+    EMPTY_ACCOUNT,
+    NO_REFERENCES,
+    Accepted,
+    AccountState,
+    Rejected,
+)
 from ledger.decide import decide
 from ledger.lots import LOTS_OPEN_MAX, Lot, Piece, SpendOrder, at_ms
 from schemas.events import AccountKind
@@ -103,6 +114,42 @@ class TestSpends:
 
 SOON = Lot(uuid.UUID(int=3), False, 5, 3, NOW_MS + 1)  # one millisecond to go
 GONE = Lot(uuid.UUID(int=4), False, 7, 4, NOW_MS)  # expiring now: no longer spendable
+
+
+_LOTS = st.lists(
+    st.tuples(st.booleans(), st.integers(1, 100), st.none() | st.integers(1, 10**6)),
+    max_size=6,
+)
+
+
+def _quiet(spec: list[tuple[bool, int, int | None]]) -> AccountState:
+    """A wallet of these lots (paid?, remaining, expiry after NOW_MS), nothing held or owed."""
+    opened = tuple(
+        Lot(uuid.UUID(int=i + 1), paid, n, i + 1, None if ms is None else NOW_MS + ms)
+        for i, (paid, n, ms) in enumerate(spec)
+    )
+    ordered = lots.in_order(opened, F)
+    return AccountState(lots.total(opened), len(opened), lots.paid_total(opened), ordered,
+                        lots.next_due_ms(opened), F)  # fmt: skip
+
+
+class TestPlainPath:
+    @settings(max_examples=300, deadline=None)
+    @given(_LOTS, st.sampled_from(["top_up", "bonus", "spend"]), st.integers(1, 300))
+    def test_plain_commands_decide_as_the_general_path(
+        self, spec: list[tuple[bool, int, int | None]], kind: str, amount: int
+    ) -> None:
+        """A credit or spend on a quiet wallet gets, through its own short path, exactly the
+        decision of the general path (legs derived from the record, postconditions)."""
+        account = _quiet(spec)
+        cmd = command(kind, "u", amount)
+        result = decide(cmd, account, ASSETS, TX, NOW_MS)
+        own = decisions._by_type(cmd, account, TX, NOW_MS, NO_REFERENCES, ((), ()))
+        if isinstance(own, Rejected):
+            assert result == own
+            return
+        general = decisions._legged(kind, account, own, own.account, 0, own.debt_paid)
+        assert result == general
 
 
 class TestExpiry:
