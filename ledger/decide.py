@@ -98,7 +98,7 @@ def _plain(
             return None
         own = _credit(command, account, tx_id)
         user_amount = amount
-        system = ((legs.CREDIT_SOURCE[kind.value], -amount),)
+        system = ((legs.CREDIT_SOURCE[str(kind)], -amount),)
     else:
         return None
     assert_moved(account, own.account, user_amount)
@@ -211,7 +211,7 @@ def _without(
 
 def _refuse_credit(command: Command, account: AccountState, now_ms: int) -> Rejected | None:
     assert command.amount is not None
-    if account.total() + command.amount > BALANCE_MAX:
+    if account.balance + account.held + command.amount > BALANCE_MAX:
         return Rejected(
             ErrorCode.BALANCE_LIMIT_EXCEEDED,
             f"a balance may not exceed {BALANCE_MAX} {command.asset}",

@@ -314,7 +314,7 @@ def plan_batch(
     plan = BatchPlan()
     seen: dict[IdempotencyId, StoredResult | ProcessedRow] = dict(known)
     refs = References(dict(refs.holds), dict(refs.targets))  # the batch's own moves added
-    reversing = any(_is_reverse(item.admitted) for item in items)
+    reversing = CommandType.REVERSE in {getattr(item.admitted, "type", None) for item in items}
     now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
     for item in items:
         if isinstance(item.admitted, DecodeFailure):
@@ -339,10 +339,6 @@ def plan_batch(
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
     return plan
-
-
-def _is_reverse(admitted: Command | DecodeFailure) -> bool:
-    return isinstance(admitted, Command) and admitted.type is CommandType.REVERSE
 
 
 def _note_references(
@@ -384,9 +380,10 @@ def _record(
     else:
         decided = _rejected(command, before, decision)
     # From one tuple (_make): this is every command's path, and a call with 39 arguments
-    # costs about three times as much.
+    # costs about three times as much. (str() of a StrEnum is its value, without the Python
+    # property call that .value makes.)
     row = ProcessedRow._make((
-        command.user_id, command.idempotency_key, command.command_id, command.type.value,
+        command.user_id, command.idempotency_key, command.command_id, str(command.type),
         command.asset, item.payload_hash or b"", command.description,
         orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
         ctx.processed_at, ctx.generation, command.reply_to, command.transaction_id,
@@ -423,9 +420,11 @@ def _accepted(
     return (decision.amount, "accepted", None, None, tx_id, after.balance, after.version,
             after.paid, after.held or None, after.debt or None, expires_at, hold_id,
             decision.consumed_paid, taken, decision.expired_besides or None, expired,
-            _pieces_json(decision.returned), decision.released or None,
+            _pieces_json(decision.returned) if decision.returned else None,
+            decision.released or None,
             decision.debt_paid or None, decision.debt_added or None, decision.reversed_type,
-            decision.unexpired or None, _pieces_json(decision.settled))  # fmt: skip
+            decision.unexpired or None,
+            _pieces_json(decision.settled) if decision.settled else None)  # fmt: skip
 
 
 def _entries(
@@ -439,7 +438,7 @@ def _entries(
     )  # fmt: skip
     for kind, amount in decision.legs:
         plan.entry_rows.append(
-            EntryRow(tx_id, ctx.partition, command.asset, kind.value, None, amount, None, None,
+            EntryRow(tx_id, ctx.partition, command.asset, str(kind), None, amount, None, None,
                      ctx.processed_at, None, None, None)
         )  # fmt: skip
 
@@ -454,16 +453,17 @@ def _lots(
     for lot in (*decision.restored, *((decision.opened,) if decision.opened else ())):
         plan.lots[(user, asset, lot.lot_id)] = LotRow(
             user, asset, lot.lot_id, ctx.partition, lot.paid, lot.remaining, lot.seq,
-            _time(lot.expires_ms),
+            None if lot.expires_ms is None else lots.at_ms(lot.expires_ms),
         )  # fmt: skip
     moved = (*decision.expired, *(decision.pieces if decision.pieces_from_lots else ()),
              *decision.settled)  # fmt: skip
     for piece in moved:
         plan.lots[(user, asset, piece.lot_id)] = LotRow(
             user, asset, piece.lot_id, ctx.partition, piece.paid, piece.left, piece.seq,
-            _time(piece.expires_ms),
+            None if piece.expires_ms is None else lots.at_ms(piece.expires_ms),
         )  # fmt: skip
-    return _pieces_json(decision.pieces), _pieces_json(decision.expired)
+    taken, expired = decision.pieces, decision.expired
+    return (_pieces_json(taken) if taken else None), (_pieces_json(expired) if expired else None)
 
 
 def _holds(
@@ -486,12 +486,10 @@ def _holds(
         )  # fmt: skip
 
 
-def _pieces_json(pieces: tuple[Piece, ...]) -> str | None:
-    return orjson.dumps([[str(p.lot_id), p.amount] for p in pieces]).decode() if pieces else None
-
-
-def _time(ms: int | None) -> datetime | None:
-    return None if ms is None else lots.at_ms(ms)
+def _pieces_json(pieces: tuple[Piece, ...]) -> str:
+    """JSON [[lot id, amount], ...]: callers skip it for no pieces (NULL), as most commands
+    move none of most kinds (a call per kind per command adds up)."""
+    return orjson.dumps([[str(p.lot_id), p.amount] for p in pieces]).decode()
 
 
 def _repeat(
