@@ -135,6 +135,6 @@ def assert_moved(before: AccountState, after: AccountState, change: int) -> None
     """Postconditions of every accepted command: `change` is the balance's."""
     assert after.balance == before.balance + change
     assert 0 <= after.paid <= after.balance, after
-    assert after.held >= 0 and after.balance + after.held <= BALANCE_MAX, after
+    assert after.held >= 0 and after.total() <= BALANCE_MAX, after
     assert after.debt >= 0, after
     assert after.version == before.version + 1

@@ -78,29 +78,28 @@ def _plain(
     command: Command, account: AccountState, tx_id: uuid.UUID, now_ms: int
 ) -> Accepted | None:
     """Most of the traffic: a credit or spend on a wallet with nothing else to book (no
-    holds, no debt, no lot due), accepted. Its legs are its type's own, written straight
-    rather than derived through the general path's extras (tests/unit/test_decide.py checks
-    that both paths decide alike): about a quarter of the decision's cost. None: the general
-    path decides it (a refusal, an expiring credit, any other type)."""
+    holds, no debt, no lot due), accepted. Nothing besides its type's own legs moved, so they
+    are derived without the general path's extras (tests/unit/test_decide.py checks that both
+    paths decide alike): about a quarter of the decision's cost. None: the general path
+    decides it (a refusal, an expiring credit, any other type)."""
     kind = command.type
     amount = command.amount
-    if amount is None:  # an expire, capture, release or reverse
-        return None
     if kind is CommandType.SPEND:
+        assert amount is not None
         if amount > account.balance:
             return None
         own = _spend(command, account)
-        assert isinstance(own, Accepted) and own.consumed_paid is not None
         user_amount = -amount
-        system = legs.spent(amount, own.consumed_paid, 1)
     elif kind in _CREDITS and command.expires_at is None:
         if _refuse_credit(command, account, now_ms) is not None:
             return None
+        assert amount is not None
         own = _credit(command, account, tx_id)
-        user_amount = amount
-        system = ((legs.CREDIT_SOURCE[str(kind)], -amount),)
+        user_amount = amount  # no debt: all of it opens a lot
     else:
         return None
+    assert isinstance(own, Accepted) and own.amount is not None
+    system = legs.system_legs(str(kind), own.amount, own.consumed_paid, legs.NO_EXTRAS)
     assert_moved(account, own.account, user_amount)
     return Accepted._make((own.account, user_amount, system, *own[3:]))
 
@@ -211,7 +210,7 @@ def _without(
 
 def _refuse_credit(command: Command, account: AccountState, now_ms: int) -> Rejected | None:
     assert command.amount is not None
-    if account.balance + account.held + command.amount > BALANCE_MAX:
+    if account.total() + command.amount > BALANCE_MAX:
         return Rejected(
             ErrorCode.BALANCE_LIMIT_EXCEEDED,
             f"a balance may not exceed {BALANCE_MAX} {command.asset}",

@@ -17,10 +17,10 @@ _HOLD = CommandType.HOLD.value
 _CAPTURE = CommandType.CAPTURE.value
 _RELEASE = CommandType.RELEASE.value
 _REVERSE = CommandType.REVERSE.value
-CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
+_CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
                   CommandType.BONUS.value: AccountKind.BONUS_POOL}  # fmt: skip
 SPENT_TYPES = frozenset({_SPEND, _CAPTURE})  # what a reverse gives back to lots
-CREDIT_TYPES = frozenset(CREDIT_SOURCE)  # what a reverse takes back (into debt if spent)
+CREDIT_TYPES = frozenset(_CREDIT_SOURCE)  # what a reverse takes back (into debt if spent)
 
 
 class Extras(NamedTuple):
@@ -37,7 +37,7 @@ class Extras(NamedTuple):
 NO_EXTRAS = Extras()
 
 
-def spent(amount: int, consumed_paid: int | None, sign: int) -> Legs:
+def _spent(amount: int, consumed_paid: int | None, sign: int) -> Legs:
     """A spend's paid part to revenue and free part to free_spent (sign -1: given back). A
     spend recorded before lots existed, its paid part unknown, went to revenue whole."""
     if consumed_paid is None or consumed_paid == amount:
@@ -52,22 +52,22 @@ def spent(amount: int, consumed_paid: int | None, sign: int) -> Legs:
 
 def _own(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> Legs:
     """The legs of the type itself."""
-    if type in CREDIT_SOURCE:
-        return ((CREDIT_SOURCE[type], -amount),)
+    if type in _CREDIT_SOURCE:
+        return ((_CREDIT_SOURCE[type], -amount),)
     if type == _SPEND:
-        return spent(amount, consumed_paid, 1)
+        return _spent(amount, consumed_paid, 1)
     if type == _EXPIRE:
         return ((AccountKind.EXPIRED, amount),) if amount else ()
     if type == _HOLD:
         return ((AccountKind.HOLDS, amount),)
     if type == _CAPTURE:
-        return ((AccountKind.HOLDS, -amount), *spent(amount, consumed_paid, 1))
+        return ((AccountKind.HOLDS, -amount), *_spent(amount, consumed_paid, 1))
     if type == _RELEASE:
         return ((AccountKind.HOLDS, -amount),)
     assert type == _REVERSE and extras.reversed_type is not None, (type, extras)
     if extras.reversed_type in SPENT_TYPES:
-        return spent(amount, consumed_paid, -1)
-    return ((CREDIT_SOURCE[extras.reversed_type], amount),)
+        return _spent(amount, consumed_paid, -1)
+    return ((_CREDIT_SOURCE[extras.reversed_type], amount),)
 
 
 def system_legs(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> Legs:
