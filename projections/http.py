@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime
 
 from foundation.settings import Settings
-from projections import queries
+from projections import queries, statements
 from projections.balance_cache import balance_document
 from projections.events_follower import EventsFollower
 from projections.verify import verify
@@ -47,11 +48,19 @@ async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[st
 
 @router.get("/wallet/{userId}/balance")
 async def get_balance(
-    userId: UserPath, request: Request, consistent: bool = False
+    userId: UserPath,
+    request: Request,
+    consistent: bool = False,
+    at: Annotated[AwareDatetime | None, Query()] = None,
 ) -> dict[str, Any]:
     """Every asset's balance, and how much of it is paid and free. Eventually consistent (the
     balance cache, kept by the ledger events, or else the projection) unless
-    `consistent=true`, which reads the ledger itself."""
+    `consistent=true`, which reads the ledger itself; `at` (RFC 3339, with its offset): as
+    the ledger says it stood then."""
+    if at is not None:
+        async with _pool(request).acquire() as conn:
+            then = await statements.balances_at(conn, userId, at)
+        return statements.balances_document(userId, then, at)
     follower: EventsFollower | None = request.app.state.follower
     found = None
     if follower is not None and not consistent:
@@ -60,6 +69,28 @@ async def get_balance(
         async with _pool(request).acquire() as conn:
             found = await queries.balances(conn, userId, consistent)
     return balance_document(userId, found)
+
+
+@router.get("/wallet/{userId}/statement", response_model=None)
+async def get_statement(
+    userId: UserPath,
+    request: Request,
+    start: Annotated[AwareDatetime, Query(alias="from")],
+    end: Annotated[AwareDatetime, Query(alias="to")],
+    asset: Annotated[AssetCode | None, Query()] = None,
+) -> dict[str, Any] | Response:
+    """Per asset: the balance before `from`, every movement in [from, to) and the balance
+    before `to`, from the ledger. JSON, or CSV with `Accept: text/csv`."""
+    if start >= end:
+        raise HTTPException(status_code=422, detail="`from` must be before `to`")
+    try:
+        async with _pool(request).acquire() as conn:
+            found = await statements.statement(conn, userId, start, end, asset)
+    except statements.StatementTooLongError as exc:
+        raise HTTPException(status_code=422, detail=exc.message) from exc
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(statements.as_csv(found, start, end), media_type="text/csv")
+    return statements.document(userId, found, start, end)
 
 
 @router.get("/wallet/{userId}/transactions")

@@ -491,14 +491,48 @@ def dead_letter(partition: int, offset: int, reason: str, requested_by: str | No
     click.echo(f"dead letter of {settings.commands_topic}/{partition}@{offset} {state} (by {by})")
 
 
+class _Instant(click.ParamType):
+    """An ISO 8601 time, with its offset (2026-12-03T12:00:00+09:00) or else taken as UTC."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time, e.g. 2026-12-03T12:00:00Z", param, ctx)
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 @main.command()
 @click.argument("user_id")
 @click.option("--consistent", is_flag=True, help="Read the ledger instead of the projection.")
-def balance(user_id: str, consistent: bool) -> None:
+@click.option("--at", type=_Instant(), help="As the ledger says it stood then (ISO 8601).")
+def balance(user_id: str, consistent: bool, at: datetime | None) -> None:
     """A user's balances, one line per asset."""
     from wallet.operations import print_balances
 
-    _run(print_balances(_settings(), user_id, consistent))
+    _run(print_balances(_settings(), user_id, consistent, at))
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--from", "start", type=_Instant(), required=True, help="Start (ISO 8601).")
+@click.option("--to", "end", type=_Instant(), required=True, help="End, excluded (ISO 8601).")
+@click.option("--asset", help="One asset only.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of tables.")
+def statement(
+    user_id: str, start: datetime, end: datetime, asset: str | None, as_csv: bool
+) -> None:
+    """A user's statement of [from, to): per asset the opening balance, every movement and
+    the closing balance, from the ledger."""
+    from wallet.operations import print_statement
+
+    if start >= end:
+        raise click.BadParameter("--from must be before --to")
+    _run(print_statement(_settings(), user_id, (start, end), asset, as_csv))
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from datetime import datetime
 
@@ -23,7 +24,7 @@ from rich.table import Table
 from foundation.errors import OperatorRequestError
 from foundation.settings import Settings
 from messaging.kafka import make_consumer, make_producer, start_producer, topic_partitions
-from projections import queries
+from projections import queries, statements
 from projections.replay import pending_entries, rebuild, republish
 from projections.verify import EXAMPLES_MAX, CheckResult, verify
 from storage.db import Conn, connection
@@ -161,18 +162,61 @@ async def _record_request(
     return True
 
 
-async def print_balances(settings: Settings, user_id: str, consistent: bool) -> None:
-    async with connection(settings) as conn:
-        found = await queries.balances(conn, user_id, consistent)
-    table = Table(title=f"{user_id} ({'ledger' if consistent else 'projection'})")
-    table.add_column("asset")
+async def print_balances(
+    settings: Settings, user_id: str, consistent: bool, at: datetime | None = None
+) -> None:
     columns = ("balance", "paid", "free", "held", "available", "debt")
+    async with connection(settings) as conn:
+        if at is None:
+            found = await queries.balances(conn, user_id, consistent)
+            rows = {asset: {"balance": h.total, **h.document()} for asset, h in found.items()}
+        else:
+            then = await statements.balances_at(conn, user_id, at)
+            rows = {asset: a.document() for asset, a in then.items()}
+    source = f"ledger at {at.isoformat()}" if at else "ledger" if consistent else "projection"
+    table = Table(title=f"{user_id} ({source})")
+    table.add_column("asset")
     for column in columns:
         table.add_column(column, justify="right")
-    for asset, holding in found.items():
-        parts = holding.document()
-        table.add_row(asset, f"{holding.total:,}", *(f"{parts[c]:,}" for c in columns[1:]))
+    for asset, parts in rows.items():
+        table.add_row(asset, *(_figure(parts[c]) for c in columns))
     Console().print(table)
+
+
+def _figure(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"  # None: a paid part from before lots
+
+
+async def print_statement(
+    settings: Settings,
+    user_id: str,
+    period: tuple[datetime, datetime],
+    asset: str | None,
+    as_csv: bool,
+) -> None:
+    start, end = period
+    async with connection(settings) as conn:
+        found = await statements.statement(conn, user_id, start, end, asset)
+    if as_csv:
+        sys.stdout.write(statements.as_csv(found, start, end))
+        return
+    console = Console()
+    for code, s in found.items():
+        table = Table(title=f"{user_id} {code}: {start.isoformat()} to {end.isoformat()}")
+        for column in ("time", "type", "amount", "balance", "available", "held", "debt", "id"):
+            table.add_column(
+                column, justify="left" if column in ("time", "type", "id") else "right"
+            )
+        table.add_row("", "opening", "", "", *_parts(s.opening.document()))
+        for m in s.movements:
+            table.add_row(m.time.isoformat()[:23], m.type, m.transaction_id[:8],
+                          f"{m.amount:+,}", *_parts(m.after.document()))  # fmt: skip
+        table.add_row("", "closing", "", "", *_parts(s.closing.document()))
+        console.print(table)
+
+
+def _parts(document: dict[str, int | None]) -> list[str]:
+    return [_figure(document[c]) for c in ("balance", "available", "held", "debt")]
 
 
 async def print_history(settings: Settings, user_id: str, asset: str | None, limit: int) -> None:

@@ -181,6 +181,28 @@ class TestReads:
         assert missing.status_code == 404
         assert (await api.get("/wallet/nobody/balance")).json()["balances"] == {}
 
+    async def test_balance_at_a_time_and_statements(self, api: httpx.AsyncClient) -> None:
+        """`?at=` reads the ledger as it stood then; a statement comes as JSON or CSV; a time
+        without its offset, or a period that ends before it starts, is 422."""
+        await api.post("/wallet/topup", json=_body(userId="cy", amount=40))
+        mid = datetime.now(UTC)
+        await api.post("/wallet/spend", json=_body(userId="cy", amount=15))
+        then = (await api.get("/wallet/cy/balance", params={"at": mid.isoformat()})).json()
+        assert then["balances"] == {"GOLD": 40} and then["breakdown"]["GOLD"]["version"] == 1
+        period = {"from": (mid - timedelta(hours=1)).isoformat(),
+                  "to": (datetime.now(UTC) + timedelta(seconds=1)).isoformat()}  # fmt: skip
+        gold = (await api.get("/wallet/cy/statement", params=period)).json()["assets"]["GOLD"]
+        assert [m["amount"] for m in gold["movements"]] == [40, -15]
+        assert gold["opening"]["balance"] == 0 and gold["closing"]["balance"] == 25
+        as_csv = await api.get("/wallet/cy/statement", params=period,
+                               headers={"Accept": "text/csv"})  # fmt: skip
+        assert as_csv.headers["content-type"].startswith("text/csv")
+        assert as_csv.text.splitlines()[-1].startswith("GOLD,closing,")
+        naive = await api.get("/wallet/cy/balance", params={"at": "2026-12-03T12:00:00"})
+        backwards = await api.get("/wallet/cy/statement",
+                                  params={"from": period["to"], "to": period["from"]})  # fmt: skip
+        assert naive.status_code == backwards.status_code == 422
+
     async def test_health_ready_and_docs_need_no_key(self, api_url: str) -> None:
         """Liveness, readiness with projector lag, and the OpenAPI document, without a key."""
         async with httpx.AsyncClient(base_url=api_url, timeout=30) as anonymous:

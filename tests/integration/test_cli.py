@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -112,6 +113,26 @@ class TestOperatorCommands:
         assert "potion" in listed.stdout and "-15" in listed.stdout and "+40" in listed.stdout
         audit = run_wallet(stack, "verify")
         assert audit.returncode == 0 and "0 failed" in audit.stdout
+
+    async def test_balance_at_a_time_and_statement(self, stack: Settings) -> None:
+        """`balance --at` shows the ledger as it stood then; `statement` prints the period's
+        movements between opening and closing, as tables or CSV; a bad time is refused."""
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", "lee", 40))
+            mid = datetime.now(UTC)
+            await client.request(command("spend", "lee", 15))
+        then = run_wallet(stack, "balance", "lee", "--at", mid.isoformat())
+        assert then.returncode == 0 and "ledger at" in then.stdout
+        assert "40" in then.stdout and "25" not in then.stdout
+        period = ["--from", (mid - timedelta(hours=1)).isoformat(),
+                  "--to", (datetime.now(UTC) + timedelta(seconds=1)).isoformat()]  # fmt: skip
+        table = run_wallet(stack, "statement", "lee", *period)
+        assert table.returncode == 0 and "opening" in table.stdout and "-15" in table.stdout
+        rows = run_wallet(stack, "statement", "lee", *period, "--csv").stdout.splitlines()
+        assert [r.split(",")[1] for r in rows[1:]] == ["opening", "movement", "movement",
+                                                       "closing"]  # fmt: skip
+        bad = run_wallet(stack, "balance", "lee", "--at", "noon")
+        assert bad.returncode == 2 and "ISO 8601" in bad.stderr
 
     async def test_republish_sends_ledger_events_again(self, stack: Settings) -> None:
         """--republish re-emits every accepted transaction to the events topic, in order."""

@@ -1,0 +1,215 @@
+"""A wallet's balances at a past time and its statement for a period, exact from the ledger.
+
+Why versions, not times, bound what a read takes in: every user entry carries its account's
+version (one more per entry, no gaps: a unique index and the batch check keep it so) and the
+time of the batch that wrote it, read from the writer's clock. A handover of a partition to a
+process on another host may set that clock back a little, so times need not grow with
+versions; versions cannot go back. So "the balance before T" is the state after the account's
+highest version recorded before T, and a statement of [from, to) is every entry after the
+version before `from` up to the version before `to`: the opening plus the movements is the
+closing, always (asserted), whatever the clocks did. Reads are rare (support, finance), so
+they walk the account's version index rather than have every write keep an index by time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from foundation.errors import WalletError
+from storage.db import Conn
+
+# A statement is built in memory and sent whole: bounded. A longer period is asked for in parts.
+STATEMENT_MOVEMENTS_MAX = 10_000
+# Times are kept to the microsecond: "at or before T" is "before T plus one microsecond".
+_TICK = timedelta(microseconds=1)
+
+
+class StatementTooLongError(WalletError):
+    """The period holds more movements than one statement gives: ask for shorter periods."""
+
+    code = "statement_too_long"
+
+
+class AccountAt(NamedTuple):
+    """One asset of a wallet as the ledger says it was at some moment."""
+
+    version: int  # entries up to then (0: none yet)
+    available: int  # the user account's balance: what a spend could take
+    paid: int | None  # its paid part (None: recorded before lots, when it was not kept)
+    held: int
+    debt: int
+
+    def document(self) -> dict[str, Any]:
+        free = None if self.paid is None else self.available - self.paid
+        return {"balance": self.available + self.held, "paid": self.paid, "free": free,
+                "held": self.held, "available": self.available, "debt": self.debt,
+                "version": self.version}  # fmt: skip
+
+
+NOTHING_YET = AccountAt(0, 0, 0, 0, 0)
+
+
+class Movement(NamedTuple):
+    """One entry of a statement: what moved the user's account, and the account after it."""
+
+    time: datetime
+    transaction_id: str
+    type: str
+    amount: int  # signed: the change of what is available
+    after: AccountAt
+    description: str | None
+
+    def document(self) -> dict[str, Any]:
+        return {"time": self.time.isoformat(), "transactionId": self.transaction_id,
+                "type": self.type, "amount": self.amount, "description": self.description,
+                **self.after.document()}  # fmt: skip
+
+
+class Statement(NamedTuple):
+    opening: AccountAt
+    movements: list[Movement]
+    closing: AccountAt
+
+
+async def balances_at(conn: Conn, user_id: str, at: datetime) -> dict[str, AccountAt]:
+    """Each asset the user had entries of by `at` (inclusive), as they stood then."""
+    return await _states_before(conn, user_id, at + _TICK, None)
+
+
+async def statement(
+    conn: Conn, user_id: str, start: datetime, end: datetime, asset: str | None
+) -> dict[str, Statement]:
+    """Per asset (or the one asked for) with entries before `end`: the balance before
+    `start`, every entry in [start, end), and the balance before `end`."""
+    assert start.tzinfo is not None and end.tzinfo is not None and start < end
+    closing = await _states_before(conn, user_id, end, asset)
+    opening = await _states_before(conn, user_id, start, asset)
+    spans = {a: (opening.get(a, NOTHING_YET), close) for a, close in closing.items()}
+    count = sum(close.version - open_.version for open_, close in spans.values())
+    if count > STATEMENT_MOVEMENTS_MAX:
+        raise StatementTooLongError(
+            f"the period holds {count:,} movements, more than the {STATEMENT_MOVEMENTS_MAX:,}"
+            " one statement gives: ask for shorter periods",
+            movements=count,
+        )
+    found = {}
+    for code, (open_, close) in spans.items():
+        movements = await _movements(conn, user_id, code, open_.version, close.version)
+        found[code] = _checked(Statement(open_, movements, close))
+    return found
+
+
+def _checked(s: Statement) -> Statement:
+    """Postconditions: one movement per version between the two ends, each continuing the
+    balance before it (a failure is a ledger that does not chain: a bug, raised loudly)."""
+    assert len(s.movements) == s.closing.version - s.opening.version, s
+    available = s.opening.available
+    for m in s.movements:
+        available += m.amount
+        assert m.after.available == available, (s.opening, m)
+    assert available == s.closing.available, s
+    return s
+
+
+async def _states_before(
+    conn: Conn, user_id: str, before: datetime, asset: str | None
+) -> dict[str, AccountAt]:
+    rows = await conn.fetch(
+        """
+        SELECT a.code AS asset, e.version, e.balance_after, e.paid_after, e.held_after,
+               e.debt_after
+          FROM assets a
+          CROSS JOIN LATERAL (
+                SELECT version, balance_after, paid_after, held_after, debt_after
+                  FROM ledger_entries
+                 WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
+                   AND created_at < $2
+                 ORDER BY version DESC LIMIT 1) e
+         WHERE $3::text IS NULL OR a.code = $3
+         ORDER BY a.code
+        """,
+        user_id,
+        before,
+        asset,
+    )
+    return {r["asset"]: _state(r) for r in rows}
+
+
+async def _movements(
+    conn: Conn, user_id: str, asset: str, after_version: int, to_version: int
+) -> list[Movement]:
+    if to_version == after_version:
+        return []
+    rows = await conn.fetch(
+        """
+        SELECT e.created_at, e.transaction_id, c.type, e.amount, e.version, e.balance_after,
+               e.paid_after, e.held_after, e.debt_after, c.description
+          FROM ledger_entries e
+          JOIN processed_commands c
+            ON c.transaction_id = e.transaction_id AND c.asset = e.asset
+           AND c.status = 'accepted'
+         WHERE e.account_kind = 'user' AND e.user_id = $1 AND e.asset = $2
+           AND e.version > $3 AND e.version <= $4
+         ORDER BY e.version
+        """,
+        user_id,
+        asset,
+        after_version,
+        to_version,
+    )
+    return [
+        Movement(r["created_at"], str(r["transaction_id"]), r["type"], r["amount"], _state(r),
+                 r["description"])
+        for r in rows
+    ]  # fmt: skip
+
+
+def _state(row: asyncpg.Record) -> AccountAt:
+    return AccountAt(row["version"], row["balance_after"], row["paid_after"],
+                     row["held_after"] or 0, row["debt_after"] or 0)  # fmt: skip
+
+
+def balances_document(user_id: str, found: dict[str, AccountAt], at: datetime) -> dict[str, Any]:
+    """The body of a balance read at a past time: a balance read's shape, with its time."""
+    return {
+        "userId": user_id, "at": at.isoformat(),
+        "balances": {asset: a.available + a.held for asset, a in found.items()},
+        "breakdown": {asset: a.document() for asset, a in found.items()},
+    }  # fmt: skip
+
+
+def document(
+    user_id: str, found: dict[str, Statement], start: datetime, end: datetime
+) -> dict[str, Any]:
+    """The body of a statement, as JSON."""
+    return {
+        "userId": user_id, "from": start.isoformat(), "to": end.isoformat(),
+        "assets": {code: {"opening": s.opening.document(),
+                          "movements": [m.document() for m in s.movements],
+                          "closing": s.closing.document()} for code, s in found.items()},
+    }  # fmt: skip
+
+
+CSV_COLUMNS = ("asset", "row", "time", "transactionId", "type", "amount", "balance", "paid",
+               "free", "held", "available", "debt", "version", "description")  # fmt: skip
+
+
+def as_csv(found: dict[str, Statement], start: datetime, end: datetime) -> str:
+    """A statement as CSV: per asset an `opening` row (at `from`), a `movement` row per entry
+    and a `closing` row (at `to`)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for code, s in found.items():
+        writer.writerow({"asset": code, "row": "opening", "time": start.isoformat(),
+                         **s.opening.document()})  # fmt: skip
+        for m in s.movements:
+            writer.writerow({"asset": code, "row": "movement", **m.document()})
+        writer.writerow({"asset": code, "row": "closing", "time": end.isoformat(),
+                         **s.closing.document()})  # fmt: skip
+    return out.getvalue()
