@@ -190,6 +190,7 @@ class WriteResponse(BaseModel):
     expired: int | None  # what the transaction booked out of lots whose expiry had come
     released: int | None  # held money given back (a capture's rest, expired holds)
     error: WriteError | None
+    position: str | None  # accepted: ASSET:VERSION, for a balance read's `?after=`
 
 
 async def _write(kind: CommandType, body: _Request, request: Request) -> JSONResponse:
@@ -249,6 +250,7 @@ def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
         "expired": reply["expired"],
         "released": reply["released"],
         "error": reply["error"],
+        "position": reply.get("position"),  # absent from replies written before it
     }
 
 

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # The cache is used only while the broker answered fetches of every events partition this
     # recently (an idle fetch is answered after WALLET_FETCH_WAIT_MS).
     api_balance_cache_trust_ms: int = Field(2_000, ge=1_000, le=60_000)
+    # A balance read `?after=` a reply's position waits at most this long for the cache or the
+    # projection to reach it, then reads the ledger.
+    api_read_wait_ms: int = Field(1_000, ge=0, le=30_000)
 
     # `wallet processor` and `wallet projector` serve /metrics and /health here; 0 = off (the
     # API serves /metrics on its own port).

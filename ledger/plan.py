@@ -82,6 +82,7 @@ class StoredResult(NamedTuple):
     debt_after: int | None  # None: no debt
     hold_id: str | None
     released_amount: int | None
+    version: int | None  # accepted: the account's version after it (its reply's position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ class ProcessedRow(NamedTuple):
             self.payload_hash, self.status, self.error_code, self.error_message,
             self.transaction_id, self.balance_after, self.type, self.asset, self.amount,
             self.paid_after, self.consumed_paid, self.expired_amount, self.held_after,
-            self.debt_after, self.hold_id, self.released_amount,
+            self.debt_after, self.hold_id, self.released_amount, self.version,
         )  # fmt: skip
 
 
@@ -521,6 +522,7 @@ def _repeat(
             debt_after=None,
             hold_id=command.hold_id,
             released_amount=None,
+            version=None,
         )
         reply = _reply_bytes(ctx, command, reused, True)
         plan.decided.append(Outcome(command.type.value, "rejected", reused.error_code or ""))
@@ -583,7 +585,7 @@ def _reply_bytes(
         amount=result.amount, balance=result.balance_after, error=error,
         processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
         expired=result.expired_amount, held=result.held_after, debt=result.debt_after,
-        hold_id=result.hold_id, released=result.released_amount,
+        hold_id=result.hold_id, released=result.released_amount, version=result.version,
     )  # fmt: skip
 
 
@@ -600,7 +602,7 @@ def outbox_row_of(row: ProcessedRow, legs_known: Legs | None = None) -> OutboxRo
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
         processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
         expired=row.expired_amount, held=row.held_after, debt=row.debt_after,
-        hold_id=row.hold_id, released=row.released_amount,
+        hold_id=row.hold_id, released=row.released_amount, version=row.version,
     )  # fmt: skip
     event = None if row.transaction_id is None else event_bytes(row, legs_known)
     return OutboxRow(

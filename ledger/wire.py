@@ -39,11 +39,13 @@ def reply_bytes(
     debt: int | None = None,
     hold_id: str | None = None,
     released: int | None = None,
+    version: int | None = None,
 ) -> bytes:
     """A `wallet.replies` message (schemas.replies.Reply). `balance` is the user account's
     balance, what is available (the reply's `balance` adds what holds keep aside: `held`);
     `paid` its paid part (None where unknown: records written before lots existed);
-    `consumed_paid` the paid part of an accepted spend's or capture's amount."""
+    `consumed_paid` the paid part of an accepted spend's or capture's amount; `version` the
+    account's version after an accepted command (its `position`)."""
     consumed = None
     if consumed_paid is not None:
         assert amount is not None
@@ -72,6 +74,7 @@ def reply_bytes(
             "released": released,
             "error": {"code": error[0], "message": error[1]} if error else None,
             "processed_at": processed_at,
+            "position": None if version is None else f"{asset}:{version}",
         }
     )
 

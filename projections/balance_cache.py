@@ -40,11 +40,16 @@ class BalanceCache:
 
     def balances(self, user_id: str) -> dict[str, Holding] | None:
         """The user's balance per asset (sorted by asset), or None when not cached."""
+        accounts = self.accounts(user_id)
+        return None if accounts is None else balances_of(accounts)
+
+    def accounts(self, user_id: str) -> Accounts | None:
+        """The user's account states (with their versions; the cache's own: read, never
+        change), or None when not cached."""
         accounts = self._users.get(user_id)
-        if accounts is None:
-            return None
-        self._users.move_to_end(user_id)
-        return balances_of(accounts)
+        if accounts is not None:
+            self._users.move_to_end(user_id)
+        return accounts
 
     def wants(self, user_id: str) -> bool:
         """Whether an event of this user changes anything here (others are not decoded)."""

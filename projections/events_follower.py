@@ -95,10 +95,15 @@ class EventsFollower:
     async def balances(self, pool: asyncpg.Pool, user_id: str) -> dict[str, Holding] | None:
         """The user's balances from the cache, read into it from the ledger on a miss; None
         when the cache cannot vouch for them (the caller reads the projection)."""
+        accounts = await self.accounts(pool, user_id)
+        return None if accounts is None else balances_of(accounts)
+
+    async def accounts(self, pool: asyncpg.Pool, user_id: str) -> Accounts | None:
+        """As `balances`, with each account's version."""
         if not self.trusted():
             self.cache.clear()
             return None
-        found = self.cache.balances(user_id)
+        found = self.cache.accounts(user_id)
         if found is not None:
             return found
         held = self.cache.reading(user_id)
@@ -109,7 +114,7 @@ class EventsFollower:
         finally:
             # The consumer may have stopped while the read ran: keep nothing then.
             self.cache.loaded(user_id, held, accounts if self.trusted() else None)
-        return balances_of(accounts)
+        return accounts
 
     async def _follow(self) -> None:
         while self._consumer is not None:

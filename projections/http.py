@@ -13,12 +13,12 @@ from pydantic import AwareDatetime
 
 from foundation.settings import Settings
 from projections import queries, statements
-from projections.balance_cache import balance_document
+from projections.balance_cache import Accounts, balance_document, balances_of
 from projections.events_follower import EventsFollower
 from projections.verify import verify
 from schemas.commands import AssetCode
 from storage.db import RETRIABLE_DB_ERRORS
-from storage.projection_store import lag_seconds
+from storage.projection_store import LIVE, lag_seconds, projected_accounts
 from storage.stalls import stalls
 
 router = APIRouter(tags=["queries"])  # needs the wallets:read scope
@@ -46,21 +46,44 @@ async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[st
     return item
 
 
+# A reply's position (schemas.replies.Reply.position), up to eight of them comma-separated.
+_POSITION = r"[A-Z][A-Z0-9_]*:[1-9][0-9]{0,17}"
+_AFTER_PATTERN = f"^{_POSITION}(,{_POSITION}){{0,7}}$"
+# A read waiting for its position looks again after 10 ms, then twice as long each time up to
+# 200 ms: the cache catches up within milliseconds, and a read that must wait for the
+# projection (no cache) asks PostgreSQL a few times a second, not a hundred.
+_READ_POLL_S = 0.01
+_READ_POLL_MAX_S = 0.2
+
+
 @router.get("/wallet/{userId}/balance")
 async def get_balance(
     userId: UserPath,
     request: Request,
     consistent: bool = False,
     at: Annotated[AwareDatetime | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=400, pattern=_AFTER_PATTERN)] = None,
 ) -> dict[str, Any]:
     """Every asset's balance, and how much of it is paid and free. Eventually consistent (the
     balance cache, kept by the ledger events, or else the projection) unless
-    `consistent=true`, which reads the ledger itself; `at` (RFC 3339, with its offset): as
-    the ledger says it stood then."""
+    `consistent=true`, which reads the ledger itself; `after` (a reply's `position`, or
+    several comma-separated): no older than those writes; `at` (RFC 3339, with its offset):
+    as the ledger says it stood then."""
     if at is not None:
-        async with _pool(request).acquire() as conn:
-            then = await statements.balances_at(conn, userId, at)
+        if consistent or after is not None:
+            raise HTTPException(422, "`at` reads the ledger as it was: not with `after` or "
+                                "`consistent`")  # fmt: skip
+        try:
+            async with _pool(request).acquire() as conn:
+                then = await statements.balances_at(conn, userId, at)
+        except statements.ReadRefusedError as exc:
+            raise HTTPException(status_code=422, detail=exc.message) from exc
         return statements.balances_document(userId, then, at)
+    if after is not None and not consistent:
+        wanted: dict[str, int] = {}
+        for asset, version in (p.split(":") for p in after.split(",")):
+            wanted[asset] = max(wanted.get(asset, 0), int(version))
+        return balance_document(userId, balances_of(await _after(request, userId, wanted)))
     follower: EventsFollower | None = request.app.state.follower
     found = None
     if follower is not None and not consistent:
@@ -69,6 +92,32 @@ async def get_balance(
         async with _pool(request).acquire() as conn:
             found = await queries.balances(conn, userId, consistent)
     return balance_document(userId, found)
+
+
+async def _after(request: Request, user_id: str, wanted: dict[str, int]) -> Accounts:
+    """Read-your-writes: the cache's (or else the projection's) accounts once each wanted
+    asset's version has reached its position, looking again (backing off) for at most
+    WALLET_API_READ_WAIT_MS; then the ledger, which holds every position a reply gave (a
+    reply is published after its transaction commits)."""
+    settings: Settings = request.app.state.settings
+    follower: EventsFollower | None = request.app.state.follower
+    pool = _pool(request)
+    deadline_s = asyncio.get_running_loop().time() + settings.api_read_wait_ms / 1000
+    poll_s = _READ_POLL_S
+    while True:
+        found = None if follower is None else await follower.accounts(pool, user_id)
+        if found is None:
+            async with pool.acquire() as conn:
+                found = await projected_accounts(conn, LIVE, user_id)
+        if all(a in found and found[a][1] >= v for a, v in wanted.items()):
+            return found
+        left_s = deadline_s - asyncio.get_running_loop().time()
+        if left_s <= 0:
+            break
+        await asyncio.sleep(min(poll_s, left_s))
+        poll_s = min(poll_s * 2, _READ_POLL_MAX_S)
+    async with pool.acquire() as conn:
+        return await queries.ledger_accounts(conn, user_id)
 
 
 @router.get("/wallet/{userId}/statement", response_model=None)
@@ -86,7 +135,7 @@ async def get_statement(
     try:
         async with _pool(request).acquire() as conn:
             found = await statements.statement(conn, userId, start, end, asset)
-    except statements.StatementTooLongError as exc:
+    except statements.ReadRefusedError as exc:
         raise HTTPException(status_code=422, detail=exc.message) from exc
     if "text/csv" in request.headers.get("accept", ""):
         return Response(statements.as_csv(found, start, end), media_type="text/csv")

@@ -9,7 +9,7 @@ import asyncpg
 
 from projections.balance_cache import Accounts, Holding, balances_of
 from storage.db import Conn
-from storage.projection_store import LIVE, projected_balances
+from storage.projection_store import LIVE, projected_accounts
 
 HISTORY_LIMIT_MAX = 200
 
@@ -17,7 +17,7 @@ HISTORY_LIMIT_MAX = 200
 async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, Holding]:
     """Every asset's holding; `consistent` reads the ledger instead of the projection."""
     if not consistent:
-        return await projected_balances(conn, LIVE, user_id)
+        return balances_of(await projected_accounts(conn, LIVE, user_id))
     return balances_of(await ledger_accounts(conn, user_id))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -27,12 +27,37 @@ from storage.db import Conn
 STATEMENT_MOVEMENTS_MAX = 10_000
 # Times are kept to the microsecond: "at or before T" is "before T plus one microsecond".
 _TICK = timedelta(microseconds=1)
+# What a read may name: the ledger holds nothing before its first entry, and PostgreSQL and
+# Python both stop at year 9999 (a time past it, or made past it by _TICK, cannot be sent).
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-class StatementTooLongError(WalletError):
+class ReadRefusedError(WalletError):
+    """A read asked for something it cannot give as asked; nothing was read."""
+
+    code = "read_refused"
+
+
+class StatementTooLongError(ReadRefusedError):
     """The period holds more movements than one statement gives: ask for shorter periods."""
 
     code = "statement_too_long"
+
+
+class TimeOutOfRangeError(ReadRefusedError):
+    """A time before the ledger could hold anything, or past what it can be compared with."""
+
+    code = "time_out_of_range"
+
+
+def _checked_time(at: datetime) -> datetime:
+    assert at.tzinfo is not None, at
+    if not TIME_MIN <= at <= TIME_MAX:
+        raise TimeOutOfRangeError(
+            f"{at.isoformat()} is outside {TIME_MIN.year}..{TIME_MAX.year}", at=at.isoformat()
+        )
+    return at
 
 
 class AccountAt(NamedTuple):
@@ -78,15 +103,24 @@ class Statement(NamedTuple):
 
 async def balances_at(conn: Conn, user_id: str, at: datetime) -> dict[str, AccountAt]:
     """Each asset the user had entries of by `at` (inclusive), as they stood then."""
-    return await _states_before(conn, user_id, at + _TICK, None)
+    return await _states_before(conn, user_id, _checked_time(at) + _TICK, None)
 
 
 async def statement(
     conn: Conn, user_id: str, start: datetime, end: datetime, asset: str | None
 ) -> dict[str, Statement]:
     """Per asset (or the one asked for) with entries before `end`: the balance before
-    `start`, every entry in [start, end), and the balance before `end`."""
-    assert start.tzinfo is not None and end.tzinfo is not None and start < end
+    `start`, every entry in [start, end), and the balance before `end`. One snapshot for all
+    its reads: between two, a batch could commit an entry stamped before `start` (a writer
+    whose clock is behind) and the opening would pass the closing."""
+    assert _checked_time(start) < _checked_time(end), (start, end)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _statement(conn, user_id, start, end, asset)
+
+
+async def _statement(
+    conn: Conn, user_id: str, start: datetime, end: datetime, asset: str | None
+) -> dict[str, Statement]:
     closing = await _states_before(conn, user_id, end, asset)
     opening = await _states_before(conn, user_id, start, asset)
     spans = {a: (opening.get(a, NOTHING_YET), close) for a, close in closing.items()}
@@ -209,7 +243,17 @@ def as_csv(found: dict[str, Statement], start: datetime, end: datetime) -> str:
         writer.writerow({"asset": code, "row": "opening", "time": start.isoformat(),
                          **s.opening.document()})  # fmt: skip
         for m in s.movements:
-            writer.writerow({"asset": code, "row": "movement", **m.document()})
+            row = m.document()
+            row["description"] = _inert(row["description"])
+            writer.writerow({"asset": code, "row": "movement", **row})
         writer.writerow({"asset": code, "row": "closing", "time": end.isoformat(),
                          **s.closing.document()})  # fmt: skip
     return out.getvalue()
+
+
+def _inert(text: str | None) -> str | None:
+    """A client's text as a spreadsheet shows it, never runs it: a cell starting with one of
+    = + - @ is a formula to Excel and its kin (CSV injection), so it is quoted with '."""
+    if text and text[0] in "=+-@\t\r":
+        return "'" + text
+    return text

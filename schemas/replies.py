@@ -92,3 +92,10 @@ class Reply(BaseModel):
     )
     error: ErrorInfo | None
     processed_at: AwareDatetime
+    position: str | None = Field(
+        None,
+        description="An accepted command: the account's ledger position after it, "
+        "`ASSET:VERSION` (its version counts its entries). Pass it to a balance read as "
+        "`?after=` to read your own write.",
+        pattern=r"^[A-Z][A-Z0-9_]*:[1-9][0-9]*$",
+    )

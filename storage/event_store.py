@@ -386,7 +386,7 @@ class PostgresEventStore:
             SELECT c.user_id, c.idempotency_key, c.payload_hash, c.status, c.error_code,
                    c.error_message, c.transaction_id, c.balance_after, c.type, c.asset, c.amount,
                    c.paid_after, c.consumed_paid, c.expired_amount, c.held_after, c.debt_after,
-                   c.hold_id, c.released_amount
+                   c.hold_id, c.released_amount, c.version
               FROM unnest($1::text[], $2::text[]) AS k(user_id, idempotency_key)
               CROSS JOIN LATERAL (
                     SELECT * FROM processed_commands p
@@ -416,6 +416,7 @@ class PostgresEventStore:
                 debt_after=r["debt_after"],
                 hold_id=r["hold_id"],
                 released_amount=r["released_amount"],
+                version=r["version"],
             )
             for r in rows
         }

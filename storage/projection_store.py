@@ -146,7 +146,9 @@ class PostgresProjectionStore:
     @translated
     async def balances(self, target: Target, user_id: str) -> dict[str, Holding]:
         async with self._pool.acquire() as conn:
-            return await projected_balances(conn, target, user_id)
+            found = await projected_accounts(conn, target, user_id)
+        return {asset: Holding(balance, paid, held, debt)
+                for asset, (balance, _, paid, held, debt) in sorted(found.items())}  # fmt: skip
 
     @translated
     async def totals(self, target: Target) -> dict[tuple[str, str], int]:
@@ -213,13 +215,17 @@ async def apply_next(
     return Applied(int(count), int(upto))
 
 
-async def projected_balances(conn: Conn, target: Target, user_id: str) -> dict[str, Holding]:
+async def projected_accounts(
+    conn: Conn, target: Target, user_id: str
+) -> dict[str, tuple[int, int, int, int, int]]:
+    """Each asset's (balance, version, paid, held, debt) as the projection has it."""
     rows = await conn.fetch(
-        f"SELECT asset, balance, paid, held, debt FROM {target.balances}"
-        " WHERE user_id = $1 ORDER BY asset",
+        f"SELECT asset, balance, version, paid, held, debt FROM {target.balances}"
+        " WHERE user_id = $1",
         user_id,
     )
-    return {r["asset"]: Holding(r["balance"], r["paid"], r["held"], r["debt"]) for r in rows}
+    return {r["asset"]: (r["balance"], r["version"], r["paid"], r["held"], r["debt"])
+            for r in rows}  # fmt: skip
 
 
 async def lag_by_partition(conn: Conn, target: Target = LIVE) -> dict[int, float]:

@@ -209,7 +209,7 @@ async def print_statement(
             )
         table.add_row("", "opening", "", "", *_parts(s.opening.document()))
         for m in s.movements:
-            table.add_row(m.time.isoformat()[:23], m.type, m.transaction_id[:8],
+            table.add_row(m.time.isoformat(timespec="milliseconds"), m.type, m.transaction_id[:8],
                           f"{m.amount:+,}", *_parts(m.after.document()))  # fmt: skip
         table.add_row("", "closing", "", "", *_parts(s.closing.document()))
         console.print(table)

@@ -30,9 +30,18 @@ from wallet.devstack import free_port
 async def api_url(stack: Settings) -> AsyncIterator[str]:
     """Processor, projector and a uvicorn server on a free port (keys checked on every
     request, no cache, so a revocation shows at once)."""
-    settings = stack.model_copy(update={"api_port": free_port(), "api_key_cache_ttl_ms": 0})
+    async with running_projector(stack), _serving(stack) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def _serving(stack: Settings, **changes: Any) -> AsyncIterator[str]:
+    """A processor and a uvicorn server on a free port, with these settings changed."""
+    settings = stack.model_copy(
+        update={"api_port": free_port(), "api_key_cache_ttl_ms": 0, **changes}
+    )
     stop = asyncio.Event()
-    async with running_processor(settings), running_projector(settings):
+    async with running_processor(settings):
         server = asyncio.create_task(serve(settings, stop))
         base = f"http://127.0.0.1:{settings.api_port}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -89,17 +98,19 @@ class TestWrites:
             "status": "accepted", "duplicate": False, "transactionId": None, "userId": "ana",
             "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
             "held": 0, "available": 100, "debt": 0, "holdId": None, "consumed": None,
-            "expired": None, "released": None, "error": None,
+            "expired": None, "released": None, "error": None, "position": "GOLD:1",
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
         assert again.json()["transactionId"] == top_up.json()["transactionId"]
+        assert again.json()["position"] == "GOLD:1"  # a repeat answers the original's
         bonus = (await api.post("/wallet/bonus", json=_body(amount=5))).json()
         assert (bonus["balance"], bonus["paid"], bonus["free"]) == (105, 100, 5)
         spend = (await api.post("/wallet/spend", json=_body(amount=7))).json()
         assert spend["consumed"] == {"paid": 2, "free": 5} and spend["balance"] == 98
         over = await api.post("/wallet/spend", json=_body(amount=1000))
         assert over.status_code == 402 and over.json()["error"]["code"] == "insufficient_funds"
+        assert over.json()["position"] is None  # nothing written
         reused = await api.post("/wallet/topup", json=_body(amount=1, idempotencyKey="t1"))
         assert reused.status_code == 409
         soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -199,6 +210,10 @@ class TestReads:
         assert as_csv.headers["content-type"].startswith("text/csv")
         assert as_csv.text.splitlines()[-1].startswith("GOLD,closing,")
         naive = await api.get("/wallet/cy/balance", params={"at": "2026-12-03T12:00:00"})
+        far = await api.get("/wallet/cy/balance", params={"at": "9999-12-31T23:59:59Z"})
+        both = await api.get("/wallet/cy/balance", params={"at": mid.isoformat(),
+                                                           "after": "GOLD:1"})  # fmt: skip
+        assert far.status_code == both.status_code == 422
         backwards = await api.get("/wallet/cy/statement",
                                   params={"from": period["to"], "to": period["from"]})  # fmt: skip
         assert naive.status_code == backwards.status_code == 422
@@ -213,6 +228,44 @@ class TestReads:
         assert "projectorLagSeconds" in ready.json()
         assert {"/wallet/topup", "/wallet/{userId}/balance", "/ops/audit"} <= spec["paths"].keys()
         assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+class TestReadYourWrites:
+    async def test_a_read_after_a_position_sees_that_write(self, stack: Settings) -> None:
+        """With nothing projecting and no cache, a plain read misses a write, and a read
+        `?after=` its reply's position waits, then answers it from the ledger."""
+        key = _bearer(await new_key(stack, "rw", list(SCOPES)))
+        async with (
+            _serving(stack, api_balance_cache_max=0, api_read_wait_ms=300) as base,
+            httpx.AsyncClient(base_url=base, timeout=30, headers=key) as api,
+        ):
+            first = (await api.post("/wallet/topup", json=_body(userId="dee", amount=9))).json()
+            second = (await api.post("/wallet/topup", json=_body(userId="dee", amount=4))).json()
+            plain = (await api.get("/wallet/dee/balance")).json()
+            began = asyncio.get_running_loop().time()
+            after = await api.get("/wallet/dee/balance", params={"after": second["position"]})
+            waited_s = asyncio.get_running_loop().time() - began
+            bad = await api.get("/wallet/dee/balance", params={"after": "GOLD:0"})
+        assert (first["position"], second["position"]) == ("GOLD:1", "GOLD:2")
+        assert plain["balances"] == {}  # nothing projected
+        assert after.json()["balances"] == {"GOLD": 13} and waited_s >= 0.25
+        assert bad.status_code == 422
+
+    async def test_a_projected_position_is_answered_without_waiting(self, stack: Settings) -> None:
+        """Once the cache or the projection holds the position, the read answers without
+        waiting out its bound (30 s here)."""
+        key = _bearer(await new_key(stack, "rw", list(SCOPES)))
+        async with (
+            running_projector(stack),
+            _serving(stack, api_read_wait_ms=30_000) as base,
+            httpx.AsyncClient(base_url=base, timeout=60, headers=key) as api,
+        ):
+            written = (await api.post("/wallet/topup", json=_body(userId="eve", amount=5))).json()
+            await wait_projected(stack)
+            began = asyncio.get_running_loop().time()
+            read = await api.get("/wallet/eve/balance", params={"after": written["position"]})
+            waited_s = asyncio.get_running_loop().time() - began
+        assert read.json()["balances"] == {"GOLD": 5} and waited_s < 15
 
 
 class TestAuthentication:

@@ -150,6 +150,16 @@ class TestStatements:
         assert refused.value.code == "statement_too_long" and refused.value.data["movements"] == 5
         assert len(fits["GOLD"].movements) == 4
 
+    async def test_a_description_a_spreadsheet_would_run_is_quoted(
+        self, ledger: Ledger, pool: asyncpg.Pool
+    ) -> None:
+        """A description starting like a formula comes out inert in the CSV, commas quoted."""
+        await ledger.commit(0, command("top_up", "cat", 5, description='=HYPERLINK("x"), 1'))
+        async with pool.acquire() as conn:
+            found = await statements.statement(conn, "cat", _at(-1), _at(1), None)
+        text = statements.as_csv(found, _at(-1), _at(1))
+        assert ',"\'=HYPERLINK(""x""), 1"\n' in text
+
     async def test_csv_has_opening_movements_and_closing_rows(
         self, ledger: Ledger, pool: asyncpg.Pool
     ) -> None:

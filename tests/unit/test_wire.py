@@ -32,16 +32,16 @@ def _check(encoded: bytes, model: type[BaseModel], schema: str) -> dict[str, Any
 
 class TestReplies:
     def test_an_accepted_reply(self) -> None:
-        """An accepted reply carries the transaction, the balance after it and its paid and
-        free parts."""
+        """An accepted reply carries the transaction, the balance after it, its paid and free
+        parts, and the account's position (asset and version) for reading one's own write."""
         encoded = wire.reply_bytes(
             command_id=uuid.uuid4(), idempotency_key="k", user_id="ana", status="accepted",
             duplicate=False, transaction_id=uuid.uuid4(), type="top_up", asset="GOLD", amount=5,
-            balance=5, error=None, processed_at=NOW, paid=3,
+            balance=5, error=None, processed_at=NOW, paid=3, version=12,
         )  # fmt: skip
         document = _check(encoded, Reply, "reply")
         assert (document["balance"], document["paid"], document["free"]) == (5, 3, 2)
-        assert document["consumed"] is None
+        assert document["consumed"] is None and document["position"] == "GOLD:12"
 
     def test_a_spend_reply_says_what_it_consumed(self) -> None:
         """An accepted spend's reply splits its amount into paid and free currency taken."""
