@@ -26,8 +26,7 @@ from pathlib import Path
 import asyncpg
 
 from foundation.settings import load_settings
-from ledger.account import AccountState
-from ledger.lots import SpendOrder
+from ledger.account import AccountState, Asset
 from ledger.plan import AccountKey, BatchContext, decoded_intakes, plan_batch
 from schemas.commands import Command, CommandType
 from storage.event_store import BatchPosition, PostgresEventStore
@@ -37,7 +36,7 @@ TOPIC = "bench.commit"
 BATCH = 1_000
 USERS = 10_000
 MIX = [CommandType.TOP_UP] * 5 + [CommandType.BONUS] + [CommandType.SPEND] * 4
-ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
+ASSETS = {"GOLD": Asset()}
 
 
 def _backend_cpu_s(pid: int) -> float:

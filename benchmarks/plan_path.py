@@ -19,8 +19,7 @@ import uuid
 from datetime import UTC, datetime
 
 from foundation import collector
-from ledger.account import AccountState
-from ledger.lots import SpendOrder
+from ledger.account import AccountState, Asset
 from ledger.plan import BatchContext, Intake, plan_batch
 from messaging.kafka import partition_for
 from processor.intake import IntakeRules, admit
@@ -60,7 +59,7 @@ def _run(
         if decode_only:
             continue
         ctx = BatchContext("bench.commands", 0, 0, datetime.now(UTC))
-        plan = plan_batch(ctx, intakes, {}, accounts, {"GOLD": SpendOrder.FREE_FIRST})
+        plan = plan_batch(ctx, intakes, {}, accounts, {"GOLD": Asset()})
         accounts.update(plan.accounts)
         plan_s += time.process_time() - decoded
     return decode_s, plan_s

@@ -115,6 +115,13 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by route template",
     ["method", "route", "status"],
 )
+READS_AFTER = Counter(
+    "wallet_reads_after",
+    "Balance reads ?after= a reply's position, by what answered them: the cache or the "
+    "projection once it had reached the position (at once, or after waiting), or the ledger "
+    "when WALLET_API_READ_WAIT_MS ran out",
+    ["answered_by"],
+)
 HTTP_SECONDS = Histogram(
     "wallet_http_request_seconds",
     "HTTP request durations, by route template",

@@ -18,7 +18,18 @@ BALANCE_MAX = 10**18
 # Open holds are loaded and written with their account, like its lots: bounded the same way
 # (a hold past it is refused: too_many_holds).
 HOLDS_OPEN_MAX = 100
-Assets = Mapping[str, SpendOrder]  # asset code -> its spend order
+
+
+class Asset(NamedTuple):
+    """An asset as the catalogue sets it (`wallet assets`)."""
+
+    order: SpendOrder = SpendOrder.FREE_FIRST  # which lots a spend takes first
+    # A wallet's total of it (held money included) that a credit may not take it past; what
+    # gives back money already the wallet's (a release, a reversed spend) is never refused.
+    balance_max: int = BALANCE_MAX
+
+
+Assets = Mapping[str, Asset]  # asset code -> its rules
 
 
 class Hold(NamedTuple):

@@ -49,13 +49,14 @@ def decide(
     assert account.version >= 0 and account.debt >= 0, account
     assert command.amount is None or 1 <= command.amount <= AMOUNT_MAX, command.amount
 
-    order = assets.get(command.asset)
-    if order is None:
+    asset = assets.get(command.asset)
+    if asset is None:
         return Rejected(ErrorCode.UNKNOWN_ASSET, f"asset {command.asset} does not exist")
+    order = asset.order
     if account.order is not order:  # loaded, or the asset's order changed: sort once
         account = account._replace(lots=lots.in_order(account.lots, order), order=order)
     if not (account.holds or account.debt) and (account.due_ms is None or account.due_ms > now_ms):
-        plain = _plain(command, account, transaction_id, now_ms)
+        plain = _plain(command, account, transaction_id, now_ms, asset.balance_max)
         if plain is not None:
             return plain
     start = account
@@ -66,7 +67,8 @@ def decide(
     expired, live = lots.due(account.lots, account.due_ms, now_ms)
     if expired:
         account = _without(account, expired, live)
-    own = _by_type(command, account, transaction_id, now_ms, refs, (expired, lapsed))
+    own = _by_type(command, account, (transaction_id, now_ms, asset.balance_max), refs,
+                   (expired, lapsed))  # fmt: skip
     if isinstance(own, Rejected):
         return own
     if not (expired or lapsed or restored or own.restored):  # most commands: nothing else moved
@@ -75,7 +77,7 @@ def decide(
 
 
 def _plain(
-    command: Command, account: AccountState, tx_id: uuid.UUID, now_ms: int
+    command: Command, account: AccountState, tx_id: uuid.UUID, now_ms: int, balance_max: int
 ) -> Accepted | None:
     """Most of the traffic: a credit or spend on a wallet with nothing else to book (no
     holds, no debt, no lot due), accepted. Nothing besides its type's own legs moved, so they
@@ -91,7 +93,7 @@ def _plain(
         own = _spend(command, account)
         user_amount = -amount
     elif kind in _CREDITS and command.expires_at is None:
-        if _refuse_credit(command, account, now_ms) is not None:
+        if _refuse_credit(command, account, now_ms, balance_max) is not None:
             return None
         assert amount is not None
         own = _credit(command, account, tx_id)
@@ -107,17 +109,19 @@ def _plain(
 def _by_type(
     command: Command,
     account: AccountState,
-    tx_id: uuid.UUID,
-    now_ms: int,
+    at: tuple[uuid.UUID, int, int],
     refs: References,
     due: tuple[tuple[Piece, ...], tuple[Hold, ...]],
 ) -> Accepted | Rejected:
-    """The command's own decision (`account` without its expired lots and lapsed holds)."""
+    """The command's own decision (`account` without its expired lots and lapsed holds);
+    `at`: its transaction id, the time it is decided at, the asset's balance limit."""
+    tx_id, now_ms, balance_max = at
     kind = command.type
     if kind is CommandType.SPEND:
         return _spend(command, account)
     if kind is CommandType.TOP_UP or kind is CommandType.BONUS:
-        return _refuse_credit(command, account, now_ms) or _credit(command, account, tx_id)
+        refused = _refuse_credit(command, account, now_ms, balance_max)
+        return refused or _credit(command, account, tx_id)
     if kind is CommandType.EXPIRE:
         return _expire(account, due, command.asset)
     if kind is CommandType.HOLD:
@@ -208,12 +212,14 @@ def _without(
                             lots=live, due_ms=lots.next_due_ms(live))  # fmt: skip
 
 
-def _refuse_credit(command: Command, account: AccountState, now_ms: int) -> Rejected | None:
-    assert command.amount is not None
-    if account.total() + command.amount > BALANCE_MAX:
+def _refuse_credit(
+    command: Command, account: AccountState, now_ms: int, balance_max: int
+) -> Rejected | None:
+    assert command.amount is not None and 1 <= balance_max <= BALANCE_MAX, balance_max
+    if account.total() + command.amount > balance_max:
         return Rejected(
             ErrorCode.BALANCE_LIMIT_EXCEEDED,
-            f"a balance may not exceed {BALANCE_MAX} {command.asset}",
+            f"a balance may not exceed {balance_max} {command.asset}",
         )
     if len(account.lots) >= LOTS_OPEN_MAX:
         return Rejected(

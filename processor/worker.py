@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from ledger.account import NO_REFERENCES, AccountState, Assets, HoldKey, References
-from ledger.lots import SpendOrder
+from ledger.account import NO_REFERENCES, AccountState, Asset, Assets, HoldKey, References
 from ledger.plan import (
     AccountKey,
     BatchContext,
@@ -51,10 +50,10 @@ class AssetCatalog:
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
-        self.codes: dict[str, SpendOrder] = {}
+        self.codes: dict[str, Asset] = {}
         self._loaded_at_s = float("-inf")
 
-    async def cover(self, codes: set[str]) -> dict[str, SpendOrder]:
+    async def cover(self, codes: set[str]) -> dict[str, Asset]:
         # Reload before rejecting: a rejection is recorded forever, so it must not come from
         # a stale list (an asset added a second ago by `wallet assets add`).
         now_s = time.monotonic()

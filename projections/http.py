@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime
 
+from foundation import metrics
 from foundation.settings import Settings
 from projections import queries, statements
 from projections.balance_cache import Accounts, balance_document, balances_of
@@ -54,6 +55,7 @@ _AFTER_PATTERN = f"^{_POSITION}(,{_POSITION}){{0,7}}$"
 # projection (no cache) asks PostgreSQL a few times a second, not a hundred.
 _READ_POLL_S = 0.01
 _READ_POLL_MAX_S = 0.2
+_VERSION = 1  # an account state's (balance, version, paid, held, debt) version
 
 
 @router.get("/wallet/{userId}/balance")
@@ -104,18 +106,22 @@ async def _after(request: Request, user_id: str, wanted: dict[str, int]) -> Acco
     pool = _pool(request)
     deadline_s = asyncio.get_running_loop().time() + settings.api_read_wait_ms / 1000
     poll_s = _READ_POLL_S
+    waited = False
     while True:
         found = None if follower is None else await follower.accounts(pool, user_id)
         if found is None:
             async with pool.acquire() as conn:
                 found = await projected_accounts(conn, LIVE, user_id)
-        if all(a in found and found[a][1] >= v for a, v in wanted.items()):
+        if all(a in found and found[a][_VERSION] >= v for a, v in wanted.items()):
+            metrics.READS_AFTER.labels("waited" if waited else "at_once").inc()
             return found
+        waited = True
         left_s = deadline_s - asyncio.get_running_loop().time()
         if left_s <= 0:
             break
         await asyncio.sleep(min(poll_s, left_s))
         poll_s = min(poll_s * 2, _READ_POLL_MAX_S)
+    metrics.READS_AFTER.labels("ledger").inc()
     async with pool.acquire() as conn:
         return await queries.ledger_accounts(conn, user_id)
 

@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from foundation.errors import FencedError
-from ledger.account import AccountState, Hold, HoldKey, References, Target
+from ledger.account import BALANCE_MAX, AccountState, Asset, Hold, HoldKey, References, Target
 from ledger.lots import Lot, SpendOrder, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -173,7 +173,7 @@ class EventStore(Protocol):
         self, topic: str, partition: int, epoch: int, log_end_offset: int | None, reason: str
     ) -> PartitionClaim: ...
 
-    async def load_assets(self) -> dict[str, SpendOrder]: ...
+    async def load_assets(self) -> dict[str, Asset]: ...
 
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]: ...
 
@@ -331,12 +331,13 @@ class PostgresEventStore:
         return _claim(row, {})
 
     @translated
-    async def load_assets(self) -> dict[str, SpendOrder]:
-        """Each asset's code and spend order."""
+    async def load_assets(self) -> dict[str, Asset]:
+        """Each asset's code, spend order and balance limit."""
         rows = await self._pool.fetch(
-            "SELECT code, spend_order FROM assets", timeout=self._timeout_s
+            "SELECT code, spend_order, balance_max FROM assets", timeout=self._timeout_s
         )
-        return {r["code"]: SpendOrder(r["spend_order"]) for r in rows}
+        return {r["code"]: Asset(SpendOrder(r["spend_order"]), r["balance_max"] or BALANCE_MAX)
+                for r in rows}  # fmt: skip
 
     @translated
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import orjson
 
 from foundation.errors import FencedError, StorageRefusedError
-from ledger.account import AccountState, Hold, HoldKey, References, Target
-from ledger.lots import Lot, SpendOrder, at_ms, epoch_ms, next_due_ms, pieces_of
+from ledger.account import AccountState, Asset, Hold, HoldKey, References, Target
+from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -56,7 +56,7 @@ class MemoryEventStore:
     """EventStore in memory (see the module docstring)."""
 
     def __init__(self, assets: Iterable[str] = ("GOLD", "DIAMONDS")) -> None:
-        self.assets = dict.fromkeys(assets, SpendOrder.FREE_FIRST)  # code -> spend order
+        self.assets = dict.fromkeys(assets, Asset())  # code -> its rules
         self._partitions: dict[PartitionId, _Partition] = {}
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
@@ -102,7 +102,7 @@ class MemoryEventStore:
             published_generation=published[0], published_offset=published[1], forced={},
         )  # fmt: skip
 
-    async def load_assets(self) -> dict[str, SpendOrder]:
+    async def load_assets(self) -> dict[str, Asset]:
         return dict(self.assets)
 
     async def load_accounts(self, keys: Sequence[AccountKey]) -> dict[AccountKey, AccountState]:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from foundation.settings import Settings
-from ledger.account import AccountState
-from ledger.lots import SpendOrder
+from ledger.account import AccountState, Asset
 from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch
 from messaging.kafka import partition_for
 from schemas.commands import Command
@@ -52,7 +51,7 @@ def plan_rows(commands: list[Command], partitions: int, batch_size: int) -> list
             chunk = mine[first : first + batch_size]
             intakes = decoded_intakes(chunk, first)
             ctx = BatchContext(_TOPIC, partition, 0, datetime.now(UTC))
-            assets = dict.fromkeys({c.asset for c in chunk}, SpendOrder.FREE_FIRST)
+            assets = dict.fromkeys({c.asset for c in chunk}, Asset())
             plan = plan_batch(ctx, intakes, {}, accounts, assets)
             accounts.update(plan.accounts)
             plans.append(plan)

@@ -263,18 +263,20 @@ def bench(
 
 @main.group()
 def assets() -> None:
-    """List or add assets, or set the order spends take their lots in."""
+    """List or add assets, or set the order spends take their lots in and their balance limit."""
 
 
 _SPEND_ORDERS = click.Choice(["free_first", "paid_first", "expiring_first"])
+_BALANCE_MAX = click.IntRange(1, 10**18)  # the ledger's own bound (ledger.account.BALANCE_MAX)
 
 
 @assets.command("list")
 def assets_list() -> None:
-    """Print every asset's code, spend order and name."""
-    sql = "SELECT code, name, spend_order FROM assets ORDER BY code"
+    """Print every asset's code, spend order, balance limit and name."""
+    sql = "SELECT code, name, spend_order, balance_max FROM assets ORDER BY code"
     for row in _on_db(lambda conn: conn.fetch(sql)):
-        click.echo(f"{row['code']:<12} {row['spend_order']:<15} {row['name']}")
+        limit = "no limit" if row["balance_max"] is None else f"max {row['balance_max']:,}"
+        click.echo(f"{row['code']:<12} {row['spend_order']:<15} {limit:<26} {row['name']}")
 
 
 @assets.command("add")
@@ -282,16 +284,17 @@ def assets_list() -> None:
 @click.argument("name")
 @click.option("--spend-order", type=_SPEND_ORDERS, default="free_first", show_default=True,
               help="Which lots a spend takes first: free, paid, or the oldest.")  # fmt: skip
-def assets_add(code: str, name: str, spend_order: str) -> None:
+@click.option("--balance-max", type=_BALANCE_MAX, help="The most a wallet may hold of it.")
+def assets_add(code: str, name: str, spend_order: str, balance_max: int | None) -> None:
     """Add an asset; processors see it on the next command that names it."""
     import asyncpg
 
     insert = (
-        "INSERT INTO assets (code, name, spend_order) VALUES ($1, $2, $3)"
+        "INSERT INTO assets (code, name, spend_order, balance_max) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (code) DO NOTHING"
     )
     try:
-        done = _on_db(lambda conn: conn.execute(insert, code, name, spend_order))
+        done = _on_db(lambda conn: conn.execute(insert, code, name, spend_order, balance_max))
     except asyncpg.CheckViolationError:
         raise click.ClickException(f"{code!r} is not an asset code (A-Z, 0-9, _)") from None
     click.echo(f"{code}: " + ("added" if done.endswith(" 1") else "already exists"))
@@ -307,6 +310,21 @@ def assets_set_order(code: str, spend_order: str) -> None:
     if done.endswith(" 0"):
         raise click.ClickException(f"no asset {code!r}")
     click.echo(f"{code}: spends take {spend_order.replace('_', ' ')}")
+
+
+@assets.command("set-balance-max")
+@click.argument("code")
+@click.argument("balance_max", metavar="N|none")
+def assets_set_balance_max(code: str, balance_max: str) -> None:
+    """Set the most a wallet may hold of an asset (held money included), or `none`. Credits
+    that would pass it are refused (balance_limit_exceeded) within 10 seconds; wallets above
+    it already keep what they hold."""
+    limit = None if balance_max == "none" else _BALANCE_MAX(balance_max)
+    update = "UPDATE assets SET balance_max = $2 WHERE code = $1"
+    done = _on_db(lambda conn: conn.execute(update, code, limit))
+    if done.endswith(" 0"):
+        raise click.ClickException(f"no asset {code!r}")
+    click.echo(f"{code}: " + ("no balance limit" if limit is None else f"at most {limit:,}"))
 
 
 @main.group()

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from foundation.settings import Settings
 from tests.integration.helpers import (
@@ -230,6 +231,12 @@ class TestReads:
         assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def _reads_after(answered_by: str) -> float:
+    """This process's wallet_reads_after_total (the API under test runs in it)."""
+    found = REGISTRY.get_sample_value("wallet_reads_after_total", {"answered_by": answered_by})
+    return found or 0.0
+
+
 class TestReadYourWrites:
     async def test_a_read_after_a_position_sees_that_write(self, stack: Settings) -> None:
         """With nothing projecting and no cache, a plain read misses a write, and a read
@@ -242,6 +249,7 @@ class TestReadYourWrites:
             first = (await api.post("/wallet/topup", json=_body(userId="dee", amount=9))).json()
             second = (await api.post("/wallet/topup", json=_body(userId="dee", amount=4))).json()
             plain = (await api.get("/wallet/dee/balance")).json()
+            from_ledger = _reads_after("ledger")
             began = asyncio.get_running_loop().time()
             after = await api.get("/wallet/dee/balance", params={"after": second["position"]})
             waited_s = asyncio.get_running_loop().time() - began
@@ -249,6 +257,7 @@ class TestReadYourWrites:
         assert (first["position"], second["position"]) == ("GOLD:1", "GOLD:2")
         assert plain["balances"] == {}  # nothing projected
         assert after.json()["balances"] == {"GOLD": 13} and waited_s >= 0.25
+        assert _reads_after("ledger") == from_ledger + 1
         assert bad.status_code == 422
 
     async def test_a_projected_position_is_answered_without_waiting(self, stack: Settings) -> None:

@@ -11,6 +11,7 @@ import orjson
 
 from foundation.settings import Settings
 from messaging.kafka import partition_for
+from processor.worker import AssetCatalog
 from tests.integration.helpers import (
     client_for,
     command,
@@ -34,6 +35,23 @@ class TestAssets:
         assert after.status == "accepted"
         listed = run_wallet(stack, "assets", "list")
         assert "RUBIES" in listed.stdout and "GOLD" in listed.stdout
+
+    async def test_a_balance_limit_refuses_credits_past_it(self, stack: Settings) -> None:
+        """`--balance-max` on add, `set-balance-max` later: a credit past the limit is refused
+        (balance_limit_exceeded), and `none` lifts it."""
+        added = run_wallet(stack, "assets", "add", "STARS", "Stars", "--balance-max", "100")
+        listed = run_wallet(stack, "assets", "list").stdout
+        async with running_processor(stack), client_for(stack) as client:
+            fits = await client.request(command("top_up", "jo", 100, asset="STARS"))
+            past = await client.request(command("top_up", "jo", 1, asset="STARS"))
+            run_wallet(stack, "assets", "set-balance-max", "STARS", "none")
+            await asyncio.sleep(AssetCatalog.RELOAD_AFTER_S + 1)  # processors reload by then
+            lifted = await client.request(command("top_up", "jo", 1, asset="STARS"))
+        assert added.returncode == 0 and "max 100" in listed
+        assert fits.status == "accepted" and past.error is not None
+        assert past.error.code == "balance_limit_exceeded" and lifted.status == "accepted"
+        refused = run_wallet(stack, "assets", "set-balance-max", "STARS", "0")
+        assert refused.returncode == 2
 
     def test_bad_code_is_refused(self, stack: Settings) -> None:
         """A malformed asset code is refused with a clear message."""

@@ -10,7 +10,7 @@ import pytest
 
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
-from ledger.lots import SpendOrder
+from ledger.account import Asset
 from ledger.plan import BatchContext, IdempotencyId, Intake, StoredResult, payload_hash, plan_batch
 from storage.db import create_pool
 from storage.event_store import BatchPosition, PostgresEventStore, PublishedMark, StaleOffsetError
@@ -35,7 +35,7 @@ def _plan(  # type: ignore[no-untyped-def]
     cmd = command("top_up", user, amount, key=key or f"k{offset}")
     ctx = BatchContext(TOPIC, 0, 0, datetime.now(UTC))
     item = Intake(offset, user.encode(), cmd.encode(), cmd, payload_hash(cmd))
-    return plan_batch(ctx, [item], known or {}, {}, {"GOLD": SpendOrder.FREE_FIRST})
+    return plan_batch(ctx, [item], known or {}, {}, {"GOLD": Asset()})
 
 
 async def _loaded(

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.account import EMPTY_ACCOUNT, AccountState
+from ledger.account import EMPTY_ACCOUNT, AccountState, Asset
 from ledger.lots import SpendOrder, at_ms
 from ledger.plan import (
     BatchPlan,
@@ -30,7 +30,7 @@ class Ledger:
 
     def __init__(self, order: SpendOrder = SpendOrder.FREE_FIRST) -> None:
         self.store = MemoryEventStore(("GOLD",))
-        self.store.assets["GOLD"] = order
+        self.store.assets["GOLD"] = Asset(order)
         self.now_ms = START_MS
         self._offset = 0
         self._epoch = asyncio.run(self.store.claim_partition(TOPIC, 0, "harness")).epoch

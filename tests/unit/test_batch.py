@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.lots import SpendOrder
+from ledger.account import Asset
 from ledger.plan import (
     BatchContext,
     Intake,
@@ -27,7 +27,7 @@ from tests.integration.helpers import command
 from tests.unit.ledger_harness import Ledger
 
 CTX = BatchContext("cmds", 0, 0, datetime(2026, 1, 1, tzinfo=UTC))
-ASSETS = {"GOLD": SpendOrder.FREE_FIRST}
+ASSETS = {"GOLD": Asset()}
 
 
 def _items(*commands: Command) -> list[Intake]:

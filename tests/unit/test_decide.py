@@ -16,6 +16,8 @@ from ledger.account import (
     NO_REFERENCES,
     Accepted,
     AccountState,
+    Asset,
+    Hold,
     Rejected,
 )
 from ledger.decide import decide
@@ -24,7 +26,7 @@ from schemas.events import AccountKind
 from tests.integration.helpers import command
 
 F = SpendOrder.FREE_FIRST
-ASSETS = {"GOLD": F}
+ASSETS = {"GOLD": Asset(F)}
 TX = uuid.UUID(int=99)
 NOW_MS = 1_800_000_000_000
 PAID = Lot(uuid.UUID(int=1), True, 30, 1)
@@ -60,6 +62,20 @@ class TestCredits:
         result = decide(command("top_up", "u", 10), full, ASSETS, uuid.uuid4(), NOW_MS)
         assert isinstance(result, Rejected) and result.code == "balance_limit_exceeded"
 
+    def test_credit_past_the_assets_own_limit_is_refused(self) -> None:
+        """An asset's balance limit counts held money, admits a credit up to it, and refuses
+        one past it on either path (quiet wallet: short path; with a hold: general path)."""
+        capped = {"GOLD": Asset(F, balance_max=50)}
+        quiet = AccountState(40, 1, 40, (Lot(TX, True, 40, 1),), None, F)
+        held = quiet._replace(balance=30, paid=30, lots=(Lot(TX, True, 30, 1),), held=10,
+                              holds=(Hold("h", TX, 10, (), NOW_MS + 60_000),))  # fmt: skip
+        fits = decide(command("bonus", "u", 10), quiet, capped, uuid.uuid4(), NOW_MS)
+        assert isinstance(fits, Accepted) and fits.account.balance == 50
+        for account in (quiet, held):
+            past = decide(command("top_up", "u", 11), account, capped, uuid.uuid4(), NOW_MS)
+            assert isinstance(past, Rejected) and past.code == "balance_limit_exceeded"
+            assert "50 GOLD" in past.message
+
     def test_credit_past_the_open_lot_limit_is_refused(self) -> None:
         """A wallet holding LOTS_OPEN_MAX open lots takes no further credit: too_many_lots."""
         lots = tuple(Lot(uuid.UUID(int=i + 1), True, 1, i + 1) for i in range(LOTS_OPEN_MAX))
@@ -82,7 +98,7 @@ class TestSpends:
 
     def test_paid_first_recognises_revenue_first(self) -> None:
         """Under paid_first a spend within the paid lots is all revenue."""
-        assets = {"GOLD": SpendOrder.PAID_FIRST}
+        assets = {"GOLD": Asset(SpendOrder.PAID_FIRST)}
         result = decide(command("spend", "u", 8), BOTH, assets, TX, NOW_MS)
         assert isinstance(result, Accepted)
         assert result.legs == ((AccountKind.REVENUE, 8),) and result.account.paid == 22
@@ -144,7 +160,7 @@ class TestPlainPath:
         account = _quiet(spec)
         cmd = command(kind, "u", amount)
         result = decide(cmd, account, ASSETS, TX, NOW_MS)
-        own = decisions._by_type(cmd, account, TX, NOW_MS, NO_REFERENCES, ((), ()))
+        own = decisions._by_type(cmd, account, (TX, NOW_MS, BALANCE_MAX), NO_REFERENCES, ((), ()))
         if isinstance(own, Rejected):
             assert result == own
             return

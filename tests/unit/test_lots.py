@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import lots
-from ledger.account import EMPTY_ACCOUNT, Accepted
+from ledger.account import EMPTY_ACCOUNT, Accepted, Asset
 from ledger.decide import decide
 from ledger.lots import Lot, SpendOrder
 from schemas.commands import Command
@@ -88,7 +88,7 @@ class TestAnySequence:
         order: the lots sum to the balance and their paid part to `paid`; a spend's pieces
         sum to its amount and none comes from an expired lot; the legs balance the user's;
         nothing expired stays open past a transaction; every credit is spent, expired or left."""
-        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": order}, _START_MS
+        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": Asset(order)}, _START_MS
         credited = spent = expired = 0
         for i, (kind, amount, step_ms, life_ms) in enumerate(steps):
             now_ms += step_ms
@@ -115,7 +115,7 @@ class TestAnySequence:
     ) -> None:
         """Under free_first a spend takes paid currency only once the spendable free lots
         are empty."""
-        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": SpendOrder.FREE_FIRST}, _START_MS
+        account, assets, now_ms = EMPTY_ACCOUNT, {"GOLD": Asset()}, _START_MS
         for i, (kind, amount, step_ms, life_ms) in enumerate(steps):
             now_ms += step_ms
             found = _command(kind, amount, now_ms, life_ms)

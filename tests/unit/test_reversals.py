@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from ledger.account import EMPTY_ACCOUNT, References, Rejected, Target
+from ledger.account import EMPTY_ACCOUNT, Asset, References, Rejected, Target
 from ledger.decide import decide
-from ledger.lots import SpendOrder
 from ledger.plan import ProcessedRow, transaction_id_for
 from ledger.reversals import legacy_lot_id, target_pieces
 from tests.integration.helpers import command
@@ -143,7 +142,7 @@ class TestExpiredAndIndebted:
                        Target("u", "GOLD", "top_up", 60, None, (), False, True)):  # fmt: skip
             found = command("reverse", "u", None, transaction_id=uuid.UUID(int=7), reason="x")
             refs = References({}, {uuid.UUID(int=7): target})
-            result = decide(found, account, {"GOLD": SpendOrder.FREE_FIRST}, uuid.UUID(int=8),
+            result = decide(found, account, {"GOLD": Asset()}, uuid.UUID(int=8),
                             START_MS, refs)  # fmt: skip
             assert isinstance(result, Rejected) and result.code == "not_reversible"
 
