@@ -10,6 +10,7 @@ from datetime import datetime
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -202,14 +203,16 @@ async def print_statement(
         return
     console = Console()
     for code, s in found.items():
-        table = Table(title=f"{user_id} {code}: {start.isoformat()} to {end.isoformat()}")
-        for column in ("time", "type", "amount", "balance", "available", "held", "debt", "id"):
-            table.add_column(
-                column, justify="left" if column in ("time", "type", "id") else "right"
-            )
+        # Without column rules: eight columns fit the 80 a pipe or a log gets.
+        table = Table(title=f"{user_id} {code}: {start.isoformat()} to {end.isoformat()}",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
+        for column in ("time", "type", "id"):
+            table.add_column(column, no_wrap=True)
+        for column in ("amount", "balance", "available", "held", "debt"):
+            table.add_column(column, justify="right", min_width=len(column))
         table.add_row("", "opening", "", "", *_parts(s.opening.document()))
         for m in s.movements:
-            table.add_row(m.time.isoformat(timespec="milliseconds"), m.type, m.transaction_id[:8],
+            table.add_row(m.time.strftime("%m-%d %H:%M:%S"), m.type, m.transaction_id[:8],
                           f"{m.amount:+,}", *_parts(m.after.document()))  # fmt: skip
         table.add_row("", "closing", "", "", *_parts(s.closing.document()))
         console.print(table)
