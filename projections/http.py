@@ -56,6 +56,7 @@ _AFTER_PATTERN = f"^{_POSITION}(,{_POSITION}){{0,7}}$"
 _READ_POLL_S = 0.01
 _READ_POLL_MAX_S = 0.2
 _VERSION = 1  # an account state's (balance, version, paid, held, debt) version
+_NONE = (0, 0, 0, 0, 0)  # an account without entries
 
 
 @router.get("/wallet/{userId}/balance")
@@ -123,7 +124,11 @@ async def _after(request: Request, user_id: str, wanted: dict[str, int]) -> Acco
         poll_s = min(poll_s * 2, _READ_POLL_MAX_S)
     metrics.READS_AFTER.labels("ledger").inc()
     async with pool.acquire() as conn:
-        return await queries.ledger_accounts(conn, user_id)
+        found = await queries.ledger_accounts(conn, user_id)
+    ahead = sorted(f"{a}:{v}" for a, v in wanted.items() if found.get(a, _NONE)[_VERSION] < v)
+    if ahead:  # no reply gave it: every reply's position is in the ledger before it is sent
+        raise HTTPException(422, f"no write of {user_id} is at {', '.join(ahead)}")
+    return found
 
 
 @router.get("/wallet/{userId}/statement", response_model=None)

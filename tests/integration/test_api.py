@@ -253,12 +253,15 @@ class TestReadYourWrites:
             began = asyncio.get_running_loop().time()
             after = await api.get("/wallet/dee/balance", params={"after": second["position"]})
             waited_s = asyncio.get_running_loop().time() - began
+            answered_by_ledger = _reads_after("ledger") - from_ledger
             bad = await api.get("/wallet/dee/balance", params={"after": "GOLD:0"})
+            ahead = await api.get("/wallet/dee/balance", params={"after": "GOLD:3,RUBY:1"})
         assert (first["position"], second["position"]) == ("GOLD:1", "GOLD:2")
         assert plain["balances"] == {}  # nothing projected
         assert after.json()["balances"] == {"GOLD": 13} and waited_s >= 0.25
-        assert _reads_after("ledger") == from_ledger + 1
-        assert bad.status_code == 422
+        assert answered_by_ledger == 1
+        assert bad.status_code == ahead.status_code == 422
+        assert ahead.json()["detail"] == "no write of dee is at GOLD:3, RUBY:1"
 
     async def test_a_projected_position_is_answered_without_waiting(self, stack: Settings) -> None:
         """Once the cache or the projection holds the position, the read answers without

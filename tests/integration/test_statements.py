@@ -4,6 +4,7 @@ were committed at chosen times by the real planner and event store."""
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -136,6 +137,36 @@ class TestStatements:
         for one, two in itertools.pairwise(chained):
             assert one.closing == two.opening
         assert chained[-1].closing.available == 26
+
+    async def test_any_cut_of_time_chains_and_covers_every_entry_once(
+        self, ledger: Ledger, pool: asyncpg.Pool
+    ) -> None:
+        """For seeded random histories, whose batch times sometimes go back, cut into random
+        consecutive periods: each closing is the next opening, every version falls in
+        exactly one period and in order, and the last closing is the balance at the end."""
+        rng = random.Random(7)
+        for case in range(20):
+            user, minutes, entries = f"p{case}", 0, 0
+            for _ in range(rng.randint(1, 8)):
+                minutes += rng.randint(-3, 6)
+                credit = rng.randint(1, 50)
+                batch = [command("top_up", user, credit)]
+                if rng.random() < 0.5:
+                    batch.append(command("spend", user, rng.randint(1, credit)))
+                await ledger.commit(minutes, *batch)
+                entries += len(batch)
+            cuts = sorted({rng.randint(-30, 60) for _ in range(rng.randint(1, 6))} | {-60, 90})
+            async with pool.acquire() as conn:
+                parts = [(await statements.statement(conn, user, _at(a), _at(b), "GOLD"))
+                         for a, b in itertools.pairwise(cuts)]  # fmt: skip
+                end = await statements.balances_at(conn, user, _at(90) - timedelta(microseconds=1))
+            found = [p["GOLD"] for p in parts if p]
+            assert found[0].opening == statements.NOTHING_YET, case
+            for one, two in itertools.pairwise(found):
+                assert one.closing == two.opening, case
+            versions = [m.after.version for p in found for m in p.movements]
+            assert versions == list(range(1, entries + 1)), case
+            assert found[-1].closing == end["GOLD"], case
 
     async def test_a_period_past_the_bound_is_refused(
         self, ledger: Ledger, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
