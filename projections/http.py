@@ -149,7 +149,10 @@ async def get_statement(
     except statements.ReadRefusedError as exc:
         raise HTTPException(status_code=422, detail=exc.message) from exc
     if "text/csv" in request.headers.get("accept", ""):
-        return Response(statements.as_csv(found, start, end), media_type="text/csv")
+        name = f"statement-{userId}-{start:%Y%m%dT%H%M%S}-{end:%Y%m%dT%H%M%S}.csv"
+        disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(statements.as_csv(found, start, end), media_type="text/csv",
+                        headers=disposition)  # fmt: skip
     return statements.document(userId, found, start, end)
 
 

@@ -209,6 +209,8 @@ class TestReads:
         as_csv = await api.get("/wallet/cy/statement", params=period,
                                headers={"Accept": "text/csv"})  # fmt: skip
         assert as_csv.headers["content-type"].startswith("text/csv")
+        disposition = as_csv.headers["content-disposition"]
+        assert disposition.startswith('attachment; filename="statement-cy-')
         assert as_csv.text.splitlines()[-1].startswith("GOLD,closing,")
         naive = await api.get("/wallet/cy/balance", params={"at": "2026-12-03T12:00:00"})
         far = await api.get("/wallet/cy/balance", params={"at": "9999-12-31T23:59:59Z"})
