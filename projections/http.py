@@ -37,16 +37,6 @@ def _pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool  # type: ignore[no-any-return]
 
 
-@router.get("/wallet/transactions/{transactionId}")
-async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[str, Any]:
-    """One transaction, as the user's side of the ledger sees it."""
-    async with _pool(request).acquire() as conn:
-        item = await queries.transaction(conn, transactionId)
-    if item is None:
-        raise HTTPException(status_code=404, detail="no such transaction")
-    return item
-
-
 # A reply's position (schemas.replies.Reply.position), up to eight of them comma-separated.
 _POSITION = r"[A-Z][A-Z0-9_]*:[1-9][0-9]{0,17}"
 _AFTER_PATTERN = f"^{_POSITION}(,{_POSITION}){{0,7}}$"
@@ -171,6 +161,18 @@ async def get_history(
             conn, userId, asset, limit, int(cursor) if cursor else None
         )
     return {"items": items, "nextCursor": str(next_cursor) if next_cursor else None}
+
+
+# After the user routes: a user named `transactions` reads its balance and history (a
+# transaction id, a UUID, is never `balance`, `statement` or `transactions`).
+@router.get("/wallet/transactions/{transactionId}")
+async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[str, Any]:
+    """One transaction, as the user's side of the ledger sees it."""
+    async with _pool(request).acquire() as conn:
+        item = await queries.transaction(conn, transactionId)
+    if item is None:
+        raise HTTPException(status_code=404, detail="no such transaction")
+    return item
 
 
 @probes.get("/health")

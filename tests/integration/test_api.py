@@ -193,6 +193,17 @@ class TestReads:
         assert missing.status_code == 404
         assert (await api.get("/wallet/nobody/balance")).json()["balances"] == {}
 
+    async def test_a_user_named_transactions_has_a_wallet_too(self, api: httpx.AsyncClient) -> None:
+        """The user routes win over `/wallet/transactions/{id}` for the words they end in; a
+        transaction id still finds its transaction."""
+        written = await api.post("/wallet/topup", json=_body(userId="transactions", amount=3))
+        read = await api.get("/wallet/transactions/balance", params={"consistent": "true"})
+        history = await api.get("/wallet/transactions/transactions")
+        one = await api.get(f"/wallet/transactions/{written.json()['transactionId']}")
+        assert read.json()["balances"] == {"GOLD": 3}
+        assert [i["amount"] for i in history.json()["items"]] == [3]
+        assert one.status_code == 200 and one.json()["userId"] == "transactions"
+
     async def test_balance_at_a_time_and_statements(self, api: httpx.AsyncClient) -> None:
         """`?at=` reads the ledger as it stood then; a statement comes as JSON or CSV; a time
         without its offset, or a period that ends before it starts, is 422."""
