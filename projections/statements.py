@@ -86,13 +86,14 @@ class Movement(NamedTuple):
     transaction_id: str
     type: str
     amount: int  # signed: the change of what is available
+    change: int  # signed: the change of the balance, held money included (a hold moves 0)
     after: AccountAt
     description: str | None
 
     def document(self) -> dict[str, Any]:
         return {"time": self.time.isoformat(), "transactionId": self.transaction_id,
-                "type": self.type, "amount": self.amount, "description": self.description,
-                **self.after.document()}  # fmt: skip
+                "type": self.type, "amount": self.amount, "change": self.change,
+                "description": self.description, **self.after.document()}  # fmt: skip
 
 
 class Statement(NamedTuple):
@@ -133,7 +134,7 @@ async def _statement(
         )
     found = {}
     for code, (open_, close) in spans.items():
-        movements = await _movements(conn, user_id, code, open_.version, close.version)
+        movements = await _movements(conn, user_id, code, open_, close.version)
         found[code] = _checked(Statement(open_, movements, close))
     return found
 
@@ -175,9 +176,9 @@ async def _states_before(
 
 
 async def _movements(
-    conn: Conn, user_id: str, asset: str, after_version: int, to_version: int
+    conn: Conn, user_id: str, asset: str, opening: AccountAt, to_version: int
 ) -> list[Movement]:
-    if to_version == after_version:
+    if to_version == opening.version:
         return []
     rows = await conn.fetch(
         """
@@ -193,14 +194,17 @@ async def _movements(
         """,
         user_id,
         asset,
-        after_version,
+        opening.version,
         to_version,
     )
-    return [
-        Movement(r["created_at"], str(r["transaction_id"]), r["type"], r["amount"], _state(r),
-                 r["description"])
-        for r in rows
-    ]  # fmt: skip
+    movements, before = [], opening
+    for r in rows:
+        after = _state(r)
+        change = after.available + after.held - before.available - before.held
+        movements.append(Movement(r["created_at"], str(r["transaction_id"]), r["type"],
+                                  r["amount"], change, after, r["description"]))  # fmt: skip
+        before = after
+    return movements
 
 
 def _state(row: asyncpg.Record) -> AccountAt:
@@ -229,8 +233,8 @@ def document(
     }  # fmt: skip
 
 
-CSV_COLUMNS = ("asset", "row", "time", "transactionId", "type", "amount", "balance", "paid",
-               "free", "held", "available", "debt", "version", "description")  # fmt: skip
+CSV_COLUMNS = ("asset", "row", "time", "transactionId", "type", "amount", "change", "balance",
+               "paid", "free", "held", "available", "debt", "version", "description")  # fmt: skip
 
 
 def as_csv(found: dict[str, Statement], start: datetime, end: datetime) -> str:

@@ -208,12 +208,12 @@ async def print_statement(
                       box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
         for column in ("time", "type", "id"):
             table.add_column(column, no_wrap=True)
-        for column in ("amount", "balance", "available", "held", "debt"):
+        for column in ("change", "balance", "available", "held", "debt"):
             table.add_column(column, justify="right", min_width=len(column))
         table.add_row("", "opening", "", "", *_parts(s.opening.document()))
         for m in s.movements:
             table.add_row(m.time.strftime("%m-%d %H:%M:%S"), m.type, m.transaction_id[:8],
-                          f"{m.amount:+,}", *_parts(m.after.document()))  # fmt: skip
+                          f"{m.change:+,}", *_parts(m.after.document()))  # fmt: skip
         table.add_row("", "closing", "", "", *_parts(s.closing.document()))
         console.print(table)
 

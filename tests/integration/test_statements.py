@@ -117,6 +117,18 @@ class TestStatements:
         assert quiet["GOLD"].opening == quiet["GOLD"].closing == AccountAt(4, 60, 60, 20, 0)
         assert nobody == {}
 
+    async def test_a_hold_moves_what_is_available_not_the_balance(
+        self, ledger: Ledger, pool: asyncpg.Pool
+    ) -> None:
+        """A movement's `amount` is the change of what is available, its `change` that of the
+        balance, held money included: a hold takes 20 from the one and nothing from the
+        other."""
+        await _story(ledger)
+        async with pool.acquire() as conn:
+            found = await statements.statement(conn, "ana", _at(30), _at(40), "GOLD")
+        (hold,) = found["GOLD"].movements
+        assert (hold.type, hold.amount, hold.change) == ("hold", -20, 0)
+
     async def test_consecutive_periods_chain_when_the_clock_went_back(
         self, ledger: Ledger, pool: asyncpg.Pool
     ) -> None:
@@ -201,7 +213,7 @@ class TestStatements:
         lines = statements.as_csv(found, _at(10), _at(30)).splitlines()
         assert lines[0] == ",".join(statements.CSV_COLUMNS)
         rows = [line.split(",") for line in lines[1:]]
-        assert [(r[1], r[4], r[5], r[10]) for r in rows] == [
-            ("opening", "", "", "100"), ("movement", "bonus", "30", "130"),
-            ("movement", "spend", "-50", "80"), ("closing", "", "", "80"),
+        assert [(r[1], r[4], r[5], r[6], r[11]) for r in rows] == [
+            ("opening", "", "", "", "100"), ("movement", "bonus", "30", "30", "130"),
+            ("movement", "spend", "-50", "-50", "80"), ("closing", "", "", "", "80"),
         ]  # fmt: skip
