@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -21,10 +22,13 @@ async def balances(conn: Conn, user_id: str, consistent: bool) -> dict[str, Hold
     return balances_of(await ledger_accounts(conn, user_id))
 
 
-async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
-    """Each asset's (balance, version, paid, held, debt) as the ledger's latest entry of the
-    user says."""
-    rows = await conn.fetch(
+async def latest_entries(
+    conn: Conn, user_id: str, before: datetime | None = None, asset: str | None = None
+) -> list[asyncpg.Record]:
+    """Per asset (or the one named), in asset order, the user's latest entry by version, or
+    the latest recorded before `before`: its version, balance_after, paid_after, held_after
+    and debt_after (the account as that entry left it)."""
+    return await conn.fetch(
         """
         SELECT a.code AS asset, e.balance_after, e.version, e.paid_after, e.held_after,
                e.debt_after
@@ -33,10 +37,21 @@ async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
                 SELECT balance_after, version, paid_after, held_after, debt_after
                   FROM ledger_entries
                  WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
+                   AND ($2::timestamptz IS NULL OR created_at < $2)
                  ORDER BY version DESC LIMIT 1) e
+         WHERE $3::text IS NULL OR a.code = $3
+         ORDER BY a.code
         """,
         user_id,
+        before,
+        asset,
     )
+
+
+async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
+    """Each asset's (balance, version, paid, held, debt) as the ledger's latest entry of the
+    user says."""
+    rows = await latest_entries(conn, user_id)
     # The latest entry of every account carries its paid part (migration 008 gave it to
     # the accounts it found): no NULL reaches here.
     return {

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from foundation.errors import WalletError
+from projections import queries
 from storage.db import Conn
 
 # A statement is built in memory and sent whole: bounded. A longer period is asked for in parts.
@@ -154,24 +155,7 @@ def _checked(s: Statement) -> Statement:
 async def _states_before(
     conn: Conn, user_id: str, before: datetime, asset: str | None
 ) -> dict[str, AccountAt]:
-    rows = await conn.fetch(
-        """
-        SELECT a.code AS asset, e.version, e.balance_after, e.paid_after, e.held_after,
-               e.debt_after
-          FROM assets a
-          CROSS JOIN LATERAL (
-                SELECT version, balance_after, paid_after, held_after, debt_after
-                  FROM ledger_entries
-                 WHERE account_kind = 'user' AND user_id = $1 AND asset = a.code
-                   AND created_at < $2
-                 ORDER BY version DESC LIMIT 1) e
-         WHERE $3::text IS NULL OR a.code = $3
-         ORDER BY a.code
-        """,
-        user_id,
-        before,
-        asset,
-    )
+    rows = await queries.latest_entries(conn, user_id, before, asset)
     return {r["asset"]: _state(r) for r in rows}
 
 
