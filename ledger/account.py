@@ -95,7 +95,7 @@ class Accepted(NamedTuple):
     amount: int | None = None  # what the record says the command moved (an expire: its total)
     expired_besides: int = 0  # what it booked out besides its amount (an expire: nothing)
     opened: Lot | None = None  # a credit: the lot it opened (None: it all paid debt)
-    restored: tuple[Lot, ...] = ()  # lots given back to, as they are after it
+    restored: tuple[Lot, ...] = ()  # lots given back to (or received), as they are after it
     returned: tuple[Piece, ...] = ()  # what was given back to lots (holds, reversed spends)
     released: int = 0  # held money given back to the balance (holds lapsed, a capture's rest)
     hold: Hold | None = None  # a hold: the hold it opened
@@ -108,7 +108,7 @@ class Accepted(NamedTuple):
 
 
 class Target(NamedTuple):
-    """A transaction a reverse names, as its record says."""
+    """A transaction a reverse (or a transfer's step) names, as its record says."""
 
     user_id: str
     asset: str
@@ -119,6 +119,15 @@ class Target(NamedTuple):
     reversed: bool  # reversed already
     before_lots: bool = False  # recorded before lots existed (its lots are not known)
     expired: int = 0  # a credit: what expiry booked out of its lot
+    counterparty: str | None = None  # a transfer: its receiver
+
+
+class Step(NamedTuple):
+    """A transfer step's record (transfer_in or transfer_refund): how it was decided."""
+
+    status: str
+    error_code: str | None
+    error_message: str | None
 
 
 HoldKey = tuple[str, str, str]  # (user_id, asset, hold_id)
@@ -126,11 +135,15 @@ HoldKey = tuple[str, str, str]  # (user_id, asset, hold_id)
 
 class References(NamedTuple):
     """What commands name besides their own wallet, looked up before a batch is planned:
-    how each named hold that is no longer open was resolved, and each transaction a reverse
-    names."""
+    how each named hold that is no longer open was resolved, each transaction a reverse
+    names, and for a transfer's steps the transfer, its steps so far and whether its receiver
+    has a wallet."""
 
     holds: Mapping[HoldKey, str]  # -> captured, released or expired
-    targets: Mapping[uuid.UUID, Target]
+    targets: Mapping[uuid.UUID, Target]  # a transfer's step finds its transfer here
+    # Transfer id -> its steps recorded so far, by type (transfer_in, transfer_refund).
+    transfers: Mapping[uuid.UUID, Mapping[str, Step]] = {}
+    wallets: frozenset[str] = frozenset()  # the users named who have a wallet (an entry)
 
 
 NO_REFERENCES = References({}, {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from ledger import holds, legs, lots, reversals
+from ledger import holds, legs, lots, reversals, transfers
 from ledger.account import (
     BALANCE_MAX,
     NO_REFERENCES,
@@ -117,7 +117,7 @@ def _by_type(
     `at`: its transaction id, the time it is decided at, the asset's balance limit."""
     tx_id, now_ms, balance_max = at
     kind = command.type
-    if kind is CommandType.SPEND:
+    if kind is CommandType.SPEND or kind is CommandType.TRANSFER:  # a transfer debits alike
         return _spend(command, account)
     if kind is CommandType.TOP_UP or kind is CommandType.BONUS:
         refused = _refuse_credit(command, account, now_ms, balance_max)
@@ -128,6 +128,10 @@ def _by_type(
         return holds.hold(command, account, tx_id, now_ms, refs, due[1])
     if kind is CommandType.REVERSE:
         return reversals.reverse(command, account, refs)
+    if kind is CommandType.TRANSFER_IN:
+        return transfers.receive(command, account, refs, balance_max)
+    if kind is CommandType.TRANSFER_REFUND:
+        return transfers.refund(command, account, refs)
     return holds.resolve(command, account, refs, due[1])
 
 

@@ -17,6 +17,9 @@ _HOLD = CommandType.HOLD.value
 _CAPTURE = CommandType.CAPTURE.value
 _RELEASE = CommandType.RELEASE.value
 _REVERSE = CommandType.REVERSE.value
+_TRANSFER = CommandType.TRANSFER.value
+# A transfer's debit goes into `transfers`; its credit or its refund comes out of it.
+_FROM_TRANSFERS = frozenset({CommandType.TRANSFER_IN.value, CommandType.TRANSFER_REFUND.value})
 _CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
                   CommandType.BONUS.value: AccountKind.BONUS_POOL}  # fmt: skip
 SPENT_TYPES = frozenset({_SPEND, _CAPTURE})  # what a reverse gives back to lots
@@ -64,6 +67,10 @@ def _own(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> L
         return ((AccountKind.HOLDS, -amount), *_spent(amount, consumed_paid, 1))
     if type == _RELEASE:
         return ((AccountKind.HOLDS, -amount),)
+    if type == _TRANSFER:
+        return ((AccountKind.TRANSFERS, amount),)
+    if type in _FROM_TRANSFERS:
+        return ((AccountKind.TRANSFERS, -amount),)
     assert type == _REVERSE and extras.reversed_type is not None, (type, extras)
     if extras.reversed_type in SPENT_TYPES:
         return _spent(amount, consumed_paid, -1)

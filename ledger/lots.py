@@ -109,11 +109,15 @@ def _expiry(lot: Lot) -> int:
     return _NEVER_MS if lot.expires_ms is None else lot.expires_ms
 
 
-# Within a kind, the lot expiring soonest goes first, then the oldest.
-_KEYS: dict[SpendOrder, Callable[[Lot], tuple[bool, int, int] | tuple[int, int]]] = {
-    SpendOrder.FREE_FIRST: lambda lot: (lot.paid, _expiry(lot), lot.seq),
-    SpendOrder.PAID_FIRST: lambda lot: (not lot.paid, _expiry(lot), lot.seq),
-    SpendOrder.EXPIRING_FIRST: lambda lot: (_expiry(lot), lot.seq),
+# Within a kind, the lot expiring soonest goes first, then the oldest. The lot id last: lots
+# received by transfer keep the sequence their sender's account gave them, which may equal
+# one of the receiver's own (without it, two such lots would sort in whatever order they
+# were loaded, and a warm and a cold writer could take from different lots).
+_Key = tuple[bool, int, int, uuid.UUID] | tuple[int, int, uuid.UUID]
+_KEYS: dict[SpendOrder, Callable[[Lot], _Key]] = {
+    SpendOrder.FREE_FIRST: lambda lot: (lot.paid, _expiry(lot), lot.seq, lot.lot_id),
+    SpendOrder.PAID_FIRST: lambda lot: (not lot.paid, _expiry(lot), lot.seq, lot.lot_id),
+    SpendOrder.EXPIRING_FIRST: lambda lot: (_expiry(lot), lot.seq, lot.lot_id),
 }
 
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ledger import legs, lots, wire
+from ledger import legs, lots, transfers, wire
 from ledger.account import (
     EMPTY_ACCOUNT,
     NO_REFERENCES,
@@ -33,8 +33,8 @@ from ledger.account import (
 from ledger.decide import decide
 from ledger.legs import Legs
 from ledger.lots import Piece
-from schemas.codec import DecodeFailure
-from schemas.commands import Command, CommandType
+from schemas.codec import DecodeFailure, Envelope
+from schemas.commands import INTERNAL_KEY_PREFIXES, INTERNAL_TYPES, Command, CommandType
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 from schemas.replies import ErrorCode
@@ -141,6 +141,10 @@ class ProcessedRow(NamedTuple):
     reversed_type: str | None  # a reverse: that transaction's type
     unexpired_amount: int | None  # a reversed credit: what expiry had booked out, taken back
     lots_settled: str | None  # JSON [[lot id, amount], ...]: currency given back paying debt
+    # Transfers (NULL for every other type): the other user (a transfer: its receiver; a
+    # step: the sender) and the transfer (its debit's transaction id) the record belongs to.
+    counterparty: str | None
+    transfer_id: uuid.UUID | None
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
@@ -211,6 +215,10 @@ class OutboxRow(NamedTuple):
     event_value: bytes | None
     dlq_value: bytes | None
     created_at: datetime
+    # The reply's key when it is not `message_key` (a transfer's: the command that goes on to
+    # the receiver's partition, or the reply that comes back to its sender, from another
+    # user's record).
+    reply_key: bytes | None = None
 
 
 class Outcome(NamedTuple):
@@ -287,18 +295,22 @@ def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(digest))
 
 
-def references_named(commands: Sequence[Command]) -> tuple[list[HoldKey], list[uuid.UUID]]:
-    """The holds and the transactions that commands name, to look up before they are planned
-    (see References): a capture's or release's hold, a hold's own name (taken already?), the
-    name a hold without one gets (its transaction id: a client may have used it), a reverse's
-    transaction."""
+def references_named(
+    commands: Sequence[Command],
+) -> tuple[list[HoldKey], list[uuid.UUID], list[str]]:
+    """The holds, the transactions and the users that commands name, to look up before they
+    are planned (see References): a capture's or release's hold, a hold's own name (taken
+    already?), the name a hold without one gets (its transaction id: a client may have used
+    it), a reverse's transaction, a transfer step's transfer, a transfer's receiver (has
+    a wallet?)."""
     holds = [
         (c.user_id, c.asset, c.hold_id or str(transaction_id_for(c.user_id, c.idempotency_key)))
         for c in commands
         if c.hold_id is not None or c.type is CommandType.HOLD
     ]
     targets = [c.transaction_id for c in commands if c.transaction_id is not None]
-    return holds, targets
+    receivers = [c.user_id for c in commands if c.type is CommandType.TRANSFER_IN]
+    return holds, targets, receivers
 
 
 def plan_batch(
@@ -314,7 +326,7 @@ def plan_batch(
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
     plan = BatchPlan()
     seen: dict[IdempotencyId, StoredResult | ProcessedRow] = dict(known)
-    refs = References(dict(refs.holds), dict(refs.targets))  # the batch's own moves added
+    refs = refs._replace(holds=dict(refs.holds), targets=dict(refs.targets))  # own moves added
     reversing = CommandType.REVERSE in {getattr(item.admitted, "type", None) for item in items}
     now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
     for item in items:
@@ -331,9 +343,14 @@ def plan_batch(
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
         decision = decide(command, account, assets, tx_id, now_ms, refs)
+        if isinstance(decision, Rejected) and decision.code is ErrorCode.TRANSFER_NOT_FOUND:
+            # Not recorded (see ledger.transfers: it must not take the real step's key).
+            failure = DecodeFailure(DecodeErrorCode.UNKNOWN_TRANSFER, decision.message, Envelope())
+            _refuse(ctx, plan, item, failure)
+            continue
         # The record itself stands for its result (the same fields): no copy per command.
         seen[(command.user_id, command.idempotency_key)] = _record(
-            ctx, plan, item, command, account, decision, tx_id
+            ctx, plan, item, command, (account, refs), decision, tx_id
         )
         if isinstance(decision, Accepted) and (reversing or decision.resolved):
             _note_references(refs, command, decision, tx_id)
@@ -370,10 +387,15 @@ def _record(
     plan: BatchPlan,
     item: Intake,
     command: Command,
-    before: AccountState,
+    seen: tuple[AccountState, References],
     decision: Accepted | Rejected,
     transaction_id: uuid.UUID,
 ) -> ProcessedRow:
+    """`seen`: the account before the command, and what the batch's commands name."""
+    before, refs = seen
+    transfer = _NO_TRANSFER
+    if command.type in _TRANSFER_TYPES:
+        transfer = _transfer_fields(command, refs, decision, transaction_id)
     legs_known: Legs | None = None
     if isinstance(decision, Accepted):
         decided = _accepted(ctx, plan, command, decision, transaction_id)
@@ -387,13 +409,36 @@ def _record(
         command.user_id, command.idempotency_key, command.command_id, str(command.type),
         command.asset, item.payload_hash or b"", command.description,
         orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
-        ctx.processed_at, ctx.generation, command.reply_to, command.transaction_id,
-        command.reason, *decided,
+        ctx.processed_at, ctx.generation, command.reply_to,
+        None if transfer[1] else command.transaction_id, transfer[2] or command.reason,
+        *decided, *transfer[:2],
     ))  # fmt: skip
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row, legs_known))
     plan.decided.append(Outcome(row.type, row.status, row.error_code or ""))
     return row
+
+
+_TransferFields = tuple[str | None, uuid.UUID | None, str | None]
+_NO_TRANSFER: _TransferFields = (None, None, None)
+_TRANSFER_TYPES = frozenset({CommandType.TRANSFER, *INTERNAL_TYPES})
+
+
+def _transfer_fields(
+    command: Command, refs: References, decision: Accepted | Rejected, tx_id: uuid.UUID
+) -> _TransferFields:
+    """A transfer's record: its receiver, and its own id once accepted (a refused one is no
+    transfer); a step's: the sender (a refund's: the receiver), the transfer, and a refund's
+    reason: the receiver's refusal."""
+    if command.type is CommandType.TRANSFER:
+        return command.to_user_id, (tx_id if isinstance(decision, Accepted) else None), None
+    transfer_id = command.transaction_id
+    assert transfer_id is not None
+    debit = refs.targets[transfer_id]  # a step that names none is dead-lettered, not recorded
+    if command.type is CommandType.TRANSFER_IN:
+        return debit.user_id, transfer_id, None
+    refused = refs.transfers[transfer_id][transfers.TRANSFER_IN]
+    return debit.counterparty, transfer_id, transfers.refusal(refused)
 
 
 def _rejected(command: Command, before: AccountState, decision: Rejected) -> _DecidedFields:
@@ -500,7 +545,13 @@ def _repeat(
     command: Command,
     prior: StoredResult | ProcessedRow,
 ) -> None:
-    """A key seen before: the original outcome again, or a refusal if the payload differs."""
+    """A key seen before: the original outcome again, or a refusal if the payload differs.
+    (A transfer's step seen again, published twice by the outbox, answers nothing: its
+    first copy sent what it had to.)"""
+    if command.type in INTERNAL_TYPES:
+        plan.decided.append(Outcome(command.type.value, "duplicate", ""))
+        _outbox(ctx, plan, item, None, None, None)
+        return
     if prior.payload_hash == item.payload_hash:
         reply = _reply_bytes(ctx, command, prior, True)
         plan.decided.append(Outcome(command.type.value, "duplicate", ""))
@@ -595,19 +646,103 @@ def outbox_row_of(row: ProcessedRow, legs_known: Legs | None = None) -> OutboxRo
     record whose messages must be republished, so both publish the same bytes. (The planner
     passes the legs it decided, the ones the record implies: tests/unit/ledger_harness.py
     compares the two for every command of the property test.)"""
+    if row.counterparty is not None:
+        return _transfer_outbox_row(row, legs_known)
+    reply = _plain_reply(row)
+    event = None if row.transaction_id is None else event_bytes(row, legs_known)
+    return OutboxRow(
+        row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
+        row.reply_topic, reply, event, None, row.processed_at,
+    )  # fmt: skip
+
+
+def _transfer_outbox_row(row: ProcessedRow, legs_known: Legs | None) -> OutboxRow:
+    """A transfer's record makes the relay send its event and either the next step (onto
+    the commands topic, keyed by the user whose partition takes it) or the sender's reply
+    (see ledger.transfers)."""
+    assert row.counterparty is not None
+    event = None if row.transaction_id is None else event_bytes(row, legs_known)
+    topic, key, value = row.reply_topic, row.user_id, None
+    if row.type == transfers.TRANSFER and row.transaction_id is None:  # refused at once
+        value = _plain_reply(row)
+    elif row.type == transfers.TRANSFER:
+        topic, key, value = row.topic, row.counterparty, _step_bytes(row, transfers.TRANSFER_IN)
+    elif row.type == transfers.TRANSFER_IN and row.status == "rejected":
+        topic, key = row.topic, row.counterparty
+        value = _step_bytes(row, transfers.TRANSFER_REFUND)
+    else:
+        key = row.counterparty if row.type == transfers.TRANSFER_IN else row.user_id
+        value = _transfer_reply(row)
+    return OutboxRow(
+        row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
+        topic, value, event, None, row.processed_at, key.encode(),
+    )  # fmt: skip
+
+
+def _step_bytes(row: ProcessedRow, type: str) -> bytes:
+    """The command of a transfer's next step, from the record of the one before: for the
+    receiver (transfer_in) or back to the sender (transfer_refund). It carries the transfer's
+    command id and reply topic on, so that the reply at its end answers the transfer."""
+    transfer_id = row.transaction_id if type == transfers.TRANSFER_IN else row.transfer_id
+    assert row.counterparty is not None and transfer_id is not None, row
+    step = {
+        "command_id": row.command_id,
+        "idempotency_key": f"{INTERNAL_KEY_PREFIXES[type]}{transfer_id}",
+        "type": type,
+        "user_id": row.counterparty,
+        "asset": row.asset,
+        "transaction_id": transfer_id,
+        "reply_to": row.reply_topic,
+        "sent_at": row.processed_at,
+    }
+    if type == transfers.TRANSFER_IN:
+        step["amount"] = row.amount
+    return orjson.dumps(step)
+
+
+def _transfer_reply(row: ProcessedRow) -> bytes:
+    """The reply to a transfer, at its end: from the receiver's credit (completed: the
+    sender's balance is not known there) or from the sender's refund (refused, with the
+    receiver's reason and the sender's balance after it)."""
+    assert row.transfer_id is not None and row.counterparty is not None, row
+    credit = row.type == transfers.TRANSFER_IN
+    sender, receiver = (
+        (row.counterparty, row.user_id) if credit else (row.user_id, row.counterparty)
+    )
+    error = None
+    if row.error_code is not None:  # a refund refused (its own money past the ledger's bound)
+        error = (row.error_code, row.error_message or "")
+    elif not credit:
+        assert row.reason is not None, row
+        code, _, message = row.reason.partition(": ")
+        error = (code, message)
+    status = "completed" if credit else ("refused" if row.status == "accepted" else "pending")
+    # The sender's balances: a refund's record has them, a credit's does not.
+    balance, paid, held, debt, version = (
+        (None,) * 5
+        if credit
+        else (row.balance_after, row.paid_after, row.held_after, row.debt_after, row.version)
+    )
+    return wire.reply_bytes(
+        command_id=row.command_id, idempotency_key=None, user_id=sender,
+        status="accepted" if credit else "rejected", duplicate=False,
+        transaction_id=row.transfer_id, type=transfers.TRANSFER, asset=row.asset,
+        amount=row.amount, balance=balance, error=error, processed_at=row.processed_at,
+        paid=paid, held=held, debt=debt, version=version,
+        transfer={"id": row.transfer_id, "from_user_id": sender, "to_user_id": receiver,
+                  "status": status},
+    )  # fmt: skip
+
+
+def _plain_reply(row: ProcessedRow) -> bytes:
     error = None if row.error_code is None else (row.error_code, row.error_message or "")
-    reply = wire.reply_bytes(
+    return wire.reply_bytes(
         command_id=row.command_id, idempotency_key=row.idempotency_key, user_id=row.user_id,
         status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
         processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
         expired=row.expired_amount, held=row.held_after, debt=row.debt_after,
         hold_id=row.hold_id, released=row.released_amount, version=row.version,
-    )  # fmt: skip
-    event = None if row.transaction_id is None else event_bytes(row, legs_known)
-    return OutboxRow(
-        row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(),
-        row.reply_topic, reply, event, None, row.processed_at,
     )  # fmt: skip
 
 
@@ -628,7 +763,8 @@ def event_bytes(row: ProcessedRow, legs_known: Legs | None = None) -> bytes:
         version=row.version, description=row.description, occurred_at=row.processed_at,
         paid_after=row.paid_after, legs=legs_known,
         held_after=row.held_after or 0, debt_after=row.debt_after or 0, hold_id=row.hold_id,
-        reverses=row.reverses, reason=row.reason,
+        reverses=row.reverses, reason=row.reason, transfer_id=row.transfer_id,
+        counterparty=row.counterparty,
     ))  # fmt: skip
 
 

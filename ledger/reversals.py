@@ -45,7 +45,7 @@ def reverse(command: Command, account: AccountState, refs: References) -> Accept
         if account.total() + target.amount > BALANCE_MAX:
             return Rejected(ErrorCode.BALANCE_LIMIT_EXCEEDED,
                             f"a balance may not exceed {BALANCE_MAX} {command.asset}")  # fmt: skip
-        return _give_back(account, target.pieces, target.type, target.consumed_paid)
+        return give_back(account, target.pieces, target.consumed_paid, target.type)
     if target.type in CREDIT_TYPES:
         return _take_back(account, target, target_id)
     return Rejected(ErrorCode.NOT_REVERSIBLE,
@@ -53,9 +53,14 @@ def reverse(command: Command, account: AccountState, refs: References) -> Accept
                     "are")  # fmt: skip
 
 
-def _give_back(
-    account: AccountState, pieces: tuple[lots.Piece, ...], type: str, consumed_paid: int | None
+def give_back(
+    account: AccountState,
+    pieces: tuple[lots.Piece, ...],
+    consumed_paid: int | None,
+    reversed_type: str | None = None,
 ) -> Accepted:
+    """`pieces` given back to the lots they came from (a reversed spend: `reversed_type`), or
+    handed to them (a transfer's credit or refund)."""
     assert account.order is not None
     amount = lots.pieces_total(pieces)
     placed, restored = lots.give_back(account.lots, pieces, account.order)
@@ -64,7 +69,7 @@ def _give_back(
         paid=account.paid + lots.paid_part(pieces), lots=placed, due_ms=lots.next_due_ms(placed),
     )  # fmt: skip
     return Accepted(after, 0, (), consumed_paid, amount=amount, restored=restored,
-                    returned=pieces, reversed_type=type)  # fmt: skip
+                    returned=pieces, reversed_type=reversed_type)  # fmt: skip
 
 
 def _take_back(account: AccountState, target: Target, lot_id: uuid.UUID) -> Accepted | Rejected:

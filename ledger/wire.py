@@ -40,6 +40,7 @@ def reply_bytes(
     hold_id: str | None = None,
     released: int | None = None,
     version: int | None = None,
+    transfer: dict[str, object] | None = None,
 ) -> bytes:
     """A `wallet.replies` message (schemas.replies.Reply). `balance` is the user account's
     balance, what is available (the reply's `balance` adds what holds keep aside: `held`);
@@ -75,6 +76,7 @@ def reply_bytes(
             "error": {"code": error[0], "message": error[1]} if error else None,
             "processed_at": processed_at,
             "position": None if version is None else f"{asset}:{version}",
+            "transfer": transfer,
         }
     )
 
@@ -99,6 +101,8 @@ def event_document(
     hold_id: str | None,
     reverses: uuid.UUID | None,
     reason: str | None,
+    transfer_id: uuid.UUID | None = None,
+    counterparty: str | None = None,
 ) -> dict[str, object]:
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
     its system legs as its record implies them (ledger.legs.system_legs), the user's
@@ -128,6 +132,8 @@ def event_document(
         "hold_id": hold_id,
         "reverses": reverses,
         "reason": reason,
+        "transfer_id": transfer_id,
+        "counterparty": counterparty,
         "entries": entries,
         "description": description,
         "occurred_at": occurred_at,

@@ -104,9 +104,10 @@ class Committer:
         query at all)."""
         holds = [k for b in group for k in b.references[0]]
         targets = [t for b in group for t in b.references[1]]
+        receivers = [u for b in group for u in b.references[2]]
         if not holds and not targets:
             return NO_REFERENCES
-        return await self._store.find_references(holds, targets)
+        return await self._store.find_references(holds, targets, receivers)
 
     async def _set_aside_or_not(self, batch: Admitted) -> Admitted | None:
         """Before a record is set aside (`batch`), two batches written and rolled back: the

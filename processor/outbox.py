@@ -187,11 +187,12 @@ class OutboxPublisher:
         else:
             assert m.reply_value is not None and m.reply_topic
             why = await self._undeliverable(m.reply_topic, job.queued_s)
+            key = m.key if m.reply_key is None else m.reply_key
             if why is None:
-                await batches.add(m.reply_topic, m.key, m.reply_value, part)
+                await batches.add(m.reply_topic, key, m.reply_value, part)
             else:
                 letter = _reply_letter(job, m, m.reply_value, f"{m.reply_topic!r} {why}")
-                await batches.add(self._dlq_topic, m.key, letter, part)
+                await batches.add(self._dlq_topic, key, letter, part)
                 metrics.DEAD_LETTERS.labels(DecodeErrorCode.REPLY_UNDELIVERABLE).inc()
 
     def _forget_topics(self) -> None:

@@ -75,7 +75,8 @@ class Admitted:
     assets: set[str]
     position: BatchPosition
     cut: bool  # narrowed: records fetched after the batch were left for the next one
-    references: tuple[list[HoldKey], list[uuid.UUID]]  # holds and transactions it names
+    # The holds, transactions and receivers it names (ledger.plan.references_named).
+    references: tuple[list[HoldKey], list[uuid.UUID], list[str]]
     # Before its one record is set aside as unprocessable, two batches to write and roll
     # back: the record as it is (its cause may be gone by now), then an ordinary command (the
     # control: does the database take anything at all?). See RecordReader.control.

@@ -84,7 +84,7 @@ def _repeated_key(value: bytes, command: Command) -> str | None:
         return repeated_key(value)
     fields = command.model_fields_set
     optional = (command.description, command.expires_at, command.hold_id,
-                command.transaction_id, command.reason)  # fmt: skip
+                command.transaction_id, command.reason, command.to_user_id)  # fmt: skip
     strings = len(fields & _STRING_FIELDS) + sum(v is not None for v in optional)
     metadata = command.metadata
     strings += len(metadata) + sum(isinstance(v, str) for v in metadata.values())

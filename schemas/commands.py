@@ -71,6 +71,12 @@ class CommandType(StrEnum):
     # the lots it came from; a credit is taken back from what is left of its lot, the
     # shortfall becoming the wallet's debt.
     REVERSE = "reverse"
+    # Give `amount` to another user (`to_user_id`), on any partition: a saga through the log
+    # (ledger.transfers). The sender's wallet is debited into the `transfers` clearing account
+    # at once; the two steps after it are the wallet's own commands, sent through the outbox:
+    TRANSFER = "transfer"
+    TRANSFER_IN = "transfer_in"  # internal: credit the receiver (or refuse), keyed by them
+    TRANSFER_REFUND = "transfer_refund"  # internal: give a refused transfer back to its sender
 
 
 CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
@@ -78,6 +84,12 @@ CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
 # nobody touches): reserved, so that no other command of the user can take one first and make
 # the sweep's expire a refused key reuse, again at every pass.
 SWEEP_KEY_PREFIX = "wallet-expiry-sweep:"
+# The steps a transfer sends itself: only the wallet may use these types, each with the one
+# key its transfer gives it (prefix + transfer id), so that no command can take a step's key
+# first and leave the transfer stuck half way.
+INTERNAL_KEY_PREFIXES = {"transfer_in": "transfer-in:", "transfer_refund": "transfer-refund:"}
+INTERNAL_TYPES = frozenset({CommandType.TRANSFER_IN, CommandType.TRANSFER_REFUND})
+_RESERVED_KEY_PREFIXES = (SWEEP_KEY_PREFIX, *INTERNAL_KEY_PREFIXES.values())
 EXPIRES_AT_AHEAD_MAX = timedelta(days=3660)  # about ten years
 HOLD_EXPIRES_IN_S_MIN = 1
 HOLD_EXPIRES_IN_S_MAX = 30 * 24 * 3600  # thirty days
@@ -92,6 +104,9 @@ _FIELDS: dict[CommandType, tuple[str | None, str | None, str | None, str | None]
     CommandType.CAPTURE: ("optional", "required", None, None),
     CommandType.RELEASE: (None, "required", None, None),
     CommandType.REVERSE: (None, None, None, "required"),
+    CommandType.TRANSFER: ("required", None, None, None),
+    CommandType.TRANSFER_IN: ("required", None, None, "required"),
+    CommandType.TRANSFER_REFUND: (None, None, None, "required"),
 }
 _AMOUNT_ONLY = frozenset({CommandType.TOP_UP, CommandType.BONUS, CommandType.SPEND})
 HoldId = Annotated[
@@ -111,7 +126,8 @@ class Command(BaseModel):
     )
     idempotency_key: IdempotencyKey = Field(
         description="Unique per user; retries reuse it. Keys starting with "
-        f"'{SWEEP_KEY_PREFIX}' are the expiry sweep's: only an expire may use one."
+        f"'{SWEEP_KEY_PREFIX}' are the expiry sweep's (only an expire may use one); keys "
+        "starting with 'transfer-in:' or 'transfer-refund:' are a transfer's own steps'."
     )
     type: CommandType
     user_id: UserId
@@ -139,11 +155,15 @@ class Command(BaseModel):
     )  # fmt: skip
     transaction_id: UUID | None = Field(
         default=None,
-        description="reverse only (required): the accepted transaction to undo.",
+        description="reverse (required): the accepted transaction to undo; transfer_in and "
+        "transfer_refund: the transfer (the wallet sends these itself).",
         json_schema_extra={"pattern": CANONICAL_UUID_PATTERN},
     )
     reason: Description | None = Field(
         default=None, description="reverse only (required): why, as support or finance says it."
+    )
+    to_user_id: UserId | None = Field(
+        default=None, description="transfer only (required): who receives the amount."
     )
     description: Description | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
@@ -170,11 +190,10 @@ class Command(BaseModel):
                 raise ValueError(f"{self.type} takes no transaction_id or reason")
         else:
             self._check_fields()
-        if (
-            self.idempotency_key.startswith(SWEEP_KEY_PREFIX)
-            and self.type is not CommandType.EXPIRE
-        ):
-            raise ValueError(f"idempotency keys starting with {SWEEP_KEY_PREFIX!r} are for expire")
+        if self.to_user_id is not None or self.type is CommandType.TRANSFER:
+            self._transfer_fields()
+        if self.idempotency_key.startswith(_RESERVED_KEY_PREFIXES) or self.type in INTERNAL_TYPES:
+            self._reserved_key()
         if self.expires_at is not None:
             if self.type not in CREDITS:
                 raise ValueError("expires_at is for top_up and bonus only")
@@ -193,6 +212,26 @@ class Command(BaseModel):
                 raise ValueError(f"{self.type} requires {name}")
         if (self.reason is None) != (self.type is not CommandType.REVERSE):
             raise ValueError("reason is required for reverse, and for reverse only")
+
+    def _transfer_fields(self) -> None:
+        """A transfer names its receiver, another user; no other type names one."""
+        if (self.to_user_id is None) != (self.type is not CommandType.TRANSFER):
+            raise ValueError("to_user_id is required for transfer, and for transfer only")
+        if self.to_user_id == self.user_id:
+            raise ValueError("a transfer's to_user_id must be another user")
+
+    def _reserved_key(self) -> None:
+        """The expiry sweep's keys are for expire; a transfer step's key is its prefix and
+        the transfer's id, and no other command may use those prefixes."""
+        key = self.idempotency_key
+        if key.startswith(SWEEP_KEY_PREFIX) and self.type is not CommandType.EXPIRE:
+            raise ValueError(f"idempotency keys starting with {SWEEP_KEY_PREFIX!r} are for expire")
+        prefix = INTERNAL_KEY_PREFIXES.get(self.type.value)
+        if prefix is not None and key != f"{prefix}{self.transaction_id}":
+            raise ValueError(f"a {self.type}'s idempotency key is {prefix!r} + transaction_id")
+        if prefix is None and key.startswith(tuple(INTERNAL_KEY_PREFIXES.values())):
+            raise ValueError("keys starting with 'transfer-in:' or 'transfer-refund:' are "
+                             "for the wallet's own transfer steps")  # fmt: skip
 
     @field_validator("metadata")
     @classmethod
@@ -226,6 +265,7 @@ def new_command(
     expires_in_s: int | None = None,
     transaction_id: UUID | None = None,
     reason: str | None = None,
+    to_user_id: str | None = None,
 ) -> Command:
     """Build a validated command (the Python producer's way in)."""
     return Command(
@@ -243,4 +283,5 @@ def new_command(
         expires_in_s=expires_in_s,
         transaction_id=transaction_id,
         reason=reason,
+        to_user_id=to_user_id,
     )

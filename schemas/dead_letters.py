@@ -25,6 +25,9 @@ class DecodeErrorCode(StrEnum):
     # Not a command but its reply: reply_to names a topic that does not exist or refuses the
     # wallet. `value` is the reply, `source_*` the command it answers.
     REPLY_UNDELIVERABLE = "reply_undeliverable"
+    # A transfer step (transfer_in, transfer_refund) that names no transfer it could be a
+    # step of: forged, or sent by hand (ledger.transfers says why it is not recorded).
+    UNKNOWN_TRANSFER = "unknown_transfer"
 
 
 class DeadLetter(BaseModel):

@@ -23,6 +23,9 @@ class AccountKind(StrEnum):
     # What wallets owe: a reversed credit already spent (negative while debt is open; the
     # credits that pay it back bring it back towards zero).
     RECEIVABLE = "receivable"
+    # Transfers in flight: debited from their sender, not yet credited to their receiver nor
+    # given back (it sums to what is in flight).
+    TRANSFERS = "transfers"
 
 
 class Entry(BaseModel):
@@ -51,7 +54,9 @@ class LedgerEvent(BaseModel):
     debt_after: int  # what the wallet owes for reversed credits it had spent
     hold_id: str | None  # hold, capture, release
     reverses: UUID | None  # reverse: the transaction it undid
-    reason: str | None  # reverse: why
+    reason: str | None  # reverse: why; transfer_refund: the receiver's refusal
+    transfer_id: UUID | None = None  # transfer, transfer_in, transfer_refund: the transfer
+    counterparty: str | None = None  # transfer: the receiver; its steps: the sender
     entries: list[Entry]
     description: str | None
     occurred_at: AwareDatetime

@@ -38,6 +38,11 @@ class ErrorCode(StrEnum):
     TRANSACTION_NOT_FOUND = "transaction_not_found"
     ALREADY_REVERSED = "already_reversed"
     NOT_REVERSIBLE = "not_reversible"  # only spends, captures, top-ups and bonuses reverse
+    # Transfers: the receiver has no wallet (never had an entry), or the transfer a step
+    # names does not exist as that step needs it (the step is dead-lettered, see
+    # ledger.transfers: a forged one must not take the real step's key).
+    UNKNOWN_WALLET = "unknown_wallet"
+    TRANSFER_NOT_FOUND = "transfer_not_found"
 
 
 class ErrorInfo(BaseModel):
@@ -54,6 +59,21 @@ class Consumed(BaseModel):
 
     paid: int
     free: int
+
+
+class TransferStatus(StrEnum):
+    PENDING = "pending"  # debited, the receiver's side not decided yet
+    COMPLETED = "completed"  # credited to the receiver
+    REFUSED = "refused"  # refused by the receiver's side, given back to the sender
+
+
+class TransferInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: UUID
+    from_user_id: str
+    to_user_id: str
+    status: TransferStatus
 
 
 class Reply(BaseModel):
@@ -92,6 +112,13 @@ class Reply(BaseModel):
     )
     error: ErrorInfo | None
     processed_at: AwareDatetime
+    transfer: TransferInfo | None = Field(
+        None,
+        description="A transfer: its id (the sender's debit), receiver and state. The reply "
+        "to a transfer comes when the receiver's side has decided: completed, or refused (the "
+        "amount back in the sender's wallet, `error` the receiver's reason). A retry of the "
+        "transfer answers `pending` with the debit; GET /wallet/transfers/{id} tells the rest.",
+    )
     position: str | None = Field(
         None,
         description="An accepted command: the account's ledger position after it, "

@@ -17,7 +17,16 @@ import asyncpg
 import orjson
 
 from foundation.errors import FencedError
-from ledger.account import BALANCE_MAX, AccountState, Asset, Hold, HoldKey, References, Target
+from ledger.account import (
+    BALANCE_MAX,
+    AccountState,
+    Asset,
+    Hold,
+    HoldKey,
+    References,
+    Step,
+    Target,
+)
 from ledger.lots import Lot, SpendOrder, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -142,12 +151,13 @@ class OutboxMessage:
     reply_value: bytes | None
     event_value: bytes | None
     dlq_value: bytes | None
+    reply_key: bytes | None = None  # None: the reply's key is `key`
 
     @classmethod
     def of(cls, row: OutboxRow) -> OutboxMessage:
         """What the relay needs of a planned outbox row."""
         return cls(row.source_offset, row.generation, row.message_key, row.reply_topic,
-                   row.reply_value, row.event_value, row.dlq_value)  # fmt: skip
+                   row.reply_value, row.event_value, row.dlq_value, row.reply_key)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +196,10 @@ class EventStore(Protocol):
     ) -> list[tuple[str, str, datetime]]: ...
 
     async def find_references(
-        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+        self,
+        holds: Sequence[HoldKey],
+        targets: Sequence[uuid.UUID],
+        receivers: Sequence[str] = (),
     ) -> References: ...
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
@@ -424,13 +437,20 @@ class PostgresEventStore:
 
     @translated
     async def find_references(
-        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+        self,
+        holds: Sequence[HoldKey],
+        targets: Sequence[uuid.UUID],
+        receivers: Sequence[str] = (),
     ) -> References:
-        """How each named hold that is no longer open was resolved, and each named accepted
+        """How each named hold that is no longer open was resolved; each named accepted
         transaction with the lots it took (their origins from the credits that opened them)
-        and whether it was reversed."""
+        and whether it was reversed; the steps recorded of each named transfer; which of the
+        receivers have a wallet (an entry of any asset)."""
         resolved: list[asyncpg.Record] = []
         found: list[asyncpg.Record] = []
+        steps: list[asyncpg.Record] = []
+        wallets: list[asyncpg.Record] = []
+        timeout = self._timeout_s
         async with self._pool.acquire() as conn:
             if holds:
                 resolved = await conn.fetch(
@@ -438,13 +458,22 @@ class PostgresEventStore:
                     " $2::text[], $3::text[]) AS k(user_id, asset, hold_id)"
                     " JOIN holds h USING (user_id, asset, hold_id) WHERE h.status <> 'open'",
                     [k[0] for k in holds], [k[1] for k in holds], [k[2] for k in holds],
-                    timeout=self._timeout_s,
+                    timeout=timeout,
                 )  # fmt: skip
             if targets:
-                found = await conn.fetch(_TARGETS_SQL, list(targets), timeout=self._timeout_s)
+                found = await conn.fetch(_TARGETS_SQL, list(targets), timeout=timeout)
+                steps = await conn.fetch(_STEPS_SQL, list(targets), timeout=timeout)
+            if receivers:
+                wallets = await conn.fetch(_WALLETS_SQL, list(set(receivers)), timeout=timeout)
+        transfers: dict[uuid.UUID, dict[str, Step]] = {}
+        for r in steps:
+            step = Step(r["status"], r["error_code"], r["error_message"])
+            transfers.setdefault(std_uuid(r["transfer_id"]), {})[r["type"]] = step
         return References(
             {(r["user_id"], r["asset"], r["hold_id"]): r["status"] for r in resolved},
             {std_uuid(r["transaction_id"]): _target(r) for r in found},
+            transfers,
+            frozenset(r["user_id"] for r in wallets),
         )
 
     @translated
@@ -672,7 +701,8 @@ def std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
 
 # Both in the order of the watermark, each through its table's index on that order.
 _UNPUBLISHED_OUTBOX_SQL = """
-SELECT source_offset, generation, message_key, reply_topic, reply_value, event_value, dlq_value
+SELECT source_offset, generation, message_key, reply_topic, reply_value, event_value, dlq_value,
+       reply_key
   FROM outbox
  WHERE topic = $1 AND partition = $2 AND (generation, source_offset) >= ($3, $4)
  ORDER BY generation, source_offset
@@ -690,7 +720,7 @@ def processed_row(row: asyncpg.Record) -> ProcessedRow:
     """A stored idempotency record as the planner made it (asyncpg's UUIDs as the stdlib's);
     other columns the row holds are left out."""
     fields = {name: row[name] for name in PROCESSED_COLUMNS}
-    for name in ("command_id", "transaction_id", "reverses"):
+    for name in ("command_id", "transaction_id", "reverses", "transfer_id"):
         fields[name] = std_uuid(fields[name])
     return ProcessedRow(**fields)
 
@@ -714,8 +744,20 @@ def _account(row: asyncpg.Record) -> AccountState:
     return state
 
 
+# A transfer's steps recorded so far (its debit is a target), through their index.
+_STEPS_SQL = """
+SELECT transfer_id, type, status, error_code, error_message FROM processed_commands
+ WHERE transfer_id = ANY($1::uuid[]) AND type IN ('transfer_in', 'transfer_refund')
+"""
+# A user has a wallet once an entry names them (through the user legs' account index).
+_WALLETS_SQL = """
+SELECT k.user_id FROM unnest($1::text[]) AS k(user_id)
+ WHERE EXISTS (SELECT 1 FROM ledger_entries e
+                WHERE e.account_kind = 'user' AND e.user_id = k.user_id)
+"""
 _TARGETS_SQL = """
 SELECT c.transaction_id, c.user_id, c.asset, c.type, c.amount, c.consumed_paid, c.lots_taken,
+       c.counterparty,
        c.paid_after IS NULL AS before_lots,
        EXISTS (SELECT 1 FROM processed_commands r
                 WHERE r.reverses = c.transaction_id AND r.status = 'accepted') AS reversed,
@@ -741,7 +783,7 @@ def _target(row: asyncpg.Record) -> Target:
     user, asset = row["user_id"], row["asset"]
     return Target(user, asset, row["type"], row["amount"], row["consumed_paid"],
                   target_pieces(taken, origins, user, asset), row["reversed"],
-                  row["before_lots"], row["expired"])  # fmt: skip
+                  row["before_lots"], row["expired"], row["counterparty"])  # fmt: skip
 
 
 def _claim(row: asyncpg.Record, forced: dict[int, str]) -> PartitionClaim:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 
 from foundation.errors import FencedError, StorageRefusedError
-from ledger.account import AccountState, Asset, Hold, HoldKey, References, Target
+from ledger.account import AccountState, Asset, Hold, HoldKey, References, Step, Target
 from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -121,34 +121,50 @@ class MemoryEventStore:
         return found
 
     async def find_references(
-        self, holds: Sequence[HoldKey], targets: Sequence[uuid.UUID]
+        self,
+        holds: Sequence[HoldKey],
+        targets: Sequence[uuid.UUID],
+        receivers: Sequence[str] = (),
     ) -> References:
         resolved = {k: self.holds[k].status for k in holds
                     if k in self.holds and self.holds[k].status != "open"}  # fmt: skip
         accepted = {r.transaction_id: r for r in self._processed.values() if r.transaction_id}
-        reversed_ = {r.reverses for r in accepted.values() if r.reverses is not None}
-        found = {}
-        for tx in (t for t in targets if t in accepted):
-            row = accepted[tx]
-            assert row.amount is not None
-            taken = orjson.loads(row.lots_taken or "[]")
-            origins = {
-                uuid.UUID(i): Origin(o.type, o.version or 0, _ms(o.expires_at))
-                for i, _ in taken
-                if (o := accepted.get(uuid.UUID(i))) is not None
-            }
-            pieces = target_pieces(taken, origins, row.user_id, row.asset)
-            expired = sum(
-                n
-                for r in accepted.values()
-                if (r.user_id, r.asset) == (row.user_id, row.asset)
-                for i, n in orjson.loads(r.lots_expired or "[]")
-                if uuid.UUID(i) == tx
-            )
-            found[tx] = Target(row.user_id, row.asset, row.type, row.amount, row.consumed_paid,
-                               pieces, tx in reversed_, row.paid_after is None,
-                               expired if row.type in ("top_up", "bonus") else 0)  # fmt: skip
-        return References(resolved, found)
+        found = {tx: self._target(accepted[tx], accepted) for tx in targets if tx in accepted}
+        transfers: dict[uuid.UUID, dict[str, Step]] = {}
+        for r in self._processed.values():
+            if (
+                r.transfer_id is not None
+                and r.transfer_id in targets
+                and r.type in ("transfer_in", "transfer_refund")
+            ):
+                step = Step(r.status, r.error_code, r.error_message)
+                transfers.setdefault(r.transfer_id, {})[r.type] = step
+        wallets = frozenset(u for u in receivers if any(k[0] == u for k in self._accounts))
+        return References(resolved, found, transfers, wallets)
+
+    def _target(self, row: ProcessedRow, accepted: Mapping[uuid.UUID, ProcessedRow]) -> Target:
+        """An accepted transaction as a reverse or a transfer's step finds it."""
+        assert row.amount is not None and row.transaction_id is not None
+        tx = row.transaction_id
+        reversed_ = any(r.reverses == tx for r in accepted.values())
+        taken = orjson.loads(row.lots_taken or "[]")
+        origins = {
+            uuid.UUID(i): Origin(o.type, o.version or 0, _ms(o.expires_at))
+            for i, _ in taken
+            if (o := accepted.get(uuid.UUID(i))) is not None
+        }
+        pieces = target_pieces(taken, origins, row.user_id, row.asset)
+        expired = sum(
+            n
+            for r in accepted.values()
+            if (r.user_id, r.asset) == (row.user_id, row.asset)
+            for i, n in orjson.loads(r.lots_expired or "[]")
+            if uuid.UUID(i) == tx
+        )
+        return Target(row.user_id, row.asset, row.type, row.amount, row.consumed_paid, pieces,
+                      reversed_, row.paid_after is None,
+                      expired if row.type in ("top_up", "bonus") else 0,
+                      row.counterparty)  # fmt: skip
 
     async def due_wallets(
         self, partitions: Sequence[int], limit: int

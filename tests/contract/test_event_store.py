@@ -9,7 +9,9 @@ import pytest
 
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
+from ledger.account import Step
 from ledger.plan import BatchPlan
+from schemas.codec import decode_command
 from schemas.commands import Command
 from storage.db import create_pool
 from storage.event_store import (
@@ -225,3 +227,55 @@ class TestOutbox:
         assert (claim.published_generation, claim.published_offset) == (0, 2)
         left = await store.unpublished(TOPIC, PARTITION, (0, 2), 10)
         assert [m.source_offset for m in left] == [2]
+
+
+async def _steps(store: EventStore, first: int) -> list[Command]:
+    """The transfer steps the records from offset `first` on send to the commands topic."""
+    sent = await store.unpublished(TOPIC, PARTITION, (0, first), 100)
+    steps = [decode_command(m.reply_value, bytes_max=10_000) for m in sent
+             if m.reply_topic == TOPIC]  # fmt: skip
+    assert all(isinstance(s, Command) for s in steps), steps
+    return [s for s in steps if isinstance(s, Command)]
+
+
+class TestTransfers:
+    async def test_a_step_finds_its_transfer_steps_and_receiver(self, store: EventStore) -> None:
+        """References name a transfer with its receiver and pieces, the steps recorded of it,
+        and which receivers have a wallet."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 10, key="t-1"), command("bonus", "bob", 1, key="b-1"),
+                 command("transfer", "ana", 4, key="g-1", to_user_id="bob")]  # fmt: skip
+        position, plan = await _commands(store, claim.epoch, 0, batch)
+        await store.commit_batch(position, plan)
+        top_up, transfer = plan.processed_rows[0].transaction_id, plan.processed_rows[2].transfer_id
+        assert transfer is not None and top_up is not None
+        refs = await store.find_references([], [transfer], ["bob", "zed"])
+        found = refs.targets[transfer]
+        assert (found.type, found.amount, found.counterparty) == ("transfer", 4, "bob")
+        assert [(p.lot_id, p.paid, p.amount) for p in found.pieces] == [(top_up, True, 4)]
+        assert (refs.transfers, refs.wallets) == ({}, frozenset({"bob"}))
+        [step] = await _steps(store, 0)
+        assert (step.type, step.user_id, step.transaction_id) == ("transfer_in", "bob", transfer)
+        await store.commit_batch(*await _commands(store, claim.epoch, 3, [step]))
+        refs = await store.find_references([], [transfer], [])
+        assert refs.transfers == {transfer: {"transfer_in": Step("accepted", None, None)}}
+        bob = (await store.load_accounts([("bob", "GOLD")]))[("bob", "GOLD")]
+        assert (bob.balance, bob.paid) == (5, 4)
+
+    async def test_a_refused_transfer_comes_back_once(self, store: EventStore) -> None:
+        """A receiver without a wallet refuses; the refund gives the pieces back to the
+        sender's lot, and a second refund of the same transfer is a duplicate."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 10, key="t-1"),
+                 command("transfer", "ana", 4, key="g-1", to_user_id="zed")]  # fmt: skip
+        await store.commit_batch(*await _commands(store, claim.epoch, 0, batch))
+        [credit] = await _steps(store, 0)
+        await store.commit_batch(*await _commands(store, claim.epoch, 2, [credit]))
+        [refund] = await _steps(store, 2)
+        assert (refund.type, refund.user_id) == ("transfer_refund", "ana")
+        position, plan = await _commands(store, claim.epoch, 3, [refund, refund])
+        await store.commit_batch(position, plan)
+        assert [d.outcome for d in plan.decided] == ["accepted", "duplicate"]
+        assert plan.processed_rows[0].reason == "unknown_wallet: zed has no wallet"
+        ana = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
+        assert (ana.balance, ana.paid, len(ana.lots)) == (10, 10, 1)

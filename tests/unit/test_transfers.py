@@ -1,0 +1,252 @@
+"""Transfers between users on two partitions, driven the way the processor and its outbox
+relay drive them (in memory: each step is planned and committed by its partition, and the
+commands a step sends are fed back as the relay would publish them)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from ledger.account import Asset
+from ledger.plan import BatchPlan, ProcessedRow, transaction_id_for
+from schemas.codec import decode_command
+from schemas.commands import Command
+from storage.event_store import OutboxMessage
+from storage.memory_event_store import MemoryEventStore
+from tests.contract.batches import planned_commands
+from tests.integration.helpers import command
+
+TOPIC = "unit.commands"
+# Who lives where: the sender and the receiver on different partitions, as most pairs are.
+PARTITION_OF = {"ana": 0, "bob": 1, "cy": 1, "nobody": 1}
+
+
+class Bank:
+    """Two partitions of one ledger in memory, and the relay between them."""
+
+    def __init__(self) -> None:
+        self.store = MemoryEventStore(("GOLD",))
+        self.offsets = {0: 0, 1: 0}
+        self.epochs = {p: asyncio.run(self.store.claim_partition(TOPIC, p, "unit")).epoch
+                       for p in self.offsets}  # fmt: skip
+        self.sent: list[OutboxMessage] = []  # everything the relay published, in order
+
+    def run(self, *commands: Command) -> list[ProcessedRow]:
+        """Each partition's share of `commands` as one batch; the records they made."""
+        rows: list[ProcessedRow] = []
+        for partition in self.offsets:
+            mine = [c for c in commands if PARTITION_OF[c.user_id] == partition]
+            if mine:
+                rows += asyncio.run(self._batch(partition, mine)).processed_rows
+        return rows
+
+    def relay(self) -> list[ProcessedRow]:
+        """Publish what the last batches sent on to the commands topic, and process it
+        (until no step sends another); the records the steps made."""
+        rows: list[ProcessedRow] = []
+        while steps := self._steps():
+            rows += self.run(*steps)
+        return rows
+
+    def replies(self) -> list[dict[str, Any]]:
+        return [orjson.loads(m.reply_value) for m in self.sent
+                if m.reply_value and m.reply_topic == "wallet.replies"]  # fmt: skip
+
+    def system(self, kind: str) -> int:
+        return sum(e.amount for e in self.store.entries if e.account_kind == kind)
+
+    def total(self, user: str) -> int:
+        return sum(e.amount for e in self.store.entries if e.user_id == user)
+
+    def lots(self, user: str) -> dict[uuid.UUID, tuple[bool, int]]:
+        return {i: (lot.paid, lot.remaining)
+                for i, lot in self.store.lots.get((user, "GOLD"), {}).items()}  # fmt: skip
+
+    def _steps(self) -> list[Command]:
+        steps = [m for m in self.sent if m.reply_topic == TOPIC]
+        self.sent = [m for m in self.sent if m.reply_topic != TOPIC]
+        decoded = [decode_command(m.reply_value, bytes_max=10_000) for m in steps]
+        for m, c in zip(steps, decoded, strict=True):
+            assert isinstance(c, Command) and m.reply_key == c.user_id.encode(), (m, c)
+        return [c for c in decoded if isinstance(c, Command)]
+
+    async def _batch(self, partition: int, commands: list[Command]) -> BatchPlan:
+        first = self.offsets[partition]
+        epoch = self.epochs[partition]
+        position, plan = await planned_commands(self.store, TOPIC, partition, epoch, first,
+                                                commands)  # fmt: skip
+        await self.store.commit_batch(position, plan)
+        rebuilt = await self.store.unpublished(TOPIC, partition, (0, first), len(commands))
+        assert rebuilt == [OutboxMessage.of(r) for r in plan.outbox_rows], "rebuilt alike"
+        self.sent += rebuilt
+        self.offsets[partition] = position.next_offset
+        return plan
+
+
+def transfer(sender: str, receiver: str, amount: int, key: str = "gift") -> Command:
+    return command("transfer", sender, amount, key=key, to_user_id=receiver)
+
+
+def funded(**credits: int) -> Bank:
+    """A bank whose users were topped up (a negative amount: a bonus of its size)."""
+    bank = Bank()
+    bank.run(*(command("top_up" if n > 0 else "bonus", user, abs(n), key=f"fund-{user}")
+               for user, n in credits.items()))  # fmt: skip
+    bank.sent.clear()  # their replies: not what the tests look at
+    return bank
+
+
+def conserved(bank: Bank) -> None:
+    """Every transaction balances, and what is in flight is in `transfers`."""
+    assert sum(e.amount for e in bank.store.entries) == 0
+
+
+class TestCompleted:
+    def test_the_amount_moves_from_sender_to_receiver(self) -> None:
+        """A transfer across partitions debits the sender, credits the receiver, and leaves
+        nothing in `transfers`."""
+        bank = funded(ana=100, bob=5)
+        [debit] = bank.run(transfer("ana", "bob", 30))
+        assert debit.status == "accepted" and debit.transfer_id == debit.transaction_id
+        assert bank.total("ana") == 70 and bank.system("transfers") == 30
+        [credit] = bank.relay()
+        assert (credit.type, credit.status, credit.user_id) == ("transfer_in", "accepted", "bob")
+        assert credit.transfer_id == debit.transaction_id and credit.counterparty == "ana"
+        assert bank.total("bob") == 35 and bank.system("transfers") == 0
+        conserved(bank)
+
+    def test_the_sender_is_answered_completed(self) -> None:
+        """The transfer's one reply comes from the receiver's credit, to the transfer's reply
+        topic, with its command id and the transfer."""
+        bank = funded(ana=100, bob=5)
+        sent = transfer("ana", "bob", 30)
+        bank.run(sent)
+        assert bank.replies() == []  # the debit answers nothing yet
+        bank.relay()
+        [reply] = bank.replies()
+        assert reply["command_id"] == str(sent.command_id) and reply["status"] == "accepted"
+        assert reply["user_id"] == "ana" and reply["type"] == "transfer"
+        tid = str(transaction_id_for("ana", "gift"))
+        assert reply["transfer"] == {"id": tid, "from_user_id": "ana", "to_user_id": "bob",
+                                     "status": "completed"}  # fmt: skip
+
+    def test_paid_stays_paid(self) -> None:
+        """The receiver gets the very lots the sender's spend order took: a free one stays
+        free, a paid one paid."""
+        bank = funded(ana=-20, bob=1)
+        bank.run(command("top_up", "ana", 50, key="more"))
+        bank.run(transfer("ana", "bob", 40))  # free first: the bonus's 20, then 20 paid
+        bank.relay()
+        bonus, top_up = transaction_id_for("ana", "fund-ana"), transaction_id_for("ana", "more")
+        assert bank.lots("bob")[bonus] == (False, 20) and bank.lots("bob")[top_up] == (True, 20)
+        assert bank.lots("ana") == {top_up: (True, 30)}
+        conserved(bank)
+
+    def test_a_step_published_twice_takes_effect_once(self) -> None:
+        """The outbox may publish a step again (a crash between publish and mark): the copy is
+        a duplicate and answers nothing."""
+        bank = funded(ana=100, bob=5)
+        bank.run(transfer("ana", "bob", 30))
+        step = bank._steps()
+        bank.run(*step)
+        rows = bank.run(*step)
+        assert rows == [] and bank.total("bob") == 35
+        assert len(bank.replies()) == 1
+
+
+class TestRefused:
+    def test_a_receiver_without_a_wallet_gives_it_back(self) -> None:
+        """An unknown receiver refuses; the refund puts the sender's pieces back in their lots
+        and the sender is answered refused, with the receiver's reason."""
+        bank = funded(ana=100)
+        sent = transfer("ana", "nobody", 30)
+        bank.run(sent)
+        credit, refund = bank.relay()
+        assert (credit.status, credit.error_code) == ("rejected", "unknown_wallet")
+        assert (refund.type, refund.status, refund.user_id) == (
+            "transfer_refund",
+            "accepted",
+            "ana",
+        )
+        assert bank.total("ana") == 100 and bank.system("transfers") == 0
+        assert bank.lots("ana") == {transaction_id_for("ana", "fund-ana"): (True, 100)}
+        [reply] = bank.replies()
+        assert reply["command_id"] == str(sent.command_id) and reply["status"] == "rejected"
+        assert reply["error"]["code"] == "unknown_wallet" and reply["balance"] == 100
+        assert reply["transfer"]["status"] == "refused"
+        conserved(bank)
+
+    def test_a_balance_limit_refuses(self) -> None:
+        """The receiver's asset balance limit applies to a transfer as to any credit."""
+        bank = funded(ana=100, bob=5)
+        bank.store.assets["GOLD"] = Asset(balance_max=20)
+        bank.run(transfer("ana", "bob", 30))
+        credit, refund = bank.relay()
+        assert credit.error_code == "balance_limit_exceeded" and refund.status == "accepted"
+        assert bank.total("ana") == 100 and bank.total("bob") == 5
+
+    def test_a_sender_without_enough_is_refused_at_once(self) -> None:
+        """The debit is decided like a spend: refused, nothing is sent on."""
+        bank = funded(ana=10, bob=5)
+        [row] = bank.run(transfer("ana", "bob", 30))
+        assert row.error_code == "insufficient_funds" and row.transfer_id is None
+        assert bank.relay() == [] and bank.replies()[0]["status"] == "rejected"
+
+
+class TestForgedSteps:
+    def test_a_step_naming_no_transfer_is_dead_lettered(self) -> None:
+        """A transfer_in whose transfer does not exist is not recorded (it would take the real
+        step's key): it becomes a dead letter."""
+        bank = funded(ana=100, bob=5)
+        tid = transaction_id_for("ana", "gift")
+        forged = command("transfer_in", "bob", 30, key=f"transfer-in:{tid}", transaction_id=tid)
+        assert bank.run(forged) == []
+        assert [m.dlq_value is not None for m in bank.sent[-1:]] == [True]
+        bank.run(transfer("ana", "bob", 30))  # the real one, later, still completes
+        [credit] = bank.relay()
+        assert credit.status == "accepted" and bank.total("bob") == 35
+
+    def test_a_step_with_another_amount_is_dead_lettered(self) -> None:
+        """The amounts come from the transfer's record: a step that disagrees is not one."""
+        bank = funded(ana=100, bob=5)
+        [debit] = bank.run(transfer("ana", "bob", 30))
+        tid = debit.transaction_id
+        forged = command("transfer_in", "bob", 99, key=f"transfer-in:{tid}", transaction_id=tid)
+        assert bank.run(forged) == []
+        [credit] = bank.relay()
+        assert credit.amount == 30 and bank.total("bob") == 35
+
+    def test_a_refund_of_a_completed_transfer_is_dead_lettered(self) -> None:
+        """A refund needs the receiver's refusal on record: money cannot come back twice."""
+        bank = funded(ana=100, bob=5)
+        [debit] = bank.run(transfer("ana", "bob", 30))
+        bank.relay()
+        tid = debit.transaction_id
+        forged = command("transfer_refund", "ana", None, key=f"transfer-refund:{tid}",
+                         transaction_id=tid)  # fmt: skip
+        assert bank.run(forged) == []
+        assert bank.total("ana") == 70 and bank.total("bob") == 35
+
+
+class TestCommandFields:
+    def test_a_transfer_names_another_user(self) -> None:
+        """to_user_id is required for a transfer, refused elsewhere, and never the sender."""
+        with pytest.raises(ValidationError, match="to_user_id is required"):
+            command("transfer", "ana", 5)
+        with pytest.raises(ValidationError, match="another user"):
+            command("transfer", "ana", 5, to_user_id="ana")
+        with pytest.raises(ValidationError, match="to_user_id is required"):
+            command("spend", "ana", 5, to_user_id="bob")
+
+    def test_step_keys_are_reserved(self) -> None:
+        """A step's key is its prefix and the transfer's id; no other command may use one."""
+        tid = uuid.uuid4()
+        with pytest.raises(ValidationError, match="idempotency key is"):
+            command("transfer_in", "bob", 5, key="mine", transaction_id=tid)
+        with pytest.raises(ValidationError, match="transfer steps"):
+            command("spend", "bob", 5, key=f"transfer-in:{tid}")
