@@ -5,7 +5,8 @@ Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insuffic
 in debt (the request was valid, the wallet cannot pay), 404 no such hold or transaction, 409
 idempotency key reused for another command, or a hold or transaction resolved already, 422
 invalid input or unknown asset, 202 with the command id when the reply is late (the command
-will still be processed exactly once: retry with the same key to learn its outcome).
+will still be processed exactly once: retry with the same key to learn its outcome; a
+transfer's 202 names the transfer, whose outcome GET /wallet/transfers/{id} tells).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from commands.client import WalletClient
+from ledger.plan import transaction_id_for
 from schemas.codec import repeated_key
 from schemas.commands import (
     AMOUNT_MAX,
@@ -61,6 +63,7 @@ _REJECTION_STATUS = {
     "in_debt": 402,
     "hold_not_found": 404,
     "transaction_not_found": 404,
+    "unknown_wallet": 404,
     "idempotency_key_reused": 409,
     "hold_id_taken": 409,
     "hold_already_captured": 409,
@@ -162,6 +165,15 @@ class ReverseRequest(_Request):
         return {"transaction_id": self.transactionId, "reason": self.reason}
 
 
+class TransferRequest(WriteRequest):
+    """Give `amount` to another user, on any partition."""
+
+    toUserId: UserId = Field(description="Who receives it (not the sender).")
+
+    def fields(self) -> dict[str, Any]:
+        return {"amount": self.amount, "to_user_id": self.toUserId}
+
+
 class WriteError(BaseModel):
     code: str
     message: str
@@ -191,6 +203,7 @@ class WriteResponse(BaseModel):
     released: int | None  # held money given back (a capture's rest, expired holds)
     error: WriteError | None
     position: str | None  # accepted: ASSET:VERSION, for a balance read's `?after=`
+    transfer: dict[str, Any] | None  # a transfer: id, fromUserId, toUserId, status
 
 
 async def _write(kind: CommandType, body: _Request, request: Request) -> JSONResponse:
@@ -227,8 +240,17 @@ async def write(
             reply = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             log.info("reply late; answered 202", timeout_s=timeout_s)
-            return 202, {"status": "pending", "commandId": str(command.command_id)}
+            return 202, _pending(command)
     return _status_code(reply), _response(reply, body)
+
+
+def _pending(command: Command) -> dict[str, Any]:
+    """A late reply's answer; a transfer's names the transfer, whose outcome
+    GET /wallet/transfers/{id} tells (it is late whenever the receiver's side is)."""
+    pending: dict[str, Any] = {"status": "pending", "commandId": str(command.command_id)}
+    if command.type is CommandType.TRANSFER:
+        pending["transferId"] = str(transaction_id_for(command.user_id, command.idempotency_key))
+    return pending
 
 
 def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
@@ -251,7 +273,15 @@ def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
         "released": reply["released"],
         "error": reply["error"],
         "position": reply.get("position"),  # absent from replies written before it
+        "transfer": _transfer(reply.get("transfer")),
     }
+
+
+def _transfer(transfer: dict[str, Any] | None) -> dict[str, Any] | None:
+    if transfer is None:
+        return None
+    return {"id": transfer["id"], "fromUserId": transfer["from_user_id"],
+            "toUserId": transfer["to_user_id"], "status": transfer["status"]}  # fmt: skip
 
 
 def _status_code(reply: dict[str, Any]) -> int:
@@ -265,7 +295,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": WriteResponse, "description": "a duplicate of an accepted command"},
     202: {"description": "reply late; the command will still be processed"},
     402: {"model": WriteResponse, "description": "insufficient funds, or in debt"},
-    404: {"model": WriteResponse, "description": "no such hold or transaction"},
+    404: {"model": WriteResponse, "description": "no such hold, transaction or receiver"},
     409: {
         "model": WriteResponse,
         "description": "idempotency key reused, or the hold or transaction resolved already",
@@ -309,6 +339,15 @@ async def capture(body: CaptureRequest, request: Request) -> JSONResponse:
 async def release(body: ReleaseRequest, request: Request) -> JSONResponse:
     """Give what a hold keeps back to the wallet."""
     return await _write(CommandType.RELEASE, body, request)
+
+
+@router.post("/transfer", status_code=201, responses=_RESPONSES)
+async def transfer(body: TransferRequest, request: Request) -> JSONResponse:
+    """Give currency to another player (a gift, a trade), on any partition: 201 completed,
+    or refused by the receiver's side (404 no wallet, 422 a limit) with the amount back in
+    the sender's wallet; 202 with the transfer's id while the receiver's side has not
+    decided (GET /wallet/transfers/{id})."""
+    return await _write(CommandType.TRANSFER, body, request)
 
 
 @ops_router.post("/reverse", status_code=201, responses=_RESPONSES)

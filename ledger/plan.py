@@ -553,7 +553,12 @@ def _repeat(
         _outbox(ctx, plan, item, None, None, None)
         return
     if prior.payload_hash == item.payload_hash:
-        reply = _reply_bytes(ctx, command, prior, True)
+        transfer = None
+        if command.type is CommandType.TRANSFER and prior.transaction_id is not None:
+            # A retry answers with the debit: the outcome is the receiver's side's to tell.
+            transfer = {"id": prior.transaction_id, "from_user_id": command.user_id,
+                        "to_user_id": command.to_user_id, "status": "pending"}  # fmt: skip
+        reply = _reply_bytes(ctx, command, prior, True, transfer)
         plan.decided.append(Outcome(command.type.value, "duplicate", ""))
     else:
         reused = StoredResult(
@@ -624,7 +629,11 @@ def _outbox(
 
 
 def _reply_bytes(
-    ctx: BatchContext, command: Command, result: StoredResult | ProcessedRow, duplicate: bool
+    ctx: BatchContext,
+    command: Command,
+    result: StoredResult | ProcessedRow,
+    duplicate: bool,
+    transfer: dict[str, object] | None = None,
 ) -> bytes:
     error = None
     if result.error_code is not None:
@@ -637,6 +646,7 @@ def _reply_bytes(
         processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
         expired=result.expired_amount, held=result.held_after, debt=result.debt_after,
         hold_id=result.hold_id, released=result.released_amount, version=result.version,
+        transfer=transfer,
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""The HTTP query routes: balances, history, one transaction, liveness and readiness."""
+"""The HTTP query routes: balances, history, one transaction, one transfer, liveness and
+readiness."""
 
 from __future__ import annotations
 
@@ -173,6 +174,17 @@ async def get_transaction(transactionId: uuid.UUID, request: Request) -> dict[st
     if item is None:
         raise HTTPException(status_code=404, detail="no such transaction")
     return item
+
+
+@router.get("/wallet/transfers/{transferId}")
+async def get_transfer(transferId: uuid.UUID, request: Request) -> dict[str, Any]:
+    """A transfer (its id: the sender's debit's transaction id, the one a late POST
+    /wallet/transfer answers with) and its steps: pending, completed or refused."""
+    async with _pool(request).acquire() as conn:
+        found = await queries.transfer(conn, transferId)
+    if found is None:
+        raise HTTPException(status_code=404, detail="no such transfer")
+    return found
 
 
 @probes.get("/health")

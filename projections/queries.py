@@ -1,4 +1,5 @@
-"""Read queries: balances (projected, or straight from the ledger), history, one transaction."""
+"""Read queries: balances (projected, or straight from the ledger), history, one transaction,
+one transfer."""
 
 from __future__ import annotations
 
@@ -125,4 +126,51 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
         "balanceAfter": row["balance_after"],
         "description": row["description"],
         "time": row["created_at"].isoformat(),
+    }
+
+
+async def transfer(conn: Conn, transfer_id: uuid.UUID) -> dict[str, Any] | None:
+    """A transfer and the steps recorded of it (ledger.transfers): pending while its amount
+    is in flight (debited; not yet credited, nor given back), then completed or refused."""
+    rows = await conn.fetch(
+        """
+        SELECT type, user_id, counterparty, asset, amount, status, error_code, error_message,
+               reason, transaction_id, processed_at
+          FROM processed_commands WHERE transfer_id = $1 ORDER BY processed_at, type
+        """,
+        transfer_id,
+    )
+    debit = next((r for r in rows if r["type"] == "transfer"), None)
+    if debit is None:
+        return None
+    steps = {r["type"]: r for r in rows}
+    credit, refund = steps.get("transfer_in"), steps.get("transfer_refund")
+    status = "pending"
+    if credit is not None and credit["status"] == "accepted":
+        status = "completed"
+    elif refund is not None and refund["status"] == "accepted":
+        status = "refused"
+    refusal = None
+    if credit is not None and credit["status"] == "rejected":
+        refusal = {"code": credit["error_code"], "message": credit["error_message"]}
+    return {
+        "transferId": str(transfer_id),
+        "fromUserId": debit["user_id"],
+        "toUserId": debit["counterparty"],
+        "assetId": debit["asset"],
+        "amount": debit["amount"],
+        "status": status,
+        "refusal": refusal,
+        "steps": [_step(r) for r in rows],
+    }
+
+
+def _step(row: asyncpg.Record) -> dict[str, Any]:
+    tx = row["transaction_id"]
+    return {
+        "type": row["type"],
+        "userId": row["user_id"],
+        "status": row["status"],
+        "transactionId": None if tx is None else str(tx),
+        "time": row["processed_at"].isoformat(),
     }

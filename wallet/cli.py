@@ -146,9 +146,10 @@ def processor() -> None:
 @click.argument(
     "kind",
     type=click.Choice(
-        ["top-up", "bonus", "spend", "expire", "hold", "capture", "release", "reverse"]
+        ["top-up", "bonus", "spend", "expire", "hold", "capture", "release", "reverse",
+         "transfer"]
     ),
-)
+)  # fmt: skip
 @click.option("--user", "user_id", required=True, help="User id (also the message key).")
 @click.option("--asset", default="GOLD", show_default=True)
 @click.option(
@@ -165,6 +166,7 @@ def processor() -> None:
     "--transaction", "transaction_id", type=click.UUID, help="reverse: the transaction to undo."
 )
 @click.option("--reason", help="reverse: why (a store refund, a chargeback...).")
+@click.option("--to", "to_user_id", help="transfer: who receives it.")
 @click.option("--key", "idempotency_key", help="Idempotency key (default: a new UUID).")
 @click.option("--description")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
@@ -178,12 +180,14 @@ def send(
     expires_in_s: int | None,
     transaction_id: uuid.UUID | None,
     reason: str | None,
+    to_user_id: str | None,
     idempotency_key: str | None,
     description: str | None,
     timeout_s: float,
 ) -> None:
     """Publish one command and print its reply (`expire` books out a wallet's expired lots
-    and gives back its lapsed holds)."""
+    and gives back its lapsed holds; a transfer's reply comes once the receiver's side has
+    decided: `wallet transfer ID` tells a late one's outcome)."""
     from pydantic import ValidationError
 
     from commands.client import WalletClient
@@ -206,6 +210,7 @@ def send(
             expires_in_s=expires_in_s,
             transaction_id=transaction_id,
             reason=reason,
+            to_user_id=to_user_id,
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid command: {exc}") from None
@@ -551,6 +556,16 @@ def statement(
     if start >= end:
         raise click.BadParameter("--from must be before --to")
     _run(print_statement(_settings(), user_id, (start, end), asset, as_csv))
+
+
+@main.command()
+@click.argument("transfer_id", type=click.UUID)
+def transfer(transfer_id: uuid.UUID) -> None:
+    """A transfer and its steps: pending, completed or refused (its id: the sender's debit's
+    transaction id, which a transfer's reply carries)."""
+    from wallet.operations import print_transfer
+
+    _run(print_transfer(_settings(), transfer_id))
 
 
 @main.command()

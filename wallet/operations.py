@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from datetime import datetime
 
+import orjson
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -237,6 +239,14 @@ async def print_history(settings: Settings, user_id: str, asset: str | None, lim
             f"{item['balanceAfter']:,}", item["description"] or "", item["transactionId"][:8],
         )  # fmt: skip
     Console().print(table)
+
+
+async def print_transfer(settings: Settings, transfer_id: uuid.UUID) -> None:
+    async with connection(settings) as conn:
+        found = await queries.transfer(conn, transfer_id)
+    if found is None:
+        raise OperatorRequestError(f"no transfer {transfer_id}")
+    Console().print_json(orjson.dumps(found).decode())
 
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:
