@@ -11,6 +11,7 @@ from storage.db import Conn
 EXAMPLES_MAX = 5
 UNPUBLISHED_GRACE_S = 60
 EXPIRED_OPEN_GRACE_S = 300
+TRANSFER_IN_FLIGHT_GRACE_S = 300
 
 CHECKS: list[tuple[str, str]] = [
     (
@@ -45,7 +46,7 @@ CHECKS: list[tuple[str, str]] = [
         # lots: all of it to revenue); a hold into holds, a capture or release out of it; a
         # reverse its target's legs backwards; an expire's amount, and what any transaction
         # booked out, to expired; held money given back out of holds; debt paid or left
-        # to and from receivable.
+        # to and from receivable; a transfer into `transfers`, its credit or refund out of it.
         "every accepted command has one user entry and the system entries its record implies",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
@@ -77,7 +78,11 @@ CHECKS: list[tuple[str, str]] = [
                                  WHEN 'release' THEN -c.amount ELSE 0 END
                      - coalesce(c.released_amount, 0)
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'receivable'), 0)
-                  <> coalesce(c.debt_paid, 0) - coalesce(c.debt_added, 0)""",
+                  <> coalesce(c.debt_paid, 0) - coalesce(c.debt_added, 0)
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'transfers'), 0)
+                  <> CASE WHEN c.type = 'transfer' THEN c.amount
+                          WHEN c.type IN ('transfer_in', 'transfer_refund') THEN -c.amount
+                          ELSE 0 END""",
     ),
     (
         # Replies and events are rebuilt from the command's record: it must say what the
@@ -112,15 +117,16 @@ CHECKS: list[tuple[str, str]] = [
                 OR coalesce(paid_after, 0) <> coalesce(paid, 0)""",
     ),
     (
-        # Every lot opened by a credit since lots exist: what is left of it is what the credit
-        # brought (its amount less the debt it paid itself) less what spends, holds and reversals
-        # recorded taking from it (lots_taken; a capture's come from its hold) and what expiry
-        # booked out of it (lots_expired) and what paid debt (lots_settled), plus what was
-        # given back to it (lots_returned: holds released, reversed spends); and it is of its
-        # credit's kind.
+        # Every lot opened by a credit since lots exist: what is left of it, in every wallet
+        # holding part of it (a transfer hands the very lot on), is what the credit brought
+        # (its amount less the debt it paid itself) less what spends, holds, transfers and
+        # reversals recorded taking from it (lots_taken; a capture's come from its hold) and
+        # what expiry booked out of it (lots_expired) and what paid debt (lots_settled), plus
+        # what was given back or handed to it (lots_returned: holds released, reversed spends,
+        # transfers received or refunded); and it is of its credit's kind everywhere.
         "each credit's lot holds what it brought less what was taken, plus what came back",
         """WITH moved AS (
-                SELECT c.user_id, c.asset, t, -1 AS sign FROM processed_commands c
+                SELECT c.asset, t, -1 AS sign FROM processed_commands c
                  CROSS JOIN jsonb_array_elements(CASE WHEN c.type = 'capture' THEN '[]'
                                                  ELSE coalesce(c.lots_taken, '[]') END
                                                  || coalesce(c.lots_expired, '[]')
@@ -128,26 +134,27 @@ CHECKS: list[tuple[str, str]] = [
                  WHERE c.lots_taken IS NOT NULL OR c.lots_expired IS NOT NULL
                     OR c.lots_settled IS NOT NULL
                 UNION ALL
-                SELECT c.user_id, c.asset, t, 1 FROM processed_commands c
+                SELECT c.asset, t, 1 FROM processed_commands c
                  CROSS JOIN jsonb_array_elements(c.lots_returned) t
                  WHERE c.lots_returned IS NOT NULL),
             taken AS (
-                SELECT user_id, asset, (t->>0)::uuid AS lot_id,
-                       -sum(sign * (t->>1)::bigint) AS n
-                  FROM moved GROUP BY 1, 2, 3)
+                SELECT asset, (t->>0)::uuid AS lot_id, -sum(sign * (t->>1)::bigint) AS n
+                  FROM moved GROUP BY 1, 2),
+            held AS (
+                SELECT asset, lot_id, sum(remaining) AS remaining, bool_and(paid) AS all_paid,
+                       bool_or(paid) AS any_paid
+                  FROM lots GROUP BY 1, 2)
             SELECT c.transaction_id::text AS example
               FROM processed_commands c
-              LEFT JOIN taken t
-                ON t.user_id = c.user_id AND t.asset = c.asset AND t.lot_id = c.transaction_id
-              LEFT JOIN lots l
-                ON l.user_id = c.user_id AND l.asset = c.asset AND l.lot_id = c.transaction_id
+              LEFT JOIN taken t ON t.asset = c.asset AND t.lot_id = c.transaction_id
+              LEFT JOIN held l ON l.asset = c.asset AND l.lot_id = c.transaction_id
              WHERE c.type IN ('top_up', 'bonus') AND c.status = 'accepted'
                AND c.paid_after IS NOT NULL
                AND (c.amount - coalesce(c.debt_paid, 0) - coalesce(t.n, 0)
                     + (SELECT coalesce(sum((s->>1)::bigint), 0)  -- debt paid from lots, not it
                          FROM jsonb_array_elements(coalesce(c.lots_settled, '[]')) s)
                     <> coalesce(l.remaining, 0)
-                    OR l.paid <> (c.type = 'top_up'))""",
+                    OR l.all_paid <> (c.type = 'top_up') OR l.any_paid <> (c.type = 'top_up'))""",
     ),
     (
         # (A capture may: its hold took the currency while it was still spendable.)
@@ -223,6 +230,62 @@ CHECKS: list[tuple[str, str]] = [
                      WHERE account_kind = 'user' ORDER BY user_id, asset, version DESC) d
                  WHERE debt_after IS NOT NULL) r
              GROUP BY asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        # A transfer (ledger.transfers) is in flight (debited, in `transfers`), completed
+        # (credited to its receiver) or refused (refunded to its sender): never two of them,
+        # each step once, a credit only of the transfer's amount to its receiver, a refund
+        # only after the receiver's side refused.
+        "each transfer is in flight, completed or refused, each step once, and `transfers` "
+        "holds what is in flight",
+        """WITH debit AS (
+                SELECT transfer_id, user_id, counterparty, asset, amount FROM processed_commands
+                 WHERE type = 'transfer' AND status = 'accepted'),
+            step AS (
+                SELECT transfer_id,
+                       count(*) FILTER (WHERE type = 'transfer_in' AND status = 'accepted')
+                           AS credited,
+                       count(*) FILTER (WHERE type = 'transfer_in' AND status = 'rejected')
+                           AS refused,
+                       count(*) FILTER (WHERE type = 'transfer_refund'
+                                          AND status = 'accepted') AS refunded,
+                       bool_and(CASE type WHEN 'transfer_in' THEN user_id ELSE counterparty END
+                                = d_counterparty AND asset = d_asset
+                                AND (amount = d_amount OR status = 'rejected')) AS matches
+                  FROM (SELECT s.*, d.counterparty AS d_counterparty, d.asset AS d_asset,
+                               d.amount AS d_amount
+                          FROM processed_commands s
+                          LEFT JOIN debit d USING (transfer_id)
+                         WHERE s.type IN ('transfer_in', 'transfer_refund')) s
+                 GROUP BY transfer_id)
+            SELECT coalesce(d.transfer_id, s.transfer_id)::text AS example
+              FROM debit d FULL JOIN step s USING (transfer_id)
+             WHERE d.transfer_id IS NULL OR NOT coalesce(s.matches, true)
+                OR coalesce(s.credited, 0) + coalesce(s.refused, 0) > 1
+                OR coalesce(s.refunded, 0) > coalesce(s.refused, 0)
+            UNION ALL
+            SELECT 'transfers account of ' || asset || ' is off by ' || sum(amount) FROM (
+                SELECT asset, amount FROM ledger_entries WHERE account_kind = 'transfers'
+                UNION ALL
+                SELECT d.asset, -d.amount FROM processed_commands d
+                 WHERE d.type = 'transfer' AND d.status = 'accepted'
+                   AND NOT EXISTS (
+                        SELECT 1 FROM processed_commands s
+                         WHERE s.transfer_id = d.transfer_id AND s.status = 'accepted'
+                           AND s.type IN ('transfer_in', 'transfer_refund'))) f
+             GROUP BY asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        # Each step follows the one before within milliseconds; one in flight for minutes
+        # means a partition stalled (/ready and `wallet status` say which).
+        f"no transfer stays in flight more than {TRANSFER_IN_FLIGHT_GRACE_S} s",
+        f"""SELECT d.transfer_id::text AS example FROM processed_commands d
+             WHERE d.type = 'transfer' AND d.status = 'accepted'
+               AND d.processed_at < now() - interval '{TRANSFER_IN_FLIGHT_GRACE_S} seconds'
+               AND NOT EXISTS (
+                    SELECT 1 FROM processed_commands s
+                     WHERE s.transfer_id = d.transfer_id AND s.status = 'accepted'
+                       AND s.type IN ('transfer_in', 'transfer_refund'))""",
     ),
     (
         # The expiry sweep's work: a wallet nobody touches is sent an `expire` within seconds.

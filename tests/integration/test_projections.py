@@ -31,10 +31,18 @@ def _mixed_load(count: int, users: int, seed: int) -> list:  # type: ignore[type
     names = [f"reader-{seed}-{i}" for i in range(users)]
     commands = [command("top_up", u, 500) for u in names]
     for _ in range(count - users):
-        kind = rng.choice(["top_up", "bonus", "spend", "spend"])
-        commands.append(command(kind, rng.choice(names), rng.randint(1, 300),
-                                asset=rng.choice(["GOLD", "DIAMONDS"])))  # fmt: skip
+        kind = rng.choice(["top_up", "bonus", "spend", "spend", "transfer"])
+        asset = rng.choice(["GOLD", "DIAMONDS"])
+        if kind == "transfer":  # among the first ten (their later replies leave balances out)
+            sender, receiver = rng.sample(names[:GIVERS], 2)
+            commands.append(command(kind, sender, rng.randint(1, 100), asset=asset,
+                                    to_user_id=receiver))  # fmt: skip
+            continue
+        commands.append(command(kind, rng.choice(names), rng.randint(1, 300), asset=asset))
     return commands
+
+
+GIVERS = 10  # the users of a mixed load who give and receive transfers
 
 
 async def _projection(settings: Settings) -> tuple[list[tuple], list[tuple]]:  # type: ignore[type-arg]
@@ -55,8 +63,10 @@ class TestProjector:
         assert all(n == 0 for n in problems.values()), problems
         balances, totals = await _projection(stack)
         assert len(balances) > 200 and {t[1] for t in totals} >= {"treasury", "revenue"}
+        givers = {c.user_id for c in commands if c.type == "transfer"}
+        assert givers and len({r["type"] for r in replies}) == 4  # transfers among them
         last = {(r["user_id"], r["asset"]): r["balance"] for r in replies
-                if r["status"] == "accepted"}  # fmt: skip
+                if r["status"] == "accepted" and r["user_id"] not in givers}  # fmt: skip
         projected = {(u, a): b for u, a, b, _ in balances}
         assert all(projected[k] == v for k, v in last.items() if k in projected)
 

@@ -3,12 +3,14 @@ steps travel between partitions through the outbox and the commands topic."""
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from foundation.settings import Settings
 from messaging.kafka import partition_for
 from tests.integration.helpers import (
     asset_sums,
+    audit,
     balance,
     client_for,
     command,
@@ -80,3 +82,33 @@ class TestAcrossPartitions:
         for user in users:
             assert await balance(stack, user) == 50
         assert await asset_sums(stack) == {"GOLD": 0}
+        problems = await audit(stack)
+        assert all(n == 0 for n in problems.values()), problems
+
+
+class TestVerify:
+    async def test_a_credit_moved_to_another_transfer_is_found(self, stack: Settings) -> None:
+        """verify is clean after a gift, and names a credit that no longer belongs to its
+        transfer: the transfer then looks in flight for an hour, the step names no debit and
+        `transfers` no longer holds what is in flight."""
+        ana, bob = apart(stack, 2)
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", ana, 100))
+            await client.request(command("top_up", bob, 1))
+            reply = await client.request(command("transfer", ana, 30, to_user_id=bob))
+        assert reply.transfer is not None
+        assert all(n == 0 for n in (await audit(stack)).values())
+        assert stack.database_url
+        conn = await asyncpg.connect(stack.database_url)
+        try:  # bypassing the append-only triggers, as a bad script might
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute("UPDATE processed_commands SET transfer_id = gen_random_uuid()"
+                               " WHERE type = 'transfer_in'")  # fmt: skip
+            await conn.execute("UPDATE processed_commands SET processed_at = now() - interval"
+                               " '1 hour' WHERE type = 'transfer'")  # fmt: skip
+        finally:
+            await conn.close()
+        problems = await audit(stack)
+        assert problems["each transfer is in flight, completed or refused, each step once, and "
+                        "`transfers` holds what is in flight"] == 2  # fmt: skip
+        assert problems["no transfer stays in flight more than 300 s"] == 1
