@@ -94,6 +94,10 @@ DEAD_LETTERS = Counter(
 EXPIRY_SWEEP_COMMANDS = Counter(
     "wallet_expiry_sweep_commands", "expire commands the expiry sweep published"
 )
+TRANSFER_STEPS_RESENT = Counter(
+    "wallet_transfer_steps_resent",
+    "transfer steps the transfer sweep published again (lost with a broker's log, or late)",
+)
 PROJECTED_ENTRIES = Counter("wallet_projected_entries", "Ledger entries the projector applied")
 PROJECTOR_LAG_SECONDS = PartitionGauge(
     Gauge(

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # How often each processor looks for wallets holding expired lots nobody touches and
     # sends them an `expire` command (processor.expiry_sweep).
     expiry_sweep_interval_ms: int = Field(5_000, ge=100, le=3_600_000)
+    # A transfer's next step not taken this long after its record is sent again
+    # (processor.transfer_sweep): it was lost with the broker's log, or is very late.
+    transfer_resend_ms: int = Field(30_000, ge=1_000, le=3_600_000)
     # Published outbox rows kept per partition (for inspection); older ones are pruned.
     outbox_keep_rows: int = Field(100_000, ge=0, le=100_000_000)
     outbox_prune_interval_ms: int = Field(5_000, ge=10, le=3_600_000)
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
     stall_failures: int = Field(20, ge=1, le=10_000)
     # `wallet verify` and `wallet status` report commands waiting in the log longer than this.
     command_wait_max_ms: int = Field(60_000, ge=1_000, le=86_400_000)
+    # Fault tests only (processor.crash_points): "POINT:TYPE" makes the processor exit at that
+    # point of the write path when a batch holds a record of that type. Never in production.
+    crash_at: str | None = Field(
+        None, pattern=r"^(before_commit|after_commit|after_publish):[a-z_]+$"
+    )
 
     # The topics as `wallet topics` creates them. Production: replication 3 and min ISR 2, so
     # that a write acknowledged by all in-sync replicas (producers use acks=all) survives the

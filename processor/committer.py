@@ -16,6 +16,7 @@ from foundation import metrics
 from foundation.errors import FencedError
 from ledger.account import NO_REFERENCES, AccountState, References
 from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
+from processor.crash_points import CrashPoint
 from processor.outbox import Outbox, PublishJob
 from processor.partitions import Partitions
 from processor.worker import Admitted
@@ -29,11 +30,18 @@ log = structlog.get_logger("wallet.processor")
 class Committer:
     """Commits the owned partitions' batches (callers hold the processor's lock)."""
 
-    def __init__(self, store: EventStore, partitions: Partitions, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        partitions: Partitions,
+        outbox: Outbox,
+        crash: CrashPoint | None = None,
+    ) -> None:
         self._store = store
         self._partitions = partitions
         self._health = partitions.health
         self._outbox = outbox
+        self._crash = crash  # fault tests only
 
     async def commit_all(self, admitted: list[Admitted]) -> None:
         """Healthy partitions share one transaction; a partition whose batch failed recently
@@ -59,6 +67,9 @@ class Committer:
             group = [decided]
         try:
             plans = await self._plans(group)
+            types = _types(plans) if self._crash is not None else frozenset()
+            if self._crash is not None:
+                self._crash.reached("before_commit", types)
             with metrics.STAGE["write"].time():
                 await self._store.commit_batches(
                     [(b.position, p) for b, p in zip(group, plans, strict=True)]
@@ -72,14 +83,17 @@ class Committer:
             self._failed(group, exc)
             return
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started_s)
+        if self._crash is not None:
+            self._crash.reached("after_commit", types)
         for b, plan in zip(group, plans, strict=True):
             _observe(b, plan)
             self._health.committed(b.worker.tp)
             messages = b.worker.committed(b, plan)
             if b.cut:  # the consumer read past the batch: fetch the rest again
                 self._partitions.seek(b.worker.tp, b.worker.next_offset)
-            await self._outbox.submit(PublishJob(b.worker.tp.topic, b.worker.tp.partition,
-                                                 b.worker.epoch, messages))  # fmt: skip
+            job = PublishJob(b.worker.tp.topic, b.worker.tp.partition, b.worker.epoch, messages,
+                             types=types)  # fmt: skip
+            await self._outbox.submit(job)
 
     async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
         with metrics.STAGE["lookup"].time():
@@ -199,3 +213,8 @@ def _observe(batch: Admitted, plan: BatchPlan) -> None:
             # The producer's clock: a producer running ahead would give negative values.
             sent_s = intake.admitted.sent_at.timestamp()
             metrics.LATENCY_SECONDS.observe(max(0.0, now_s - sent_s))
+
+
+def _types(plans: list[BatchPlan]) -> frozenset[str]:
+    """The command types a group's records have (for its crash points)."""
+    return frozenset(d.type for plan in plans for d in plan.decided)

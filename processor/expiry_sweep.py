@@ -10,9 +10,9 @@ never races the writer. Its idempotency key names the soonest lot due, so a wall
 twice before the first command is processed gets the second answered as a duplicate.
 
 Each process sweeps the partitions it owns, at most SWEEP_WALLETS_MAX wallets a round. A
-failure of the database or the broker is logged and the next round tries again: a late sweep
-delays only the booking, never lets expired currency be spent (the writer checks expiry on
-every command).
+failure of the database or the broker is logged and the next round tries again
+(processor.sweeps): a late sweep delays only the booking, never lets expired currency be spent
+(the writer checks expiry on every command).
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from foundation import metrics
 from foundation.settings import Settings
 from ledger.lots import epoch_ms
 from messaging.kafka import RecordBatches
+from processor import sweeps
 from schemas.commands import SWEEP_KEY_PREFIX, CommandType, new_command
-from storage.db import RETRIABLE_DB_ERRORS
 from storage.event_store import EventStore
 
 log = structlog.get_logger("wallet.expiry")
@@ -55,12 +54,7 @@ class ExpirySweep:
         self._partition_counts: dict[str, int] = {}
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await asyncio.wait_for(self.sweep(), self._timeout_s)
-            except (KafkaError, TimeoutError, *RETRIABLE_DB_ERRORS) as exc:
-                log.warning("expiry sweep failed; the next round tries again", error=repr(exc))
+        await sweeps.every(self._interval_s, self._timeout_s, self.sweep, "expiry")
 
     async def sweep(self) -> int:
         """Publish an `expire` for each owned wallet holding a lot past its expiry; return

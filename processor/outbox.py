@@ -29,6 +29,7 @@ from foundation import metrics
 from foundation.settings import Settings
 from ledger.wire import dead_letter_bytes
 from messaging.kafka import RecordBatches, SentBatch
+from processor.crash_points import CrashPoint
 from processor.watermarks import Watermarks
 from schemas.dead_letters import DecodeErrorCode
 from storage.event_store import EventStore, OutboxMessage, PublishedMark
@@ -52,6 +53,7 @@ class PublishJob:
     # say a reply topic does not exist (a topic made just before the command was sent is in
     # any later listing).
     queued_s: float = field(default_factory=time.monotonic)
+    types: frozenset[str] = frozenset()  # of its records, for a crash point (fault tests)
 
 
 class Outbox(Protocol):
@@ -86,6 +88,7 @@ class OutboxPublisher:
         self._refused: dict[str, tuple[float, str]] = {}  # topic -> (until, why)
         self._partition_counts: dict[str, int] = {}
         self._watermarks = Watermarks(store, settings)
+        self._crash = CrashPoint.parse(settings.crash_at)  # fault tests only
 
     async def submit(self, job: PublishJob) -> None:
         if job.messages:
@@ -157,6 +160,8 @@ class OutboxPublisher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._backoff_max_s)
             parts = failed
+        if self._crash is not None:
+            self._crash.reached("after_publish", {t for job in jobs for t in job.types})
         self._watermarks.published(_marks(jobs))
 
     async def _publish(self, parts: list[_Part]) -> list[_Part]:

@@ -27,6 +27,7 @@ from processor.expiry_sweep import ExpirySweep
 from processor.intake import IntakeRules
 from processor.outbox import OutboxPublisher
 from processor.steps import Steps
+from processor.transfer_sweep import TransferSweep
 from processor.worker import WorkerConfig
 from storage.event_store import EventStore
 
@@ -92,10 +93,16 @@ class Processor:
         await asyncio.wait_for(consumer.start(), join_timeout_s)
         self._joined = True
         log.info("processor started", owner=self.owner, topic=self._settings.commands_topic)
-        sweep = ExpirySweep(self._store, producer, self._settings, self._owned)
-        sweeping = asyncio.create_task(sweep.run(), name="expiry-sweep")
+        sweeping = asyncio.create_task(
+            ExpirySweep(self._store, producer, self._settings, self._owned).run(),
+            name="expiry-sweep",
+        )
+        resending = asyncio.create_task(
+            TransferSweep(self._store, producer, self._settings, self._owned).run(),
+            name="transfer-sweep",
+        )
         try:
-            await self._until_stopped(stop, (relay, sweeping), timeout_s)
+            await self._until_stopped(stop, (relay, sweeping, resending), timeout_s)
         finally:
             self._joined = False
             self._steps.close()
@@ -103,9 +110,9 @@ class Processor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._publisher.drain(), timeout_s)
             finally:  # a failure of the relay's (a bug) still raises, after the clean-up
-                for task in (relay, sweeping):
+                for task in (relay, sweeping, resending):
                     task.cancel()
-                await asyncio.gather(relay, sweeping, return_exceptions=True)
+                await asyncio.gather(relay, sweeping, resending, return_exceptions=True)
                 try:
                     await self._publisher.close()
                 finally:
@@ -128,7 +135,7 @@ class Processor:
         did not commit, the partition's next owner fetches again from the stored offset, and
         what it committed but did not publish is republished from the outbox.
 
-        The relay and the expiry sweep never end on their own; if one does, it failed, and the
+        The relay and the sweeps never end on their own; if one does, it failed, and the
         process stops with its error (instead of, for the relay, committing batches whose
         replies nobody would publish).
         """

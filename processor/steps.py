@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRa
 from foundation import metrics
 from foundation.settings import Settings
 from processor.committer import Committer
+from processor.crash_points import CrashPoint
 from processor.health import RESYNC_BACKOFF_START_S, Health
 from processor.lag import LagReport
 from processor.log_ends import LogEnds
@@ -46,7 +47,8 @@ class Steps:
         self.partitions = Partitions(store, config, health, consumer, outbox)
         timeout_s = settings.kafka_timeout_ms / 1000
         self.log_ends = LogEnds(self.partitions, consumer, timeout_s, clock)
-        self.committer = Committer(store, self.partitions, outbox)
+        crash = CrashPoint.parse(settings.crash_at)
+        self.committer = Committer(store, self.partitions, outbox, crash)
         self.lag = LagReport(self.partitions, consumer)
         idle_s = max(settings.fetch_wait_ms, 1) / 1000
         self._prefetch = Prefetch(self._fetch_between_seeks, settings.batch_size_max, idle_s)

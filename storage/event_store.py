@@ -202,6 +202,10 @@ class EventStore(Protocol):
         receivers: Sequence[str] = (),
     ) -> References: ...
 
+    async def stuck_transfers(
+        self, topic: str, partitions: Sequence[int], older_than_ms: int, limit: int
+    ) -> list[ProcessedRow]: ...
+
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
     async def commit_batches(self, batches: Sequence[tuple[BatchPosition, BatchPlan]]) -> None: ...
@@ -499,6 +503,17 @@ class PostgresEventStore:
         )
         return [(r["user_id"], r["asset"], r["due_at"]) for r in rows]
 
+    @translated
+    async def stuck_transfers(
+        self, topic: str, partitions: Sequence[int], older_than_ms: int, limit: int
+    ) -> list[ProcessedRow]:
+        """The records of the partitions whose transfer's next step has not been taken
+        `older_than_ms` after them (within a day; `wallet verify` reports older ones): debits
+        no credit or refusal followed, refusals no refund followed. At most `limit`."""
+        rows = await self._pool.fetch(_STUCK_TRANSFERS_SQL, topic, list(partitions),
+                                      older_than_ms, limit, timeout=self._timeout_s)  # fmt: skip
+        return [processed_row(r) for r in rows]
+
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
         """Write one partition's batch and advance its offset, all or nothing."""
         await self.commit_batches([(position, plan)])
@@ -744,6 +759,26 @@ def _account(row: asyncpg.Record) -> AccountState:
     return state
 
 
+# Each half through its partial index on processed_at (migration 012).
+_STUCK_TRANSFERS_SQL = f"""
+SELECT {", ".join(PROCESSED_COLUMNS)} FROM (
+    SELECT * FROM processed_commands d
+     WHERE d.type = 'transfer' AND d.status = 'accepted'
+       AND d.processed_at BETWEEN now() - interval '1 day'
+                              AND now() - $3 * interval '1 millisecond'
+       AND d.topic = $1 AND d.partition = ANY($2::int[])
+       AND NOT EXISTS (SELECT 1 FROM processed_commands s
+                        WHERE s.transfer_id = d.transfer_id AND s.type = 'transfer_in')
+    UNION ALL
+    SELECT * FROM processed_commands r
+     WHERE r.type = 'transfer_in' AND r.status = 'rejected'
+       AND r.processed_at BETWEEN now() - interval '1 day'
+                              AND now() - $3 * interval '1 millisecond'
+       AND r.topic = $1 AND r.partition = ANY($2::int[])
+       AND NOT EXISTS (SELECT 1 FROM processed_commands s
+                        WHERE s.transfer_id = r.transfer_id AND s.type = 'transfer_refund')
+) stuck LIMIT $4
+"""
 # A transfer's steps recorded so far (its debit is a target), through their index.
 _STEPS_SQL = """
 SELECT transfer_id, type, status, error_code, error_message FROM processed_commands

@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -165,6 +165,22 @@ class MemoryEventStore:
                       reversed_, row.paid_after is None,
                       expired if row.type in ("top_up", "bonus") else 0,
                       row.counterparty)  # fmt: skip
+
+    async def stuck_transfers(
+        self, topic: str, partitions: Sequence[int], older_than_ms: int, limit: int
+    ) -> list[ProcessedRow]:
+        now = datetime.now(UTC)
+        steps = {(r.transfer_id, r.type) for r in self._processed.values() if r.transfer_id}
+        waiting = {("transfer", "accepted"): "transfer_in",
+                   ("transfer_in", "rejected"): "transfer_refund"}  # fmt: skip
+        stuck = [
+            r for r in self._processed.values()
+            if (next_step := waiting.get((r.type, r.status))) is not None
+            and (r.transfer_id, next_step) not in steps
+            and (r.topic, r.partition in partitions) == (topic, True)
+            and timedelta(milliseconds=older_than_ms) <= now - r.processed_at <= timedelta(days=1)
+        ]  # fmt: skip
+        return stuck[:limit]
 
     async def due_wallets(
         self, partitions: Sequence[int], limit: int

@@ -253,13 +253,27 @@ def schema(name: str | None, write: bool) -> None:
     default=True,
     help="Also time a raw COPY of the same rows into scratch tables (the machine's ceiling).",
 )
+@click.option(
+    "--transfers",
+    is_flag=True,
+    help="Gifts between users on different partitions (the users topped up first, unclocked).",
+)
 def bench(
-    count: int, users: int, hot: bool, rate: float | None, as_json: bool, ceiling: bool
+    count: int,
+    users: int,
+    hot: bool,
+    rate: float | None,
+    as_json: bool,
+    ceiling: bool,
+    transfers: bool,
 ) -> None:
-    """Load the running stack and report commands/s and reply latency."""
+    """Load the running stack and report commands/s (or transfers/s) and reply latency."""
     from wallet.bench import run_bench
 
-    result = _run(run_bench(_settings(), count, 1 if hot else users, rate, ceiling=ceiling))
+    if hot and transfers:
+        raise click.UsageError("--hot and --transfers: a transfer needs two users")
+    result = _run(run_bench(_settings(), count, 1 if hot else users, rate, ceiling=ceiling,
+                            transfers=transfers))  # fmt: skip
     if as_json:
         click.echo(orjson.dumps(result.__dict__).decode())
     else:

@@ -246,7 +246,7 @@ async def print_transfer(settings: Settings, transfer_id: uuid.UUID) -> None:
         found = await queries.transfer(conn, transfer_id)
     if found is None:
         raise OperatorRequestError(f"no transfer {transfer_id}")
-    Console().print_json(orjson.dumps(found).decode())
+    sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:

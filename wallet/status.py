@@ -42,6 +42,19 @@ SELECT ps.partition, ps.owner, ps.owner_epoch, ps.generation, ps.next_offset, ps
 """
 
 
+# Transfers debited in the last day and not yet credited nor refunded (each step follows the
+# one before within milliseconds; `wallet verify` looks at all of them, however old).
+_TRANSFERS_SQL = """
+SELECT count(*) AS n, extract(epoch FROM now() - min(d.processed_at))::float8 AS oldest_s
+  FROM processed_commands d
+ WHERE d.type = 'transfer' AND d.status = 'accepted'
+   AND d.processed_at > now() - interval '1 day'
+   AND NOT EXISTS (SELECT 1 FROM processed_commands s
+                    WHERE s.transfer_id = d.transfer_id AND s.status = 'accepted'
+                      AND s.type IN ('transfer_in', 'transfer_refund'))
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionStatus:
     partition: int
@@ -90,6 +103,8 @@ class StatusReport:
     command_wait_max_s: float
     recent_resets: list[dict[str, Any]] = field(default_factory=list)
     recent_dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    transfers_in_flight: int = 0  # debited in the last day, not yet credited nor refunded
+    transfer_oldest_s: float | None = None  # how long the oldest of them has been in flight
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -123,6 +138,8 @@ async def gather(settings: Settings) -> StatusReport:
         resets = await _recent_resets(conn, settings.commands_topic)
         dead = await _recent_dead_letters(conn, settings.commands_topic)
         stalled = await stalls(conn, settings.commands_topic, settings.stall_failures)
+        in_flight = await conn.fetchrow(_TRANSFERS_SQL)
+    assert in_flight is not None  # an aggregate: always one row
     broker_error = None
     try:
         broker = await _broker_view(settings, {r["partition"]: r["next_offset"] for r in rows})
@@ -134,6 +151,7 @@ async def gather(settings: Settings) -> StatusReport:
     return StatusReport(
         settings.commands_topic, partitions, None if broker_error else broker.dead_letters,
         broker_error, stalled, settings.command_wait_max_ms / 1000, resets, dead,
+        in_flight["n"], in_flight["oldest_s"],
     )  # fmt: skip
 
 
@@ -270,6 +288,7 @@ def render(report: StatusReport) -> RenderableType:
     projector_lag_s = max((p.projector_lag_s for p in report.partitions), default=0.0)
     summary.add_row("projector lag", f"{projector_lag_s:.3f} s")
     summary.add_row("dead letters", _or_dash(report.dead_letters))
+    summary.add_row("transfers in flight", _in_flight_cell(report))
     if report.broker_error:
         summary.add_row("broker", f"[red]did not answer: {report.broker_error}[/red]")
     parts: list[RenderableType] = [table, summary]
@@ -314,6 +333,16 @@ def _fails_cell(p: PartitionStatus) -> str:
 
 def _lag_cell(lag: int | None) -> str:
     return f"[red]{lag} (log replaced?)[/red]" if lag is not None and lag < 0 else _or_dash(lag)
+
+
+def _in_flight_cell(report: StatusReport) -> str:
+    """How many transfers are between their steps; red when one has waited past the bound
+    for a command (a partition of one of its users is not keeping up)."""
+    oldest_s = report.transfer_oldest_s
+    if not report.transfers_in_flight or oldest_s is None:
+        return "0"
+    cell = f"{report.transfers_in_flight} (oldest {oldest_s:.1f} s)"
+    return f"[red]{cell}[/red]" if oldest_s > report.command_wait_max_s else cell
 
 
 def _or_dash(value: int | None) -> str:

@@ -49,6 +49,12 @@ ALTER TABLE processed_commands
 -- A transfer's records, found from any of its steps.
 CREATE INDEX processed_commands_transfer ON processed_commands (transfer_id)
  WHERE transfer_id IS NOT NULL;
+-- The debits, and the receivers' refusals, of the last day: for `wallet status`'s transfers
+-- in flight and the processors' transfer sweep (a step lost with a broker's log is sent again).
+CREATE INDEX processed_commands_transfer_debits ON processed_commands (processed_at)
+ WHERE type = 'transfer' AND status = 'accepted';
+CREATE INDEX processed_commands_transfer_refusals ON processed_commands (processed_at)
+ WHERE type = 'transfer_in' AND status = 'rejected';
 -- Each step accepted once per transfer.
 CREATE UNIQUE INDEX processed_commands_transfer_step_once ON processed_commands (transfer_id, type)
  WHERE status = 'accepted' AND transfer_id IS NOT NULL;

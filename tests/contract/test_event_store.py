@@ -279,3 +279,26 @@ class TestTransfers:
         assert plan.processed_rows[0].reason == "unknown_wallet: zed has no wallet"
         ana = (await store.load_accounts([("ana", "GOLD")]))[("ana", "GOLD")]
         assert (ana.balance, ana.paid, len(ana.lots)) == (10, 10, 1)
+
+    async def test_stuck_transfers_are_those_whose_next_step_is_missing(
+        self, store: EventStore
+    ) -> None:
+        """A debit no step followed, and a refusal no refund followed, are stuck (once older
+        than asked); a taken step ends it."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 10, key="t-1"),
+                 command("transfer", "ana", 4, key="g-1", to_user_id="zed")]  # fmt: skip
+        position, plan = await _commands(store, claim.epoch, 0, batch)
+        await store.commit_batch(position, plan)
+        [debit] = await store.stuck_transfers(TOPIC, [PARTITION], 0, 10)
+        sent = plan.processed_rows[1]
+        assert (debit.transfer_id, debit.type, debit.amount) == (sent.transfer_id, "transfer", 4)
+        assert await store.stuck_transfers(TOPIC, [PARTITION], 3_600_000, 10) == []
+        assert await store.stuck_transfers(TOPIC, [PARTITION + 1], 0, 10) == []
+        [credit] = await _steps(store, 0)
+        await store.commit_batch(*await _commands(store, claim.epoch, 2, [credit]))
+        [refusal] = await store.stuck_transfers(TOPIC, [PARTITION], 0, 10)
+        assert (refusal.type, refusal.status) == ("transfer_in", "rejected")
+        [refund] = await _steps(store, 2)
+        await store.commit_batch(*await _commands(store, claim.epoch, 3, [refund]))
+        assert await store.stuck_transfers(TOPIC, [PARTITION], 0, 10) == []

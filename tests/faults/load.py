@@ -1,15 +1,16 @@
 """Load for the fault tests, and the audit every one of them ends with.
 
-A workload has an exact model: opening top-ups, then small top-ups and spends that can never
-overdraw, plus overdraft attempts that must always be refused whatever the order. Holds come
-in too, in ways whose effect no order changes: short holds (they lapse, their money comes
-back; a wallet's total, held money included, is what the model knows), releases of them
-(accepted, or refused when a re-send put the release before its hold: either is right), and
-captures and reversals naming nothing that exists (always refused). `Load`
-publishes it at a steady pace while a test does damage, re-sends what went unanswered (as a
-game server does after its reply timeout, same idempotency key), and `account` then checks
-every command: exactly one recorded outcome, the right one, at least one reply, balances equal
-to the model, and `wallet verify` clean.
+A workload has an exact model: opening top-ups, then small top-ups, spends and gifts to other
+players (transfers, across partitions: the receiver always has a wallet, so each completes)
+that can never overdraw, plus overdraft attempts that must always be refused whatever the
+order. Holds come in too, in ways whose effect no order changes: short holds (they lapse,
+their money comes back; a wallet's total, held money included, is what the model knows),
+releases of them (accepted, or refused when a re-send put the release before its hold:
+either is right), and captures and reversals naming nothing that exists (always refused).
+`Load` publishes it at a steady pace while a test does damage, re-sends what went unanswered
+(as a game server does after its reply timeout, same idempotency key), and `account` then
+checks every command: exactly one recorded outcome, the right one, at least one reply,
+balances equal to the model, each gift credited once, and `wallet verify` clean.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def workload(count: int, users: int, seed: int, reply_to: str) -> Workload:
             work.commands.append(overdraft)
         elif (draw := rng.random()) < 0.1:
             _holds(work, user, reply_to, draw < 0.05)
+        elif draw < 0.15:  # a gift of 1 to another player, most often on another partition
+            receiver = rng.choice([n for n in names if n != user])
+            work.commands.append(command("transfer", user, 1, to_user_id=receiver,
+                                         reply_to=reply_to))  # fmt: skip
+            work.balances[user] -= 1
+            work.balances[receiver] += 1
         elif draw < 0.55:
             amount = rng.randint(1, 10)
             work.commands.append(command("top_up", user, amount, reply_to=reply_to))
@@ -207,11 +214,16 @@ class Audit:
         )
 
 
+# The processors' own commands: the expiry sweep's `expire`s (for lapsed holds) and the
+# steps a transfer sends itself (its reply is the one to the transfer).
+_OWN_TYPES = "('expire', 'transfer_in', 'transfer_refund')"
+
+
 async def account(settings: Settings, work: Workload, load: Load, replies: dict[str, Any]) -> Audit:
-    """Every command exactly once in the ledger (or once refused), replied, and verify clean.
-    (The expiry sweep's `expire` commands, for lapsed holds, are the processors' own.)"""
+    """Every command exactly once in the ledger (or once refused), each gift credited once,
+    replied, and verify clean."""
     rows = await fetch(settings, "SELECT user_id, idempotency_key, status FROM processed_commands"
-                                 " WHERE type <> 'expire'")  # fmt: skip
+                                 f" WHERE type NOT IN {_OWN_TYPES}")  # fmt: skip
     outcome = {(r["user_id"], r["idempotency_key"]): r["status"] for r in rows}
     missing = [(c.type.value, replies.get(str(c.command_id))) for c in work.commands
                if (c.user_id, c.idempotency_key) not in outcome]  # fmt: skip
@@ -228,9 +240,13 @@ async def account(settings: Settings, work: Workload, load: Load, replies: dict[
             assert got == want and reply == want, (c, got, reply)
     accepted = sum(status == "accepted" for status in outcome.values())
     entries = await fetch(settings, "SELECT count(*) AS n FROM ledger_entries e"
-                          " JOIN processed_commands c USING (transaction_id)"
-                          " WHERE e.account_kind = 'user' AND c.type <> 'expire'")  # fmt: skip
+                          " JOIN processed_commands c USING (transaction_id) WHERE"
+                          f" e.account_kind = 'user' AND c.type NOT IN {_OWN_TYPES}")  # fmt: skip
     assert entries[0]["n"] == accepted, "user entries do not match accepted commands"
+    credits = await fetch(settings, "SELECT transfer_id FROM processed_commands"
+                          " WHERE type = 'transfer_in' AND status = 'accepted'")  # fmt: skip
+    gifts = sum(c.type == "transfer" for c in work.commands)
+    assert len(credits) == len({r["transfer_id"] for r in credits}) == gifts, "each gift once"
     latest = await fetch(
         settings,
         "SELECT DISTINCT ON (user_id) user_id, balance_after + coalesce(held_after, 0) AS total"
@@ -289,9 +305,11 @@ async def assert_answered_once(
     repeats = 0
     for c in work.commands:
         replies = copies[str(c.command_id)]
-        partition = key_hash(c.user_id.encode()) % settings.partitions
-        limit = 2 if partition in claimed else 1
-        assert len(replies) <= limit, (str(c.command_id), partition, len(replies), claimed)
+        # A gift is answered by its receiver's partition, after its sender's sent it on.
+        users = (c.user_id, c.to_user_id) if c.to_user_id else (c.user_id,)
+        partitions = {key_hash(u.encode()) % settings.partitions for u in users}
+        limit = 2 if partitions & claimed else 1
+        assert len(replies) <= limit, (str(c.command_id), partitions, len(replies), claimed)
         assert len(set(replies)) == 1, f"{c.command_id} answered differently: {replies}"
         repeats += len(replies) - 1
     return repeats

@@ -100,6 +100,7 @@ class TestWrites:
             "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
             "held": 0, "available": 100, "debt": 0, "holdId": None, "consumed": None,
             "expired": None, "released": None, "error": None, "position": "GOLD:1",
+            "transfer": None,
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
@@ -157,6 +158,40 @@ class TestHoldsAndReversals:
         assert reversed_.status_code == 201 and reversed_.json()["balance"] == 40
         twice = await api.post("/wallet/reverse", json=undo | {"idempotencyKey": "u2"})
         assert twice.status_code == 409
+
+
+class TestTransfers:
+    async def test_a_gift_a_refusal_and_the_transfer_reads(self, api: httpx.AsyncClient) -> None:
+        """201 completed; 404 refused by a receiver without a wallet (the amount back); 402
+        a sender without enough; 422 a gift to oneself; 200 a retry (pending: its debit);
+        GET /wallet/transfers/{id} tells each one's state and steps, 404 an unknown id."""
+        await api.post("/wallet/topup", json=_body(userId="gia", amount=100))
+        await api.post("/wallet/topup", json=_body(userId="ben", amount=1))
+        gift = _body(userId="gia", toUserId="ben", amount=30, idempotencyKey="g1")
+        given = await api.post("/wallet/transfer", json=gift)
+        assert given.status_code == 201, given.text
+        transfer = given.json()["transfer"]
+        assert (transfer["fromUserId"], transfer["toUserId"], transfer["status"]) == (
+            "gia", "ben", "completed")  # fmt: skip
+        assert given.json()["transactionId"] == transfer["id"]
+        again = await api.post("/wallet/transfer", json=gift)
+        assert again.status_code == 200 and again.json()["transfer"]["status"] == "pending"
+        lost = await api.post("/wallet/transfer", json=gift | {"toUserId": "nobody",
+                                                               "idempotencyKey": "g2"})  # fmt: skip
+        assert lost.status_code == 404 and lost.json()["error"]["code"] == "unknown_wallet"
+        assert lost.json()["balance"] == 70 and lost.json()["transfer"]["status"] == "refused"
+        over = await api.post("/wallet/transfer", json=gift | {"amount": 500,
+                                                               "idempotencyKey": "g3"})  # fmt: skip
+        assert over.status_code == 402
+        to_self = await api.post("/wallet/transfer", json=gift | {"toUserId": "gia"})
+        assert to_self.status_code == 422
+        read = (await api.get(f"/wallet/transfers/{transfer['id']}")).json()
+        assert (read["status"], read["amount"], len(read["steps"])) == ("completed", 30, 2)
+        refused = (await api.get(f"/wallet/transfers/{lost.json()['transfer']['id']}")).json()
+        assert refused["status"] == "refused" and refused["refusal"]["code"] == "unknown_wallet"
+        assert [s["type"] for s in refused["steps"]] == [
+            "transfer", "transfer_in", "transfer_refund"]  # fmt: skip
+        assert (await api.get(f"/wallet/transfers/{uuid.uuid4()}")).status_code == 404
 
 
 class TestReads:

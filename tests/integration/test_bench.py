@@ -19,3 +19,12 @@ class TestRunBench:
         assert 0 <= result.to_planned_p50_ms <= result.latency_p99_ms
         assert 0 <= result.planned_to_reply_p50_ms <= result.latency_p99_ms
         assert 1 <= result.batch_mean <= result.batch_max
+
+    async def test_transfers_cross_partitions_and_all_complete(self, stack: Settings) -> None:
+        """With transfers, every gift goes between two partitions and completes; the clock
+        leaves the opening top-ups out."""
+        async with running_processor(stack):
+            result = await run_bench(stack, 100, 8, rate_per_s=200, transfers=True)
+        assert result.kind == "transfers" and result.outcomes == {"completed": 100}
+        assert result.ceiling_commands_per_s is None  # no ceiling for a saga
+        assert result.lines()[1].endswith("transfers/s (all replies received)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -71,6 +72,24 @@ class TestSend:
             )
         assert ok.returncode == 0 and '"balance": 9' in ok.stdout
         assert refused.returncode == 1 and "insufficient_funds" in refused.stdout
+
+    async def test_a_transfer_is_sent_and_read(self, stack: Settings) -> None:
+        """`wallet send transfer --to` prints the transfer's reply (completed, or refused
+        with exit 1); `wallet transfer ID` prints the transfer and its steps."""
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", "ada", 50))
+            await client.request(command("top_up", "cal", 1))
+            gift = await asyncio.to_thread(run_wallet, stack, "send", "transfer", "--user", "ada",
+                                           "--to", "cal", "--amount", "20")  # fmt: skip
+            lost = await asyncio.to_thread(run_wallet, stack, "send", "transfer", "--user", "ada",
+                                           "--to", "nobody", "--amount", "5")  # fmt: skip
+        assert gift.returncode == 0 and '"status": "completed"' in gift.stdout
+        assert lost.returncode == 1 and "unknown_wallet" in lost.stdout
+        transfer_id = orjson.loads(gift.stdout)["transfer"]["id"]
+        shown = run_wallet(stack, "transfer", transfer_id)
+        assert shown.returncode == 0 and orjson.loads(shown.stdout)["status"] == "completed"
+        missing = run_wallet(stack, "transfer", str(uuid.uuid4()))
+        assert missing.returncode == 1 and "no transfer" in missing.stderr
 
     def test_bad_setting_is_explained(self, stack: Settings) -> None:
         """A bad WALLET_ value stops the command with the variable's name."""

@@ -61,5 +61,7 @@ class TestStatus:
         assert report["dead_letters"] == 1 and report["broker_error"] is None
         assert [d["code"] for d in report["recent_dead_letters"]] == ["not_utf8"]
         assert screen.returncode == 0, screen.stderr
-        for heading in ("Partitions of", "outbox backlog", "dead letters", "Recent dead letters"):
+        assert report["transfers_in_flight"] == 0
+        for heading in ("Partitions of", "outbox backlog", "dead letters", "Recent dead letters",
+                        "transfers in flight"):  # fmt: skip
             assert heading in screen.stdout

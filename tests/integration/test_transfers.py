@@ -3,7 +3,10 @@ steps travel between partitions through the outbox and the commands topic."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import orjson
 import pytest
 
 from foundation.settings import Settings
@@ -18,6 +21,7 @@ from tests.integration.helpers import (
     running_processor,
     send_all,
 )
+from tests.integration.processes import run_wallet
 
 pytestmark = pytest.mark.also_tansu
 
@@ -112,3 +116,6 @@ class TestVerify:
         assert problems["each transfer is in flight, completed or refused, each step once, and "
                         "`transfers` holds what is in flight"] == 2  # fmt: skip
         assert problems["no transfer stays in flight more than 300 s"] == 1
+        status = await asyncio.to_thread(run_wallet, stack, "status", "--json")
+        report = orjson.loads(status.stdout)
+        assert report["transfers_in_flight"] == 1 and report["transfer_oldest_s"] > 3000
