@@ -32,7 +32,7 @@ from foundation.errors import WalletError
 from foundation.settings import Settings
 from messaging.kafka import key_hash, make_consumer
 from schemas.commands import AMOUNT_MAX, Command
-from tests.integration.helpers import client_for, command, fetch
+from tests.integration.helpers import client_for, command, eventually, fetch
 from tests.integration.processes import WalletProcess, run_wallet
 
 CHUNK_SIZE = 50
@@ -212,6 +212,19 @@ class Audit:
             f"{self.rejected} rejected | {self.replies} replied | {self.resent} re-sent | "
             "wallet verify clean"
         )
+
+
+async def gifts_credited(settings: Settings, work: Workload, timeout_s: float) -> None:
+    """Wait until every gift of the load is credited: after a broker lost its log, a step it
+    took with it is sent again by the transfer sweep (WALLET_TRANSFER_RESEND_MS), while the
+    gift's re-sent command was answered `pending` at once."""
+    gifts = sum(c.type == "transfer" for c in work.commands)
+    sql = "SELECT count(*) AS n FROM processed_commands WHERE type = 'transfer_in'"
+
+    async def all_in() -> bool:
+        return bool((await fetch(settings, sql))[0]["n"] >= gifts)
+
+    await eventually(all_in, timeout_s, "every gift credited")
 
 
 # The processors' own commands: the expiry sweep's `expire`s (for lapsed holds) and the

@@ -18,7 +18,14 @@ import pytest
 
 from foundation.settings import Settings
 from messaging.kafka import ensure_topics
-from tests.faults.load import account, assert_answered_once, owner_epochs, under_load, workload
+from tests.faults.load import (
+    account,
+    assert_answered_once,
+    gifts_credited,
+    owner_epochs,
+    under_load,
+    workload,
+)
 from tests.integration.helpers import fetch
 from tests.integration.processes import WalletProcess
 from wallet.devstack import TansuBroker
@@ -66,13 +73,15 @@ class TestTansuRestart:
         applied once."""
         broker, settings = own_broker
         work = workload(6_000, 200, seed=8, reply_to=settings.replies_topic)
-        procs = [WalletProcess(settings), WalletProcess(settings)]
+        resend = {"WALLET_TRANSFER_RESEND_MS": "2000"}  # gift steps lost with the log
+        procs = [WalletProcess(settings, env=resend), WalletProcess(settings, env=resend)]
         async with under_load(settings, work, 300, procs, answered_first=1_000) as load:
             broker.stop()
             await asyncio.sleep(2)
             broker.start()  # same port, empty logs
             await ensure_topics(settings)
             replies = await load.settle(timeout_s=240, resend_after_s=RESEND_AFTER_S)
+            await gifts_credited(settings, work, timeout_s=60)
             assert all(p.alive() for p in procs)
         resets = await fetch(settings, "SELECT count(*) AS n FROM partition_resets")
         assert resets[0]["n"] >= 1, "no processor noticed the replaced log"
