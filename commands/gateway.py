@@ -1,12 +1,13 @@
 """The HTTP gateway's write routes: a REST call becomes a command on Kafka; the reply, awaited
 for a bounded time, becomes the response. JSON uses the earlier REST wallets' camelCase names.
 
-Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insufficient funds or
-in debt (the request was valid, the wallet cannot pay), 404 no such hold or transaction, 409
-idempotency key reused for another command, or a hold or transaction resolved already, 422
-invalid input or unknown asset, 202 with the command id when the reply is late (the command
-will still be processed exactly once: retry with the same key to learn its outcome; a
-transfer's 202 names the transfer, whose outcome GET /wallet/transfers/{id} tells).
+Status codes: 201 accepted, 200 a duplicate of an accepted command, 402 insufficient funds,
+in debt or past a daily cap (the request was valid, the wallet cannot pay), 404 no such hold,
+transaction or receiver, 409 idempotency key reused for another command, or a hold or
+transaction resolved already, 422 invalid input or unknown asset, 202 with the command id when
+the reply is late (the command will still be processed exactly once: retry with the same key
+to learn its outcome; a transfer's 202 names the transfer, whose outcome
+GET /wallet/transfers/{id} tells).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ ops_router = APIRouter(
 _REJECTION_STATUS = {
     "insufficient_funds": 402,
     "in_debt": 402,
+    "daily_limit_exceeded": 402,
     "hold_not_found": 404,
     "transaction_not_found": 404,
     "unknown_wallet": 404,
@@ -294,7 +296,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": WriteResponse, "description": "accepted"},
     200: {"model": WriteResponse, "description": "a duplicate of an accepted command"},
     202: {"description": "reply late; the command will still be processed"},
-    402: {"model": WriteResponse, "description": "insufficient funds, or in debt"},
+    402: {"model": WriteResponse, "description": "insufficient funds, in debt, or a daily cap"},
     404: {"model": WriteResponse, "description": "no such hold, transaction or receiver"},
     409: {
         "model": WriteResponse,

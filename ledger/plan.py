@@ -30,6 +30,8 @@ from ledger.account import (
     Rejected,
     Target,
 )
+from ledger.caps import Caps
+from ledger.caps import check as check_caps
 from ledger.decide import decide
 from ledger.legs import Legs
 from ledger.lots import Piece
@@ -47,6 +49,7 @@ _TRANSACTION_ID_KEY = b"dino-wallet/transaction-id/1"
 _USER_ACCOUNT = AccountKind.USER.value
 _PLAIN = frozenset({CommandType.TOP_UP, CommandType.BONUS, CommandType.SPEND, CommandType.EXPIRE})
 AccountKey = tuple[str, str]  # (user_id, asset)
+_NO_CAPS: Mapping[AccountKey, Caps] = {}
 IdempotencyId = tuple[str, str]  # (user_id, idempotency_key)
 
 
@@ -320,14 +323,17 @@ def plan_batch(
     accounts: Mapping[AccountKey, AccountState],
     assets: Assets,
     refs: References = NO_REFERENCES,
+    caps: Mapping[AccountKey, Caps] = _NO_CAPS,
 ) -> BatchPlan:
     """Decide every record of the batch in offset order; `refs` are the holds and
-    transactions its commands name (see References), as stored before the batch."""
+    transactions its commands name (see References), as stored before the batch; `caps` the
+    daily caps of its capped accounts, with what each used of them (ledger.caps)."""
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
     plan = BatchPlan()
     seen: dict[IdempotencyId, StoredResult | ProcessedRow] = dict(known)
     refs = refs._replace(holds=dict(refs.holds), targets=dict(refs.targets))  # own moves added
     reversing = CommandType.REVERSE in {getattr(item.admitted, "type", None) for item in items}
+    caps = dict(caps)  # the batch's own commands counted
     now_ms = lots.epoch_ms(ctx.processed_at)  # the time every command is decided at
     for item in items:
         if isinstance(item.admitted, DecodeFailure):
@@ -341,13 +347,15 @@ def plan_batch(
             continue
         account_key = (command.user_id, command.asset)
         account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
-        tx_id = transaction_id_for(command.user_id, command.idempotency_key)
-        decision = decide(command, account, assets, tx_id, now_ms, refs)
-        if isinstance(decision, Rejected) and decision.code is ErrorCode.TRANSFER_NOT_FOUND:
+        if command.type in INTERNAL_TYPES and (forged := transfers.unknown(command, refs)):
             # Not recorded (see ledger.transfers: it must not take the real step's key).
-            failure = DecodeFailure(DecodeErrorCode.UNKNOWN_TRANSFER, decision.message, Envelope())
+            failure = DecodeFailure(DecodeErrorCode.UNKNOWN_TRANSFER, forged.message, Envelope())
             _refuse(ctx, plan, item, failure)
             continue
+        tx_id = transaction_id_for(command.user_id, command.idempotency_key)
+        decision = decide(command, account, assets, tx_id, now_ms, refs)
+        if caps and account_key in caps and isinstance(decision, Accepted):
+            decision = _within_caps(command, decision, caps, now_ms)
         # The record itself stands for its result (the same fields): no copy per command.
         seen[(command.user_id, command.idempotency_key)] = _record(
             ctx, plan, item, command, (account, refs), decision, tx_id
@@ -357,6 +365,19 @@ def plan_batch(
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
     return plan
+
+
+def _within_caps(
+    command: Command, decision: Accepted, caps: dict[AccountKey, Caps], now_ms: int
+) -> Accepted | Rejected:
+    """The decision, or its refusal when it would pass the account's daily cap; an accepted
+    one is counted."""
+    key = (command.user_id, command.asset)
+    assert decision.amount is not None
+    refused, counted = check_caps(command.type, decision.amount, caps[key], now_ms,
+                                  command.asset)  # fmt: skip
+    caps[key] = counted
+    return refused or decision
 
 
 def _note_references(

@@ -52,15 +52,34 @@ TRANSFER_IN = CommandType.TRANSFER_IN.value
 TRANSFER_REFUND = CommandType.TRANSFER_REFUND.value
 
 
+def unknown(command: Command, refs: References) -> Rejected | None:
+    """Why a step is not a step of a transfer as the ledger has it (transfer_not_found), or
+    None. The planner asks it before anything else of the step, so that a forged step is
+    dead-lettered whatever else is wrong with it (an unknown asset, say)."""
+    transfer = _transfer(command, refs)
+    if isinstance(transfer, Rejected):
+        return transfer
+    if command.type is CommandType.TRANSFER_IN:
+        if transfer.counterparty != command.user_id or transfer.amount != command.amount:
+            return _not_found(command, "does not send this amount to this user")
+        return None
+    if transfer.user_id != command.user_id:
+        return _not_found(command, "was not sent by this user")
+    assert command.transaction_id is not None
+    credit = refs.transfers.get(command.transaction_id, {}).get(TRANSFER_IN)
+    if credit is None or credit.status != "rejected":
+        return _not_found(command, "was not refused by its receiver")
+    return None
+
+
 def receive(
     command: Command, account: AccountState, refs: References, balance_max: int
 ) -> Accepted | Rejected:
     """Step 2: credit the receiver with the transfer's pieces, or refuse."""
-    transfer = _transfer(command, refs)
-    if isinstance(transfer, Rejected):
-        return transfer
-    if transfer.counterparty != command.user_id or transfer.amount != command.amount:
-        return _not_found(command, "does not send this amount to this user")
+    refused = unknown(command, refs)
+    if refused is not None:
+        return refused
+    transfer = _known(command, refs)
     if account.version == 0 and command.user_id not in refs.wallets:
         return Rejected(ErrorCode.UNKNOWN_WALLET, f"{command.user_id} has no wallet")
     if account.total() + transfer.amount > min(balance_max, BALANCE_MAX):
@@ -77,15 +96,10 @@ def receive(
 
 def refund(command: Command, account: AccountState, refs: References) -> Accepted | Rejected:
     """Step 3: the receiver's side refused; the pieces go back to the sender's lots."""
-    transfer = _transfer(command, refs)
-    if isinstance(transfer, Rejected):
-        return transfer
-    if transfer.user_id != command.user_id:
-        return _not_found(command, "was not sent by this user")
-    assert command.transaction_id is not None
-    credit = refs.transfers.get(command.transaction_id, {}).get(TRANSFER_IN)
-    if credit is None or credit.status != "rejected":
-        return _not_found(command, "was not refused by its receiver")
+    refused = unknown(command, refs)
+    if refused is not None:
+        return refused
+    transfer = _known(command, refs)
     if account.total() + transfer.amount > BALANCE_MAX:  # its own money: only the bound
         return Rejected(ErrorCode.BALANCE_LIMIT_EXCEEDED,
                         f"a balance may not exceed {BALANCE_MAX} {command.asset}")  # fmt: skip
@@ -112,6 +126,13 @@ def _transfer(command: Command, refs: References) -> Target | Rejected:
     if transfer is None or transfer.type != TRANSFER or transfer.asset != command.asset:
         return _not_found(command, "is not an accepted transfer of this asset")
     assert transfer.pieces and transfer.counterparty is not None, transfer
+    return transfer
+
+
+def _known(command: Command, refs: References) -> Target:
+    """The transfer of a step `unknown` found nothing wrong with."""
+    transfer = _transfer(command, refs)
+    assert not isinstance(transfer, Rejected), transfer
     return transfer
 
 

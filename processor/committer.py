@@ -97,12 +97,13 @@ class Committer:
 
     async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
         with metrics.STAGE["lookup"].time():
-            (known, loaded, refs), assets = await asyncio.gather(
+            (known, loaded, refs), assets, caps = await asyncio.gather(
                 self._lookups(group),
                 self._partitions.assets.cover({a for b in group for a in b.assets}),
+                self._partitions.caps.of({k for b in group for k in b.keys}),
             )
         with metrics.STAGE["plan"].time():
-            return [b.worker.plan(b, known, loaded, assets, refs) for b in group]
+            return [b.worker.plan(b, known, loaded, assets, refs, caps) for b in group]
 
     async def _lookups(
         self, group: list[Admitted]

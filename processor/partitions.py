@@ -14,6 +14,7 @@ import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
 from foundation.errors import FencedError
+from processor.caps import CapsLookup
 from processor.health import Health
 from processor.outbox import Outbox
 from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
@@ -57,6 +58,7 @@ class Partitions:
     ) -> None:
         self._store = store
         self.assets = AssetCatalog(store)
+        self.caps = CapsLookup(store)
         self._config = config
         self.health = health
         self._consumer = consumer

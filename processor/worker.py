@@ -19,6 +19,7 @@ import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
 from ledger.account import NO_REFERENCES, AccountState, Asset, Assets, HoldKey, References
+from ledger.caps import Caps
 from ledger.plan import (
     AccountKey,
     BatchContext,
@@ -242,8 +243,10 @@ class PartitionWorker:
         loaded: Mapping[AccountKey, AccountState],
         assets: Assets,
         refs: References = NO_REFERENCES,
+        caps: Mapping[AccountKey, Caps] | None = None,
     ) -> BatchPlan:
-        """Decide the batch; `known` and `loaded` may hold other partitions' rows too."""
+        """Decide the batch; `known`, `loaded` and `caps` may hold other partitions' rows
+        too."""
         assert batch.worker is self and batch.position.first_offset == self.next_offset
         # Loaded rows are committed state, safe to cache before this batch commits.
         self._accounts.update((k, loaded[k]) for k in batch.uncached if k in loaded)
@@ -255,7 +258,8 @@ class PartitionWorker:
             generation=self.generation,
             processed_at=datetime.now(UTC),
         )
-        return plan_batch(ctx, batch.intakes, mine, accounts, assets, refs)
+        capped = {k: caps[k] for k in batch.keys if k in caps} if caps else {}
+        return plan_batch(ctx, batch.intakes, mine, accounts, assets, refs, capped)
 
     def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
         """The batch is stored: move on, and return what the outbox must publish."""

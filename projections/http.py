@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from foundation import metrics
 from foundation.settings import Settings
@@ -19,6 +19,7 @@ from projections.balance_cache import Accounts, balance_document, balances_of
 from projections.events_follower import EventsFollower
 from projections.verify import verify
 from schemas.commands import AssetCode
+from storage import limits
 from storage.db import RETRIABLE_DB_ERRORS
 from storage.projection_store import LIVE, lag_seconds, projected_accounts
 from storage.stalls import stalls
@@ -223,3 +224,36 @@ async def audit(request: Request) -> dict[str, Any]:
             {"name": r.name, "problems": r.problems, "examples": r.examples} for r in results
         ],
     }
+
+
+class LimitsBody(BaseModel):
+    """A wallet's daily caps: a UTC day's spends and captures, and transfers out, at most;
+    null: no such cap (both null: none at all)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dailySpendMax: int | None = Field(default=None, ge=0, le=10**18)
+    dailyTransferOutMax: int | None = Field(default=None, ge=0, le=10**18)
+
+
+@ops.put("/limits/{userId}/{assetId}")
+async def put_limits(
+    userId: UserPath, assetId: AssetCode, body: LimitsBody, request: Request
+) -> dict[str, Any]:
+    """Set (or, both null, remove) a wallet's daily caps; a spend, capture or transfer past
+    one is refused `daily_limit_exceeded` from the processors' next batch of the wallet."""
+    caps = (body.dailySpendMax, body.dailyTransferOutMax)
+    try:
+        async with _pool(request).acquire() as conn:
+            await limits.set_limits(conn, userId, assetId, caps, "api")
+            found = await limits.list_limits(conn, userId)
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise HTTPException(status_code=422, detail=f"no asset {assetId}") from exc
+    return {"userId": userId, "limits": found}
+
+
+@ops.get("/limits/{userId}")
+async def get_limits(userId: UserPath, request: Request) -> dict[str, Any]:
+    """A user's daily caps, per asset, with who set them and when."""
+    async with _pool(request).acquire() as conn:
+        return {"userId": userId, "limits": await limits.list_limits(conn, userId)}

@@ -42,6 +42,8 @@ class ErrorCode(StrEnum):
     # names does not exist as that step needs it (the step is dead-lettered, see
     # ledger.transfers: a forged one must not take the real step's key).
     UNKNOWN_WALLET = "unknown_wallet"
+    # A spend, capture or transfer past the wallet's daily cap (ledger.caps).
+    DAILY_LIMIT_EXCEEDED = "daily_limit_exceeded"
     TRANSFER_NOT_FOUND = "transfer_not_found"
 
 

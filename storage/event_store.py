@@ -27,7 +27,8 @@ from ledger.account import (
     Step,
     Target,
 )
-from ledger.lots import Lot, SpendOrder, next_due_ms, pieces_of
+from ledger.caps import DAY_MS, Caps
+from ledger.lots import Lot, SpendOrder, at_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -205,6 +206,10 @@ class EventStore(Protocol):
     async def stuck_transfers(
         self, topic: str, partitions: Sequence[int], older_than_ms: int, limit: int
     ) -> list[ProcessedRow]: ...
+
+    async def any_caps(self) -> bool: ...
+
+    async def load_caps(self, keys: Sequence[AccountKey], day: int) -> dict[AccountKey, Caps]: ...
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
@@ -514,6 +519,24 @@ class PostgresEventStore:
                                       older_than_ms, limit, timeout=self._timeout_s)  # fmt: skip
         return [processed_row(r) for r in rows]
 
+    @translated
+    async def any_caps(self) -> bool:
+        """Whether any wallet has a daily cap (else a batch need not look its wallets up)."""
+        return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM account_limits)",
+                                              timeout=self._timeout_s))  # fmt: skip
+
+    @translated
+    async def load_caps(self, keys: Sequence[AccountKey], day: int) -> dict[AccountKey, Caps]:
+        """The daily caps of the capped wallets among `keys`, each with what it used on `day`
+        (days since the epoch, UTC) as the ledger says (ledger.caps says what counts)."""
+        if not keys:
+            return {}
+        rows = await self._pool.fetch(_CAPS_SQL, [k[0] for k in keys], [k[1] for k in keys],
+                                      at_ms(day * DAY_MS), timeout=self._timeout_s)  # fmt: skip
+        return {(r["user_id"], r["asset"]): Caps(r["daily_spend_max"],
+                                                 r["daily_transfer_out_max"], day, r["spent"],
+                                                 r["sent"]) for r in rows}  # fmt: skip
+
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
         """Write one partition's batch and advance its offset, all or nothing."""
         await self.commit_batches([(position, plan)])
@@ -759,6 +782,19 @@ def _account(row: asyncpg.Record) -> AccountState:
     return state
 
 
+# A day's spends, captures and transfers out of each capped wallet, through the records'
+# primary key (user first): only capped wallets, few, are looked at.
+_CAPS_SQL = """
+SELECT l.user_id, l.asset, l.daily_spend_max, l.daily_transfer_out_max,
+       coalesce(sum(c.amount) FILTER (WHERE c.type IN ('spend', 'capture')), 0)::bigint AS spent,
+       coalesce(sum(c.amount) FILTER (WHERE c.type = 'transfer'), 0)::bigint AS sent
+  FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
+  JOIN account_limits l USING (user_id, asset)
+  LEFT JOIN processed_commands c
+    ON c.user_id = l.user_id AND c.asset = l.asset AND c.status = 'accepted'
+   AND c.type IN ('spend', 'capture', 'transfer') AND c.processed_at >= $3
+ GROUP BY 1, 2, 3, 4
+"""
 # Each half through its partial index on processed_at (migration 012).
 _STUCK_TRANSFERS_SQL = f"""
 SELECT {", ".join(PROCESSED_COLUMNS)} FROM (

@@ -18,6 +18,7 @@ import orjson
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.account import AccountState, Asset, Hold, HoldKey, References, Step, Target
+from ledger.caps import DAY_MS, Caps
 from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -57,6 +58,8 @@ class MemoryEventStore:
 
     def __init__(self, assets: Iterable[str] = ("GOLD", "DIAMONDS")) -> None:
         self.assets = dict.fromkeys(assets, Asset())  # code -> its rules
+        # (user, asset) -> (daily spend cap, daily transfer-out cap), as `wallet limits` sets
+        self.limits: dict[AccountKey, tuple[int | None, int | None]] = {}
         self._partitions: dict[PartitionId, _Partition] = {}
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
@@ -165,6 +168,21 @@ class MemoryEventStore:
                       reversed_, row.paid_after is None,
                       expired if row.type in ("top_up", "bonus") else 0,
                       row.counterparty)  # fmt: skip
+
+    async def any_caps(self) -> bool:
+        return bool(self.limits)
+
+    async def load_caps(self, keys: Sequence[AccountKey], day: int) -> dict[AccountKey, Caps]:
+        since = at_ms(day * DAY_MS)
+        found = {}
+        for key in (k for k in keys if k in self.limits):
+            done = [r for r in self._processed.values()
+                    if (r.user_id, r.asset) == key and r.status == "accepted"
+                    and r.processed_at >= since and r.amount is not None]  # fmt: skip
+            spent = sum(r.amount or 0 for r in done if r.type in ("spend", "capture"))
+            sent = sum(r.amount or 0 for r in done if r.type == "transfer")
+            found[key] = Caps(*self.limits[key], day, spent, sent)
+        return found
 
     async def stuck_transfers(
         self, topic: str, partitions: Sequence[int], older_than_ms: int, limit: int

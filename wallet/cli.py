@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import uuid
@@ -278,6 +279,61 @@ def bench(
         click.echo(orjson.dumps(result.__dict__).decode())
     else:
         click.echo("\n".join(result.lines()))
+
+
+@main.group()
+def limits() -> None:
+    """Daily caps per user and asset (e.g. for minors): set, remove or list them."""
+
+
+_CAP = click.IntRange(0, 10**18)
+
+
+@limits.command("set")
+@click.argument("user_id")
+@click.argument("asset")
+@click.option("--daily-spend-max", type=_CAP, help="Spends and captures a UTC day, at most.")
+@click.option("--daily-transfer-out-max", type=_CAP, help="Transfers out a UTC day, at most.")
+@click.option("--by", "set_by", default=lambda: os.environ.get("USER", "operator"),
+              help="Who sets them (kept with them).")  # fmt: skip
+def limits_set(
+    user_id: str,
+    asset: str,
+    daily_spend_max: int | None,
+    daily_transfer_out_max: int | None,
+    set_by: str,
+) -> None:
+    """Set a wallet's daily caps (an option left out: no such cap; both left out: remove
+    them). A spend, capture or transfer past one is refused (daily_limit_exceeded)."""
+    import asyncpg
+
+    from storage.limits import set_limits
+
+    caps = (daily_spend_max, daily_transfer_out_max)
+    try:
+        _on_db(lambda conn: set_limits(conn, user_id, asset, caps, set_by))
+    except asyncpg.ForeignKeyViolationError:
+        raise click.ClickException(f"no asset {asset!r}") from None
+    shown = ", ".join(f"{name} {value}" for name, value in
+                      (("spend", daily_spend_max), ("transfer out", daily_transfer_out_max))
+                      if value is not None)  # fmt: skip
+    click.echo(f"{user_id} {asset}: " + (f"daily caps {shown}" if shown else "no daily caps"))
+
+
+@limits.command("list")
+@click.option("--user", "user_id", help="One user's only.")
+def limits_list(user_id: str | None) -> None:
+    """Every capped wallet with its caps, who set them and when."""
+    from storage.limits import list_limits
+
+    for row in _on_db(lambda conn: list_limits(conn, user_id)):
+        click.echo(f"{row['userId']} {row['assetId']}: spend {_or_none(row['dailySpendMax'])},"
+                   f" transfer out {_or_none(row['dailyTransferOutMax'])} a day"
+                   f" (by {row['setBy']}, {row['updatedAt'][:19]})")  # fmt: skip
+
+
+def _or_none(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 @main.group()

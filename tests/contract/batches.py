@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from ledger.plan import BatchContext, BatchPlan, decoded_intakes, plan_batch, references_named
+from ledger.caps import Caps
+from ledger.plan import (
+    AccountKey,
+    BatchContext,
+    BatchPlan,
+    decoded_intakes,
+    plan_batch,
+    references_named,
+)
 from schemas.commands import Command
 from storage.event_store import BatchPosition, EventStore
 from tests.integration.helpers import command
@@ -40,14 +48,15 @@ async def planned_commands(
     first: int,
     commands: Sequence[Command],
     at: datetime | None = None,
+    caps: Mapping[AccountKey, Caps] | None = None,
 ) -> tuple[BatchPosition, BatchPlan]:
     """`commands` at offsets first.., planned after the lookups the processor makes, at time
-    `at` (default: now)."""
+    `at` (default: now), with these daily caps (default: none)."""
     items = decoded_intakes(commands, first)
     accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
     refs = await store.find_references(*references_named(commands))
     ctx = BatchContext(topic, partition, 0, at or datetime.now(UTC))
-    plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs)
+    plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs, caps or {})
     end = first + len(commands)
     return BatchPosition(topic, partition, epoch, 0, first, end, end - 1, b"fp"), plan

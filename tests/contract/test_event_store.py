@@ -3,13 +3,16 @@ Each test runs against both; the PostgreSQL one on a database of its own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
 from ledger.account import Step
+from ledger.caps import DAY_MS, Caps
 from ledger.plan import BatchPlan
 from schemas.codec import decode_command
 from schemas.commands import Command
@@ -22,6 +25,7 @@ from storage.event_store import (
     PublishedMark,
     StaleOffsetError,
 )
+from storage.limits import set_limits
 from storage.memory_event_store import MemoryEventStore
 from tests.contract.batches import planned_batch, planned_commands
 from tests.integration.helpers import command
@@ -302,3 +306,40 @@ class TestTransfers:
         [refund] = await _steps(store, 2)
         await store.commit_batch(*await _commands(store, claim.epoch, 3, [refund]))
         assert await store.stuck_transfers(TOPIC, [PARTITION], 0, 10) == []
+
+
+class TestCaps:
+    async def test_a_capped_wallet_comes_with_what_it_used_today(
+        self, store: EventStore, database: Settings | None
+    ) -> None:
+        """Only capped wallets are found, each with today's spends, captures and transfers
+        out (accepted ones); a store with no cap says so."""
+        assert not await store.any_caps()
+        await _cap(store, database, ("ana", "GOLD"), (30, 5))
+        assert await store.any_caps()
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        batch = [command("top_up", "ana", 100), command("spend", "ana", 7),
+                 command("hold", "ana", 4, hold_id="h", expires_in_s=60),
+                 command("capture", "ana", None, hold_id="h"),
+                 command("transfer", "ana", 2, to_user_id="bob"),
+                 command("spend", "ana", 1000), command("spend", "bob", 1)]  # fmt: skip
+        await store.commit_batch(*await _commands(store, claim.epoch, 0, batch))
+        today = int(time.time() * 1000) // DAY_MS
+        found = await store.load_caps([("ana", "GOLD"), ("bob", "GOLD")], today)
+        assert found == {("ana", "GOLD"): Caps(30, 5, today, spent=11, sent=2)}
+        assert (await store.load_caps([("ana", "GOLD")], today + 1))[("ana", "GOLD")].spent == 0
+
+
+async def _cap(
+    store: EventStore, database: Settings | None, key: tuple[str, str], caps: tuple[int, int]
+) -> None:
+    """Cap a wallet as `wallet limits set` would."""
+    if isinstance(store, MemoryEventStore):
+        store.limits[key] = caps
+        return
+    assert database is not None and database.database_url
+    conn = await asyncpg.connect(database.database_url)
+    try:
+        await set_limits(conn, *key, caps, "contract")
+    finally:
+        await conn.close()

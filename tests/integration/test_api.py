@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from foundation.settings import Settings
+from processor.caps import CapsLookup
 from tests.integration.helpers import (
     eventually,
     fetch,
@@ -192,6 +193,26 @@ class TestTransfers:
         assert [s["type"] for s in refused["steps"]] == [
             "transfer", "transfer_in", "transfer_refund"]  # fmt: skip
         assert (await api.get(f"/wallet/transfers/{uuid.uuid4()}")).status_code == 404
+
+
+class TestLimits:
+    async def test_ops_set_and_read_daily_caps(self, api: httpx.AsyncClient) -> None:
+        """PUT /ops/limits sets a wallet's caps (GET reads them back); a spend past the cap is
+        402 daily_limit_exceeded; both caps null removes them; an unknown asset is 422."""
+        await api.post("/wallet/topup", json=_body(userId="teo", amount=100))
+        put = await api.put("/ops/limits/teo/GOLD", json={"dailySpendMax": 10})
+        assert put.status_code == 200, put.text
+        # The first cap of a deployment: the processor looks for one once a second.
+        await asyncio.sleep(CapsLookup.RECHECK_AFTER_S + 0.5)
+        [row] = (await api.get("/ops/limits/teo")).json()["limits"]
+        caps = (row["dailySpendMax"], row["dailyTransferOutMax"], row["setBy"])
+        assert caps == (10, None, "api")
+        spend = await api.post("/wallet/spend", json=_body(userId="teo", amount=11))
+        assert spend.status_code == 402, spend.text
+        assert spend.json()["error"]["code"] == "daily_limit_exceeded"
+        cleared = await api.put("/ops/limits/teo/GOLD", json={})
+        assert cleared.json()["limits"] == []
+        assert (await api.put("/ops/limits/teo/RUBY", json={"dailySpendMax": 1})).status_code == 422
 
 
 class TestReads:

@@ -136,6 +136,30 @@ class TestDeadLetter:
         assert [tuple(r) for r in rows] == [("tester", "disk full on it")]
 
 
+class TestLimits:
+    async def test_a_daily_cap_refuses_a_spend_past_it(self, stack: Settings) -> None:
+        """`wallet limits set` caps a wallet's spends a day; a spend past the cap is refused
+        (daily_limit_exceeded), another wallet is not capped; `list` shows it, and setting
+        no cap removes it."""
+        capped = run_wallet(stack, "limits", "set", "kid", "GOLD", "--daily-spend-max", "50",
+                            "--by", "support")  # fmt: skip
+        assert capped.returncode == 0 and "daily caps spend 50" in capped.stdout
+        async with running_processor(stack), client_for(stack) as client:
+            for user in ("kid", "grown"):
+                await client.request(command("top_up", user, 500))
+            first = await client.request(command("spend", "kid", 30))
+            second = await client.request(command("spend", "kid", 30))
+            other = await client.request(command("spend", "grown", 300))
+        assert first.status == "accepted" and other.status == "accepted"
+        assert second.error is not None and second.error.code == "daily_limit_exceeded"
+        listed = run_wallet(stack, "limits", "list")
+        assert "kid GOLD: spend 50, transfer out - a day (by support" in listed.stdout
+        assert run_wallet(stack, "limits", "set", "kid", "GOLD").returncode == 0
+        assert run_wallet(stack, "limits", "list").stdout == ""
+        unknown = run_wallet(stack, "limits", "set", "kid", "RUBY", "--daily-spend-max", "1")
+        assert unknown.returncode == 1 and "no asset" in unknown.stderr
+
+
 class TestOperatorCommands:
     async def test_balance_history_verify_replay(self, stack: Settings) -> None:
         """The operator commands print tables and reports, and verify exits 0 on a clean ledger."""

@@ -233,6 +233,17 @@ class TestForgedSteps:
         assert bank.total("ana") == 70 and bank.total("bob") == 35
 
 
+    def test_a_step_in_an_unknown_asset_is_dead_lettered(self) -> None:
+        """A step is checked against its transfer before anything else: one naming an asset
+        that does not exist is a dead letter too, not a recorded refusal."""
+        bank = funded(ana=100)
+        tid = uuid.uuid4()
+        forged = command("transfer_refund", "ana", None, asset="RUBY",
+                         key=f"transfer-refund:{tid}", transaction_id=tid)  # fmt: skip
+        assert bank.run(forged) == []
+        assert b"unknown_transfer" in (bank.sent[-1].dlq_value or b"")
+
+
 class TestCommandFields:
     def test_a_transfer_names_another_user(self) -> None:
         """to_user_id is required for a transfer, refused elsewhere, and never the sender."""
