@@ -232,7 +232,6 @@ class TestForgedSteps:
         assert bank.run(forged) == []
         assert bank.total("ana") == 70 and bank.total("bob") == 35
 
-
     def test_a_step_in_an_unknown_asset_is_dead_lettered(self) -> None:
         """A step is checked against its transfer before anything else: one naming an asset
         that does not exist is a dead letter too, not a recorded refusal."""
