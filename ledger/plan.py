@@ -275,6 +275,8 @@ def payload_hash(command: Command) -> bytes:
         fields.append(lots.epoch_ms(command.expires_at))
     if command.type not in _PLAIN:
         fields += [command.hold_id, command.expires_in_s, command.transaction_id, command.reason]
+    if command.to_user_id is not None:  # a transfer to someone else is another command
+        fields.append(command.to_user_id)
     material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(material, digest_size=16).digest()
 
@@ -394,7 +396,8 @@ def _note_references(
         refs.targets[target] = refs.targets[target]._replace(reversed=True)
     if decision.amount is not None:
         refs.targets[tx_id] = Target(user, asset, command.type.value, decision.amount,
-                                     decision.consumed_paid, decision.pieces, False)  # fmt: skip
+                                     decision.consumed_paid, decision.pieces, False,
+                                     counterparty=command.to_user_id)  # fmt: skip
 
 
 # What a decision sets of its record: ProcessedRow's fields from `amount` on, in order (a

@@ -43,7 +43,7 @@ from ledger.account import (
     Step,
     Target,
 )
-from ledger.lots import LOTS_OPEN_MAX
+from ledger.lots import LOTS_OPEN_MAX, Piece
 from schemas.commands import Command, CommandType
 from schemas.replies import ErrorCode
 
@@ -91,7 +91,7 @@ def receive(
         return Rejected(ErrorCode.TOO_MANY_LOTS,
                         f"the wallet would hold more than {LOTS_OPEN_MAX} open lots of "
                         f"{command.asset}")  # fmt: skip
-    return _given(account, transfer)
+    return _given(account, transfer, command.user_id)
 
 
 def refund(command: Command, account: AccountState, refs: References) -> Accepted | Rejected:
@@ -112,9 +112,15 @@ def refusal(credit: Step) -> str:
     return f"{credit.error_code}: {credit.error_message or ''}"
 
 
-def _given(account: AccountState, transfer: Target) -> Accepted:
-    """The transfer's pieces given to `account`'s lots: those same lots, reopened or grown."""
-    given = reversals.give_back(account, transfer.pieces, transfer.consumed_paid)
+def _given(account: AccountState, transfer: Target, receiver: str | None = None) -> Accepted:
+    """The transfer's pieces given to `account`'s lots: those same lots, reopened or grown.
+    A receiver's (`receiver`) legacy pieces go to its own legacy lot of their kind instead:
+    a lot from before lots existed is paid or free as its id says for its holder
+    (reversals.target_pieces), so it must never hold another wallet's."""
+    pieces = transfer.pieces
+    if receiver is not None:
+        pieces = tuple(_own_legacy(p, transfer, receiver) for p in pieces)
+    given = reversals.give_back(account, pieces, transfer.consumed_paid)
     assert given.amount == transfer.amount, (given.amount, transfer)
     return given
 
@@ -125,8 +131,15 @@ def _transfer(command: Command, refs: References) -> Target | Rejected:
     transfer = refs.targets.get(command.transaction_id)
     if transfer is None or transfer.type != TRANSFER or transfer.asset != command.asset:
         return _not_found(command, "is not an accepted transfer of this asset")
-    assert transfer.pieces and transfer.counterparty is not None, transfer
+    if not transfer.pieces or transfer.counterparty is None:  # never so as recorded
+        return _not_found(command, "names a transfer without its lots or receiver")
     return transfer
+
+
+def _own_legacy(piece: Piece, transfer: Target, receiver: str) -> Piece:
+    if piece.lot_id != reversals.legacy_lot_id(piece.paid, transfer.user_id, transfer.asset):
+        return piece
+    return piece._replace(lot_id=reversals.legacy_lot_id(piece.paid, receiver, transfer.asset))
 
 
 def _known(command: Command, refs: References) -> Target:

@@ -65,7 +65,7 @@ async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
 _ITEM_COLUMNS = """
     e.entry_id, e.transaction_id, c.type, e.asset, abs(e.amount) AS amount,
     CASE WHEN e.amount > 0 THEN 'credit' ELSE 'debit' END AS direction,
-    e.balance_after, c.description, e.created_at
+    e.balance_after, c.description, e.created_at, c.counterparty, c.transfer_id
 """
 
 
@@ -126,6 +126,9 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
         "balanceAfter": row["balance_after"],
         "description": row["description"],
         "time": row["created_at"].isoformat(),
+        # A transfer's debit, credit or refund: the other player, and the transfer.
+        "counterparty": row["counterparty"],
+        "transferId": None if row["transfer_id"] is None else str(row["transfer_id"]),
     }
 
 

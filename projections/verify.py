@@ -251,9 +251,11 @@ CHECKS: list[tuple[str, str]] = [
                                           AND status = 'accepted') AS refunded,
                        bool_and(CASE type WHEN 'transfer_in' THEN user_id ELSE counterparty END
                                 = d_counterparty AND asset = d_asset
+                                AND CASE type WHEN 'transfer_in' THEN counterparty
+                                              ELSE user_id END = d_user
                                 AND (amount = d_amount OR status = 'rejected')) AS matches
                   FROM (SELECT s.*, d.counterparty AS d_counterparty, d.asset AS d_asset,
-                               d.amount AS d_amount
+                               d.amount AS d_amount, d.user_id AS d_user
                           FROM processed_commands s
                           LEFT JOIN debit d USING (transfer_id)
                          WHERE s.type IN ('transfer_in', 'transfer_refund')) s

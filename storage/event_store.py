@@ -813,7 +813,7 @@ SELECT {", ".join(PROCESSED_COLUMNS)} FROM (
        AND r.topic = $1 AND r.partition = ANY($2::int[])
        AND NOT EXISTS (SELECT 1 FROM processed_commands s
                         WHERE s.transfer_id = r.transfer_id AND s.type = 'transfer_refund')
-) stuck LIMIT $4
+) stuck ORDER BY processed_at LIMIT $4
 """
 # A transfer's steps recorded so far (its debit is a target), through their index.
 _STEPS_SQL = """

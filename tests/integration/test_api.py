@@ -186,6 +186,9 @@ class TestTransfers:
         assert over.status_code == 402
         to_self = await api.post("/wallet/transfer", json=gift | {"toUserId": "gia"})
         assert to_self.status_code == 422
+        [credit, _] = (await api.get("/wallet/ben/transactions")).json()["items"]
+        assert (credit["type"], credit["counterparty"], credit["transferId"]) == (
+            "transfer_in", "gia", transfer["id"])  # fmt: skip
         read = (await api.get(f"/wallet/transfers/{transfer['id']}")).json()
         assert (read["status"], read["amount"], len(read["steps"])) == ("completed", 30, 2)
         refused = (await api.get(f"/wallet/transfers/{lost.json()['transfer']['id']}")).json()

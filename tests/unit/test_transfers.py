@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ledger.account import Asset
+from ledger.account import BALANCE_MAX, Accepted, AccountState, Asset, References, Target
+from ledger.lots import Piece, SpendOrder
 from ledger.plan import BatchPlan, ProcessedRow, transaction_id_for
+from ledger.reversals import legacy_lot_id
+from ledger.transfers import receive
 from schemas.codec import decode_command
 from schemas.commands import Command
 from storage.event_store import OutboxMessage
@@ -245,6 +248,53 @@ class TestForgedSteps:
                          key=f"transfer-refund:{tid}", transaction_id=tid)  # fmt: skip
         assert bank.run(forged) == []
         assert b"unknown_transfer" in (bank.sent[-1].dlq_value or b"")
+
+    def test_a_forged_step_beside_its_debit_in_one_batch_is_dead_lettered(self) -> None:
+        """A batch that notes its own transactions (it holds a reverse) and a forged refund
+        of a transfer debited earlier in it: the refund is dead-lettered, nothing crashes."""
+        bank = funded(ana=100, bob=5)
+        tid = transaction_id_for("ana", "gift")
+        undo = command("reverse", "ana", None, transaction_id=uuid.uuid4(), reason="none")
+        forged = command("transfer_refund", "ana", None, key=f"transfer-refund:{tid}",
+                         transaction_id=tid)  # fmt: skip
+        rows = bank.run(undo, transfer("ana", "bob", 30), forged)
+        assert [r.type for r in rows] == ["reverse", "transfer"]
+        assert b"unknown_transfer" in (bank.sent[-1].dlq_value or b"")
+        bank.relay()
+        assert bank.total("ana") == 70 and bank.total("bob") == 35
+
+
+class TestRetries:
+    def test_a_key_reused_for_another_receiver_is_refused(self) -> None:
+        """A retry names the same receiver; the same key to someone else is another command:
+        idempotency_key_reused, never a duplicate that would say it went to them."""
+        bank = funded(ana=100, bob=5, cy=5)
+        bank.run(transfer("ana", "bob", 30))
+        bank.relay()
+        [reply] = bank.replies()
+        bank.sent.clear()
+        bank.run(transfer("ana", "cy", 30))
+        [again] = bank.replies()
+        assert reply["transfer"]["to_user_id"] == "bob"
+        assert again["error"]["code"] == "idempotency_key_reused"
+
+
+class TestLegacyLots:
+    def test_a_legacy_piece_goes_to_the_receivers_own_legacy_lot(self) -> None:
+        """A lot from before lots existed is paid or free as its id says for its holder: a
+        receiver gets such a piece in its own legacy lot of the same kind."""
+        tid = uuid.uuid4()
+        sender_lot = legacy_lot_id(True, "ana", "GOLD")
+        pieces = (Piece(sender_lot, True, 20, 0, None, 0),)
+        debit = Target("ana", "GOLD", "transfer", 20, 20, pieces, False, counterparty="bob")
+        refs = References({}, {tid: debit}, {}, frozenset({"bob"}))
+        step = command("transfer_in", "bob", 20, key=f"transfer-in:{tid}", transaction_id=tid)
+        account = AccountState(0, 1, order=SpendOrder.FREE_FIRST)
+        given = receive(step, account, refs, BALANCE_MAX)
+        assert isinstance(given, Accepted)
+        assert [(lot.lot_id, lot.paid) for lot in given.account.lots] == [
+            (legacy_lot_id(True, "bob", "GOLD"), True)]  # fmt: skip
+        assert given.account.paid == 20
 
 
 class TestCommandFields:
