@@ -100,7 +100,7 @@ class Committer:
             (known, loaded, refs), assets, caps = await asyncio.gather(
                 self._lookups(group),
                 self._partitions.assets.cover({a for b in group for a in b.assets}),
-                self._partitions.caps.of({k for b in group for k in b.keys}),
+                self._partitions.caps.of(k for b in group for k in b.keys),
             )
         with metrics.STAGE["plan"].time():
             return [b.worker.plan(b, known, loaded, assets, refs, caps) for b in group]

@@ -19,53 +19,32 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from foundation import metrics
 from foundation.settings import Settings
 from ledger.lots import epoch_ms
-from messaging.kafka import RecordBatches
-from processor import sweeps
+from processor.sweeps import Sweep
 from schemas.commands import SWEEP_KEY_PREFIX, CommandType, new_command
-from storage.event_store import EventStore
 
 log = structlog.get_logger("wallet.expiry")
 SWEEP_WALLETS_MAX = 1_000
 
 
-class ExpirySweep:
-    def __init__(
-        self,
-        store: EventStore,
-        producer: AIOKafkaProducer,
-        settings: Settings,
-        owned: Callable[[], Iterable[int]],
-    ) -> None:
-        self._store = store
-        self._producer = producer
-        self._settings = settings
-        self._owned = owned  # the partitions this process owns now
-        self._interval_s = settings.expiry_sweep_interval_ms / 1000
-        self._timeout_s = settings.kafka_timeout_ms / 1000
-        self._partition_counts: dict[str, int] = {}
+class ExpirySweep(Sweep):
+    @staticmethod
+    def interval_s(settings: Settings) -> float:
+        return settings.expiry_sweep_interval_ms / 1000
 
-    async def run(self) -> None:
-        await sweeps.every(self._interval_s, self._timeout_s, self.sweep, "expiry")
-
-    async def sweep(self) -> int:
+    async def round(self, partitions: list[int]) -> int:
         """Publish an `expire` for each owned wallet holding a lot past its expiry; return
         how many were published."""
-        partitions = sorted(self._owned())
-        if not partitions:
-            return 0
         due = await self._store.due_wallets(partitions, SWEEP_WALLETS_MAX)
         if not due:
             return 0
-        batches = RecordBatches(self._producer, self._partition_counts)
+        batches = self.batches()
         now = datetime.now(UTC)
         for user_id, asset, due_at in due:
             command = new_command(

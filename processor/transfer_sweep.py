@@ -14,58 +14,39 @@ duplicate (its key is the transfer's), and answers nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from foundation import metrics
 from foundation.settings import Settings
 from ledger.plan import outbox_row_of
-from messaging.kafka import RecordBatches
-from processor import sweeps
-from storage.event_store import EventStore
+from processor.sweeps import Sweep
 
 log = structlog.get_logger("wallet.transfers")
 RESEND_STEPS_MAX = 1_000  # a round's, at most
 
 
-class TransferSweep:
-    def __init__(
-        self,
-        store: EventStore,
-        producer: AIOKafkaProducer,
-        settings: Settings,
-        owned: Callable[[], Iterable[int]],
-    ) -> None:
-        self._store = store
-        self._producer = producer
-        self._topic = settings.commands_topic
-        self._owned = owned  # the partitions this process owns now
-        self._after_ms = settings.transfer_resend_ms
-        self._timeout_s = settings.kafka_timeout_ms / 1000
-        self._partition_counts: dict[str, int] = {}
-
-    async def run(self) -> None:
+class TransferSweep(Sweep):
+    @staticmethod
+    def interval_s(settings: Settings) -> float:
         # Every half of the wait: a lost step goes out again between one and one and a half
         # waits after its record.
-        await sweeps.every(self._after_ms / 2000, self._timeout_s, self.sweep, "transfers")
+        return settings.transfer_resend_ms / 2000
 
-    async def sweep(self) -> int:
+    async def round(self, partitions: list[int]) -> int:
         """Publish again the next step of each owned transfer stuck past the wait; return
         how many were published."""
-        partitions = sorted(self._owned())
-        if not partitions:
-            return 0
-        stuck = await self._store.stuck_transfers(self._topic, partitions, self._after_ms,
+        topic = self._settings.commands_topic
+        stuck = await self._store.stuck_transfers(topic, partitions,
+                                                  self._settings.transfer_resend_ms,
                                                   RESEND_STEPS_MAX)  # fmt: skip
         if not stuck:
             return 0
-        batches = RecordBatches(self._producer, self._partition_counts)
+        batches = self.batches()
         for row in stuck:
             step = outbox_row_of(row)
-            assert step.reply_topic == self._topic and step.reply_value is not None, step
-            await batches.add(self._topic, step.reply_key, step.reply_value)
+            assert step.reply_topic == topic and step.reply_value is not None, step
+            await batches.add(topic, step.reply_key, step.reply_value)
         await asyncio.gather(*await batches.send())
         metrics.TRANSFER_STEPS_RESENT.inc(len(stuck))
         log.warning("transfer steps sent again", steps=len(stuck))
