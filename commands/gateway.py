@@ -31,12 +31,15 @@ from schemas.commands import (
     AMOUNT_MAX,
     HOLD_EXPIRES_IN_S_MAX,
     HOLD_EXPIRES_IN_S_MIN,
+    PARTS_MAX,
     AssetCode,
     Command,
     CommandType,
     Description,
     HoldId,
     IdempotencyKey,
+    Part,
+    Sku,
     UserId,
 )
 
@@ -82,16 +85,28 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     userId: UserId
-    assetId: AssetCode
     idempotencyKey: IdempotencyKey
     description: Description | None = None
+
+    def asset(self) -> str:
+        """The command's asset (its envelope's)."""
+        raise NotImplementedError
 
     def fields(self) -> dict[str, Any]:
         """The command's fields this request sets besides the envelope."""
         return {}
 
 
-class WriteRequest(_Request):
+class _AssetRequest(_Request):
+    """A write on one asset."""
+
+    assetId: AssetCode
+
+    def asset(self) -> str:
+        return self.assetId
+
+
+class WriteRequest(_AssetRequest):
     """A top-up, bonus or spend as the REST wallets took it."""
 
     amount: Amount
@@ -138,7 +153,7 @@ class HoldRequest(WriteRequest):
         return {"amount": self.amount, "hold_id": self.holdId, "expires_in_s": self.expiresInS}
 
 
-class CaptureRequest(_Request):
+class CaptureRequest(_AssetRequest):
     """Spend what a hold keeps: all of it, or `amount` (the rest goes back)."""
 
     holdId: HoldId
@@ -148,7 +163,7 @@ class CaptureRequest(_Request):
         return {"hold_id": self.holdId, "amount": self.amount}
 
 
-class ReleaseRequest(_Request):
+class ReleaseRequest(_AssetRequest):
     """Give what a hold keeps back to the wallet."""
 
     holdId: HoldId
@@ -157,7 +172,7 @@ class ReleaseRequest(_Request):
         return {"hold_id": self.holdId}
 
 
-class ReverseRequest(_Request):
+class ReverseRequest(_AssetRequest):
     """Undo a spend, capture, top-up or bonus (a refund, a chargeback): once."""
 
     transactionId: uuid.UUID = Field(strict=False, description="The transaction to undo.")
@@ -174,6 +189,32 @@ class TransferRequest(WriteRequest):
 
     def fields(self) -> dict[str, Any]:
         return {"amount": self.amount, "to_user_id": self.toUserId}
+
+
+class PurchasePartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    assetId: AssetCode
+    amount: Amount
+
+
+class PurchaseRequest(_Request):
+    """Pay `costs` for a `sku` and receive `grants`: all of it, or nothing."""
+
+    costs: list[PurchasePartRequest] = Field(min_length=1, max_length=PARTS_MAX)
+    grants: list[PurchasePartRequest] = Field(
+        default=[], max_length=PARTS_MAX,
+        description="What the purchase gives (a conversion: exactly one cost).",
+    )  # fmt: skip
+    sku: Sku
+
+    def asset(self) -> str:
+        return self.costs[0].assetId
+
+    def fields(self) -> dict[str, Any]:
+        return {"costs": [Part(asset=p.assetId, amount=p.amount) for p in self.costs],
+                "grants": [Part(asset=p.assetId, amount=p.amount) for p in self.grants] or None,
+                "sku": self.sku}  # fmt: skip
 
 
 class WriteError(BaseModel):
@@ -206,6 +247,9 @@ class WriteResponse(BaseModel):
     error: WriteError | None
     position: str | None  # accepted: ASSET:VERSION, for a balance read's `?after=`
     transfer: dict[str, Any] | None  # a transfer: id, fromUserId, toUserId, status
+    # a purchase: id, sku, kind, refusedAsset, parts [{assetId, amount, paid, balance,
+    # available, position}]
+    purchase: dict[str, Any] | None
 
 
 async def _write(kind: CommandType, body: _Request, request: Request) -> JSONResponse:
@@ -224,7 +268,7 @@ async def write(
             idempotency_key=body.idempotencyKey,
             type=kind,
             user_id=body.userId,
-            asset=body.assetId,
+            asset=body.asset(),
             description=body.description,
             reply_to=client.reply_topic,
             sent_at=datetime.now(UTC),
@@ -261,7 +305,7 @@ def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
         "duplicate": reply["duplicate"],
         "transactionId": reply["transaction_id"],
         "userId": body.userId,
-        "assetId": body.assetId,
+        "assetId": reply["asset"] or body.asset(),
         "amount": reply["amount"],
         "balance": reply["balance"],
         "paid": reply["paid"],
@@ -276,6 +320,7 @@ def _response(reply: dict[str, Any], body: _Request) -> dict[str, Any]:
         "error": reply["error"],
         "position": reply.get("position"),  # absent from replies written before it
         "transfer": _transfer(reply.get("transfer")),
+        "purchase": _purchase(reply.get("purchase")),
     }
 
 
@@ -284,6 +329,17 @@ def _transfer(transfer: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"id": transfer["id"], "fromUserId": transfer["from_user_id"],
             "toUserId": transfer["to_user_id"], "status": transfer["status"]}  # fmt: skip
+
+
+def _purchase(purchase: dict[str, Any] | None) -> dict[str, Any] | None:
+    if purchase is None:
+        return None
+    parts = [{"assetId": p["asset"], "amount": p["amount"], "paid": p["paid"],
+              "balance": p["balance"], "available": p["available"], "position": p["position"]}
+             for p in purchase["parts"] or ()]  # fmt: skip
+    return {"id": purchase["id"], "sku": purchase["sku"], "kind": purchase["kind"],
+            "refusedAsset": purchase["refused_asset"],
+            "parts": parts if purchase["parts"] is not None else None}  # fmt: skip
 
 
 def _status_code(reply: dict[str, Any]) -> int:
@@ -350,6 +406,15 @@ async def transfer(body: TransferRequest, request: Request) -> JSONResponse:
     the sender's wallet; 202 with the transfer's id while the receiver's side has not
     decided (GET /wallet/transfers/{id})."""
     return await _write(CommandType.TRANSFER, body, request)
+
+
+@router.post("/purchase", status_code=201, responses=_RESPONSES)
+async def purchase(body: PurchaseRequest, request: Request) -> JSONResponse:
+    """Buy an item (costs in up to 8 currencies) or convert one currency into others
+    (grants): every cost and grant applies, or none does. 402 when a cost cannot be paid
+    (insufficient funds, in debt, a daily cap), 422 when a grant passes a balance limit;
+    `purchase.refusedAsset` names the asset that refused it."""
+    return await _write(CommandType.PURCHASE, body, request)
 
 
 @ops_router.post("/reverse", status_code=201, responses=_RESPONSES)

@@ -23,6 +23,9 @@ from schemas.replies import ErrorCode
 
 DAY_MS = 86_400_000
 _SPENDS = frozenset({CommandType.SPEND, CommandType.CAPTURE})
+# The records that count against the spend cap, as the lookups read them (ledger.purchases
+# checks each cost of a purchase as a spend).
+SPENT_RECORD_TYPES = ("spend", "capture", "purchase", "conversion")
 
 
 class Caps(NamedTuple):

@@ -20,6 +20,9 @@ _REVERSE = CommandType.REVERSE.value
 _TRANSFER = CommandType.TRANSFER.value
 # A transfer's debit goes into `transfers`; its credit or its refund comes out of it.
 _FROM_TRANSFERS = frozenset({CommandType.TRANSFER_IN.value, CommandType.TRANSFER_REFUND.value})
+_PURCHASE = CommandType.PURCHASE.value  # an item purchase's cost: consumed like a spend
+_CONVERSION = CommandType.CONVERSION.value  # a conversion's cost: into `exchange`
+_PURCHASE_GRANT = CommandType.PURCHASE_GRANT.value  # a conversion's grant: out of `exchange`
 _CREDIT_SOURCE = {CommandType.TOP_UP.value: AccountKind.TREASURY,
                   CommandType.BONUS.value: AccountKind.BONUS_POOL}  # fmt: skip
 SPENT_TYPES = frozenset({_SPEND, _CAPTURE})  # what a reverse gives back to lots
@@ -53,24 +56,30 @@ def _spent(amount: int, consumed_paid: int | None, sign: int) -> Legs:
     )
 
 
+# The types whose own legs are one system account moved by their amount (+1) or against it
+# (-1): a hold into `holds`, a release out of it; a transfer into `transfers`, its credit or
+# refund out of it; a conversion's cost into `exchange`, its grant out of it.
+_ONE_LEG = {
+    _HOLD: (AccountKind.HOLDS, 1), _RELEASE: (AccountKind.HOLDS, -1),
+    _TRANSFER: (AccountKind.TRANSFERS, 1),
+    **dict.fromkeys(_FROM_TRANSFERS, (AccountKind.TRANSFERS, -1)),
+    _CONVERSION: (AccountKind.EXCHANGE, 1), _PURCHASE_GRANT: (AccountKind.EXCHANGE, -1),
+}  # fmt: skip
+
+
 def _own(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> Legs:
     """The legs of the type itself."""
     if type in _CREDIT_SOURCE:
         return ((_CREDIT_SOURCE[type], -amount),)
-    if type == _SPEND:
+    if type in (_SPEND, _PURCHASE):
         return _spent(amount, consumed_paid, 1)
+    one = _ONE_LEG.get(type)
+    if one is not None:
+        return ((one[0], one[1] * amount),)
     if type == _EXPIRE:
         return ((AccountKind.EXPIRED, amount),) if amount else ()
-    if type == _HOLD:
-        return ((AccountKind.HOLDS, amount),)
     if type == _CAPTURE:
         return ((AccountKind.HOLDS, -amount), *_spent(amount, consumed_paid, 1))
-    if type == _RELEASE:
-        return ((AccountKind.HOLDS, -amount),)
-    if type == _TRANSFER:
-        return ((AccountKind.TRANSFERS, amount),)
-    if type in _FROM_TRANSFERS:
-        return ((AccountKind.TRANSFERS, -amount),)
     assert type == _REVERSE and extras.reversed_type is not None, (type, extras)
     if extras.reversed_type in SPENT_TYPES:
         return _spent(amount, consumed_paid, -1)
@@ -80,7 +89,8 @@ def _own(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> L
 def system_legs(type: str, amount: int, consumed_paid: int | None, extras: Extras) -> Legs:
     """The system side of an accepted transaction, from its record: its type's own legs
     (a credit's source; a spend's or capture's paid part to revenue, free part to
-    free_spent; a hold into `holds`, a release out of it; a reverse the undone type's legs
+    free_spent, as an item purchase's cost; a conversion's cost into `exchange`, its
+    grant out of it; a hold into `holds`, a release out of it; a reverse the undone type's legs
     backwards), then what it booked out as expired, gave back from holds, or moved to or
     from `receivable` (debt paid by a credit, debt left by a reversed credit)."""
     legs = _own(type, amount, consumed_paid, extras)

@@ -7,6 +7,7 @@ command in offset order and returns the rows to write in one transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import uuid
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ledger import legs, lots, transfers, wire
+from ledger import legs, lots, purchases, transfers, wire
 from ledger.account import (
     EMPTY_ACCOUNT,
     NO_REFERENCES,
@@ -148,6 +149,10 @@ class ProcessedRow(NamedTuple):
     # step: the sender) and the transfer (its debit's transaction id) the record belongs to.
     counterparty: str | None
     transfer_id: uuid.UUID | None
+    # Purchases (NULL for every other type): the purchase (its main record's transaction id)
+    # on each accepted record of it, and what was bought on each (ledger.purchases).
+    purchase_id: uuid.UUID | None
+    sku: str | None
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
@@ -277,6 +282,9 @@ def payload_hash(command: Command) -> bytes:
         fields += [command.hold_id, command.expires_in_s, command.transaction_id, command.reason]
     if command.to_user_id is not None:  # a transfer to someone else is another command
         fields.append(command.to_user_id)
+    if command.costs is not None:  # a purchase: what it pays and gets, for what
+        fields += [[(p.asset, p.amount) for p in command.costs],
+                   [(p.asset, p.amount) for p in command.grants or ()], command.sku]  # fmt: skip
     material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(material, digest_size=16).digest()
 
@@ -298,6 +306,15 @@ def transaction_id_for(user_id: str, idempotency_key: str) -> uuid.UUID:
     digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
     digest[8] = (digest[8] & 0x3F) | 0x80  # variant: RFC 4122
     return uuid.UUID(bytes=bytes(digest))
+
+
+def accounts_named(commands: Sequence[Command]) -> set[AccountKey]:
+    """The accounts commands touch: each one's own, and every asset a purchase moves."""
+    keys = {(c.user_id, c.asset) for c in commands}
+    for c in commands:
+        if c.costs is not None:
+            keys.update((c.user_id, p.asset) for p in (*c.costs, *(c.grants or ())))
+    return keys
 
 
 def references_named(
@@ -348,11 +365,20 @@ def plan_batch(
             _repeat(ctx, plan, item, command, prior)
             continue
         account_key = (command.user_id, command.asset)
-        account = plan.accounts.get(account_key) or accounts.get(account_key, EMPTY_ACCOUNT)
+        account = _account(plan, accounts, account_key)
         if command.type in INTERNAL_TYPES and (forged := transfers.unknown(command, refs)):
             # Not recorded (see ledger.transfers: it must not take the real step's key).
             failure = DecodeFailure(DecodeErrorCode.UNKNOWN_TRANSFER, forged.message, Envelope())
             _refuse(ctx, plan, item, failure)
+            continue
+        if command.type is CommandType.PURCHASE:
+            context = purchases.Context(
+                functools.partial(_account_of, plan, accounts, command.user_id),
+                assets, now_ms, caps, transaction_id_for,
+            )  # fmt: skip
+            seen[(command.user_id, command.idempotency_key)] = _purchase(
+                ctx, plan, item, command, purchases.decide_purchase(command, context), caps
+            )
             continue
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
         decision = decide(command, account, assets, tx_id, now_ms, refs)
@@ -367,6 +393,50 @@ def plan_batch(
     _assert_balanced(plan)
     assert len(plan.decided) == len(items), "one outcome per record"
     return plan
+
+
+def _account(
+    plan: BatchPlan, accounts: Mapping[AccountKey, AccountState], key: AccountKey
+) -> AccountState:
+    """An account as the batch has left it so far."""
+    return plan.accounts.get(key) or accounts.get(key, EMPTY_ACCOUNT)
+
+
+def _account_of(
+    plan: BatchPlan, accounts: Mapping[AccountKey, AccountState], user: str, asset: str
+) -> AccountState:
+    return _account(plan, accounts, (user, asset))
+
+
+def _purchase(
+    ctx: BatchContext,
+    plan: BatchPlan,
+    item: Intake,
+    command: Command,
+    decided: purchases.Decided | purchases.Refused,
+    caps: dict[AccountKey, Caps],
+) -> ProcessedRow:
+    """Record a purchase: every part accepted (one record each, all at its offset, the main
+    record first), or one rejected record naming the asset that refused it. Returns the main
+    record, which stands for the purchase's result."""
+    if isinstance(decided, purchases.Refused):
+        alike = command.model_copy(update={"asset": decided.asset, "amount": decided.amount})
+        fields = _rejected(alike, decided.before, decided.rejected)
+        rows = [_row(ctx, item, alike, decided.type, fields, _NO_TRANSFER, (None, command.sku))]
+    else:
+        rows = []
+        purchase_id = decided.parts[0].transaction_id
+        for part in decided.parts:
+            alike = command.model_copy(update={"idempotency_key": part.key, "asset": part.asset,
+                                               "amount": part.amount})  # fmt: skip
+            fields = _accepted(ctx, plan, alike, part.decision, part.transaction_id)
+            rows.append(_row(ctx, item, alike, part.type, fields, _NO_TRANSFER,
+                             (purchase_id, command.sku)))  # fmt: skip
+        caps.update(decided.caps)
+    plan.processed_rows += rows
+    plan.outbox_rows += outbox_rows_of(rows)
+    plan.decided.append(Outcome(command.type.value, rows[0].status, rows[0].error_code or ""))
+    return rows[0]
 
 
 def _within_caps(
@@ -426,23 +496,37 @@ def _record(
         legs_known = decision.legs
     else:
         decided = _rejected(command, before, decision)
-    # From one tuple (_make): this is every command's path, and a call with 39 arguments
-    # costs about three times as much. (str() of a StrEnum is its value, without the Python
-    # property call that .value makes.)
-    row = ProcessedRow._make((
-        command.user_id, command.idempotency_key, command.command_id, str(command.type),
-        command.asset, item.payload_hash or b"", command.description,
-        orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
-        ctx.processed_at, ctx.generation, command.reply_to,
-        None if transfer[1] else command.transaction_id, transfer[2] or command.reason,
-        *decided, *transfer[:2],
-    ))  # fmt: skip
+    # (str() of a StrEnum is its value, without the Python property call that .value makes.)
+    row = _row(ctx, item, command, str(command.type), decided, transfer, _NO_PURCHASE)
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row, legs_known))
     plan.decided.append(Outcome(row.type, row.status, row.error_code or ""))
     return row
 
 
+def _row(
+    ctx: BatchContext,
+    item: Intake,
+    command: Command,
+    type: str,
+    decided: _DecidedFields,
+    transfer: _TransferFields,
+    purchase: tuple[uuid.UUID | None, str | None],
+) -> ProcessedRow:
+    """A record of type `type` for `command`, with what its decision set."""
+    # From one tuple (_make): this is every command's path, and a call with 41 arguments
+    # costs about three times as much.
+    return ProcessedRow._make((
+        command.user_id, command.idempotency_key, command.command_id, type,
+        command.asset, item.payload_hash or b"", command.description,
+        orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
+        ctx.processed_at, ctx.generation, command.reply_to,
+        None if transfer[1] else command.transaction_id, transfer[2] or command.reason,
+        *decided, *transfer[:2], *purchase,
+    ))  # fmt: skip
+
+
+_NO_PURCHASE: tuple[None, None] = (None, None)
 _TransferFields = tuple[str | None, uuid.UUID | None, str | None]
 _NO_TRANSFER: _TransferFields = (None, None, None)
 _TRANSFER_TYPES = frozenset({CommandType.TRANSFER, *INTERNAL_TYPES})
@@ -582,7 +666,11 @@ def _repeat(
             # A retry answers with the debit: the outcome is the receiver's side's to tell.
             transfer = {"id": prior.transaction_id, "from_user_id": command.user_id,
                         "to_user_id": command.to_user_id, "status": "pending"}  # fmt: skip
-        reply = _reply_bytes(ctx, command, prior, True, transfer)
+        purchase = None
+        if command.type is CommandType.PURCHASE:  # its parts: GET /wallet/purchases/{id}
+            kind = purchases.CONVERSION if command.grants else purchases.ITEM
+            purchase = _purchase_info(prior, command.sku, kind)
+        reply = _reply_bytes(ctx, command, prior, True, transfer, purchase)
         plan.decided.append(Outcome(command.type.value, "duplicate", ""))
     else:
         reused = StoredResult(
@@ -658,6 +746,7 @@ def _reply_bytes(
     result: StoredResult | ProcessedRow,
     duplicate: bool,
     transfer: dict[str, object] | None = None,
+    purchase: dict[str, object] | None = None,
 ) -> bytes:
     error = None
     if result.error_code is not None:
@@ -665,13 +754,87 @@ def _reply_bytes(
     return wire.reply_bytes(
         command_id=command.command_id, idempotency_key=command.idempotency_key,
         user_id=command.user_id, status=result.status, duplicate=duplicate,
-        transaction_id=result.transaction_id, type=result.type, asset=result.asset,
+        transaction_id=result.transaction_id, type=purchases.ITEM if purchase else result.type,
+        asset=result.asset,
         amount=result.amount, balance=result.balance_after, error=error,
         processed_at=ctx.processed_at, paid=result.paid_after, consumed_paid=result.consumed_paid,
         expired=result.expired_amount, held=result.held_after, debt=result.debt_after,
         hold_id=result.hold_id, released=result.released_amount, version=result.version,
-        transfer=transfer,
+        transfer=transfer, purchase=purchase,
     )  # fmt: skip
+
+
+def outbox_rows_of(rows: Sequence[ProcessedRow]) -> list[OutboxRow]:
+    """What the relay publishes for the records of one consumed offset: one record's (see
+    outbox_row_of), or a purchase's: the reply (from all its records) with the main record's
+    event, then each other record's event."""
+    main = rows[0]
+    if main.sku is None:
+        assert len(rows) == 1, rows
+        return [outbox_row_of(main)]
+    ordered = _purchase_order(rows)
+    main = ordered[0]
+    first = OutboxRow(
+        main.topic, main.partition, main.generation, main.source_offset, main.user_id.encode(),
+        main.reply_topic, _purchase_reply(ordered),
+        None if main.transaction_id is None else event_bytes(main), None, main.processed_at,
+    )  # fmt: skip
+    events = [_event_row(r) for r in ordered[1:]]
+    return [first, *events]
+
+
+def _event_row(row: ProcessedRow) -> OutboxRow:
+    """An outbox row with a record's event only (a purchase's part: its reply is the main's)."""
+    return OutboxRow(
+        row.topic, row.partition, row.generation, row.source_offset, row.user_id.encode(), None,
+        None, event_bytes(row), None, row.processed_at,
+    )  # fmt: skip
+
+
+def outbox_rows_by_offset(rows: Sequence[ProcessedRow]) -> list[OutboxRow]:
+    """outbox_rows_of for records in (generation, offset) order, each offset's together."""
+    grouped = itertools.groupby(rows, key=lambda r: (r.generation, r.source_offset))
+    return [row for _, group in grouped for row in outbox_rows_of(list(group))]
+
+
+def _purchase_order(rows: Sequence[ProcessedRow]) -> list[ProcessedRow]:
+    """A purchase's records as its reply lists them, however they were read: the main record
+    (the command's own key), then the costs and the grants, by asset and version."""
+    prefix = purchases.PART_KEY_PREFIX
+    assert sum(1 for r in rows if not r.idempotency_key.startswith(prefix)) == 1, rows
+    return sorted(rows, key=lambda r: (r.idempotency_key.startswith(prefix),
+                                       r.type == purchases.GRANT, r.asset,
+                                       r.version or 0))  # fmt: skip
+
+
+def _purchase_reply(rows: Sequence[ProcessedRow]) -> bytes:
+    """The reply to a purchase, from its records (the main one first): the main record's
+    fields, and each asset it moved (a grant's two lots summed)."""
+    main = rows[0]
+    parts: dict[str, dict[str, object]] = {}
+    for r in rows if main.status == "accepted" else ():
+        assert r.amount is not None and r.balance_after is not None and r.consumed_paid is not None
+        sign = 1 if r.type == purchases.GRANT else -1
+        before = parts.get(r.asset, {"amount": 0, "paid": 0})
+        parts[r.asset] = {
+            "asset": r.asset, "amount": int(before["amount"]) + sign * r.amount,  # type: ignore[call-overload]
+            "paid": int(before["paid"]) + r.consumed_paid,  # type: ignore[call-overload]
+            "balance": r.balance_after + (r.held_after or 0), "available": r.balance_after,
+            "position": f"{r.asset}:{r.version}",
+        }  # fmt: skip
+    info = _purchase_info(main, main.sku, main.type)
+    info["parts"] = list(parts.values()) if parts else None
+    return _plain_reply(main, info)
+
+
+def _purchase_info(
+    result: StoredResult | ProcessedRow, sku: str | None, main_type: str
+) -> dict[str, object]:
+    """A purchase reply's `purchase`, but its parts."""
+    rejected = result.status == "rejected"
+    return {"id": None if rejected else result.transaction_id, "sku": sku,
+            "kind": "conversion" if main_type == purchases.CONVERSION else "item",
+            "refused_asset": result.asset if rejected else None, "parts": None}  # fmt: skip
 
 
 def outbox_row_of(row: ProcessedRow, legs_known: Legs | None = None) -> OutboxRow:
@@ -768,15 +931,18 @@ def _transfer_reply(row: ProcessedRow) -> bytes:
     )  # fmt: skip
 
 
-def _plain_reply(row: ProcessedRow) -> bytes:
+def _plain_reply(row: ProcessedRow, purchase: dict[str, object] | None = None) -> bytes:
+    """The reply to a command from its record (`purchase`: a purchase's, from its main one)."""
     error = None if row.error_code is None else (row.error_code, row.error_message or "")
     return wire.reply_bytes(
         command_id=row.command_id, idempotency_key=row.idempotency_key, user_id=row.user_id,
-        status=row.status, duplicate=False, transaction_id=row.transaction_id, type=row.type,
+        status=row.status, duplicate=False, transaction_id=row.transaction_id,
+        type=purchases.ITEM if purchase else row.type,
         asset=row.asset, amount=row.amount, balance=row.balance_after, error=error,
         processed_at=row.processed_at, paid=row.paid_after, consumed_paid=row.consumed_paid,
         expired=row.expired_amount, held=row.held_after, debt=row.debt_after,
         hold_id=row.hold_id, released=row.released_amount, version=row.version,
+        purchase=purchase,
     )  # fmt: skip
 
 
@@ -798,7 +964,7 @@ def event_bytes(row: ProcessedRow, legs_known: Legs | None = None) -> bytes:
         paid_after=row.paid_after, legs=legs_known,
         held_after=row.held_after or 0, debt_after=row.debt_after or 0, hold_id=row.hold_id,
         reverses=row.reverses, reason=row.reason, transfer_id=row.transfer_id,
-        counterparty=row.counterparty,
+        counterparty=row.counterparty, purchase_id=row.purchase_id, sku=row.sku,
     ))  # fmt: skip
 
 
@@ -822,6 +988,6 @@ def _assert_balanced(plan: BatchPlan) -> None:
         assert row.transaction_id is transaction_id, "a transaction's entries apart"
         total += row.amount
     assert total == 0, "unbalanced transaction planned"
-    assert transactions == sum(1 for d in plan.decided if d.outcome == "accepted"), (
-        "one user leg each"
-    )
+    # Records, not outcomes: a purchase is one outcome of several records.
+    accepted = sum(1 for r in plan.processed_rows if r.status == "accepted")
+    assert transactions == accepted, "one user leg each"

@@ -98,12 +98,18 @@ def _take_back(account: AccountState, target: Target, lot_id: uuid.UUID) -> Acce
 
 
 class Origin(NamedTuple):
-    """What the crediting record of a lot says of it: its type, the account version it
-    opened at and its expiry."""
+    """What the crediting record of a lot says of it: whether the lot is paid currency, the
+    account version it opened at and its expiry."""
 
-    type: str
+    paid: bool
     version: int
     expires_ms: int | None
+
+
+def opens_paid_lot(type: str, amount: int | None, consumed_paid: int | None) -> bool:
+    """Whether a crediting record opened a lot of paid currency: a top-up's, or a purchase's
+    grant whose record says all of it was paid (see ledger.purchases)."""
+    return type == "top_up" or (type == "purchase_grant" and consumed_paid == amount)
 
 
 def legacy_lot_id(paid: bool, user_id: str, asset: str) -> uuid.UUID:
@@ -126,6 +132,6 @@ def target_pieces(
             paid = lot == legacy_lot_id(True, user_id, asset)
             pieces.append(lots.Piece(lot, paid, amount, 0, None, 0))
         else:
-            paid = origin.type == "top_up"
-            pieces.append(lots.Piece(lot, paid, amount, origin.version, origin.expires_ms, 0))
+            pieces.append(lots.Piece(lot, origin.paid, amount, origin.version, origin.expires_ms,
+                                     0))  # fmt: skip
     return tuple(pieces)

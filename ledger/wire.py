@@ -41,6 +41,7 @@ def reply_bytes(
     released: int | None = None,
     version: int | None = None,
     transfer: dict[str, object] | None = None,
+    purchase: dict[str, object] | None = None,
 ) -> bytes:
     """A `wallet.replies` message (schemas.replies.Reply). `balance` is the user account's
     balance, what is available (the reply's `balance` adds what holds keep aside: `held`);
@@ -77,6 +78,7 @@ def reply_bytes(
             "processed_at": processed_at,
             "position": None if version is None else f"{asset}:{version}",
             "transfer": transfer,
+            "purchase": purchase,
         }
     )
 
@@ -103,6 +105,8 @@ def event_document(
     reason: str | None,
     transfer_id: uuid.UUID | None = None,
     counterparty: str | None = None,
+    purchase_id: uuid.UUID | None = None,
+    sku: str | None = None,
 ) -> dict[str, object]:
     """The `wallet.events` message of one accepted transaction (schemas.events.LedgerEvent):
     its system legs as its record implies them (ledger.legs.system_legs), the user's
@@ -134,6 +138,8 @@ def event_document(
         "reason": reason,
         "transfer_id": transfer_id,
         "counterparty": counterparty,
+        "purchase_id": purchase_id,
+        "sku": sku,
         "entries": entries,
         "description": description,
         "occurred_at": occurred_at,

@@ -28,6 +28,7 @@ from ledger.plan import (
     Intake,
     Outcome,
     StoredResult,
+    accounts_named,
     plan_batch,
     references_named,
 )
@@ -199,7 +200,7 @@ class PartitionWorker:
         """A batch of `intakes` from next_offset to consumed_to; `last` is its last record's
         offset and fingerprint."""
         commands = [i.admitted for i in intakes if isinstance(i.admitted, Command)]
-        keys = {(c.user_id, c.asset) for c in commands}
+        keys = accounts_named(commands)
         position = BatchPosition(
             topic=self.tp.topic,
             partition=self.tp.partition,
@@ -216,7 +217,7 @@ class PartitionWorker:
             ids=list({(c.user_id, c.idempotency_key) for c in commands}),
             keys=keys,
             uncached=[k for k in keys if k not in self._accounts],
-            assets={c.asset for c in commands},
+            assets={asset for _, asset in keys},
             position=position,
             cut=cut,
             references=references_named(commands),

@@ -1,5 +1,5 @@
-"""The HTTP query routes: balances, history, one transaction, one transfer, liveness and
-readiness."""
+"""The HTTP query routes: balances, history, one transaction, one transfer, one purchase,
+liveness and readiness."""
 
 from __future__ import annotations
 
@@ -185,6 +185,16 @@ async def get_transfer(transferId: uuid.UUID, request: Request) -> dict[str, Any
         found = await queries.transfer(conn, transferId)
     if found is None:
         raise HTTPException(status_code=404, detail="no such transfer")
+    return found
+
+
+@router.get("/wallet/purchases/{purchaseId}")
+async def get_purchase(purchaseId: uuid.UUID, request: Request) -> dict[str, Any]:
+    """A purchase (its id: the `purchase.id` of its reply) and each asset it moved."""
+    async with _pool(request).acquire() as conn:
+        found = await queries.purchase(conn, purchaseId)
+    if found is None:
+        raise HTTPException(status_code=404, detail="no such purchase")
     return found
 
 

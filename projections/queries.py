@@ -1,5 +1,5 @@
 """Read queries: balances (projected, or straight from the ledger), history, one transaction,
-one transfer."""
+one transfer, one purchase."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ async def ledger_accounts(conn: Conn, user_id: str) -> Accounts:
 _ITEM_COLUMNS = """
     e.entry_id, e.transaction_id, c.type, e.asset, abs(e.amount) AS amount,
     CASE WHEN e.amount > 0 THEN 'credit' ELSE 'debit' END AS direction,
-    e.balance_after, c.description, e.created_at, c.counterparty, c.transfer_id
+    e.balance_after, c.description, e.created_at, c.counterparty, c.transfer_id, c.purchase_id,
+    c.sku
 """
 
 
@@ -129,6 +130,9 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
         # A transfer's debit, credit or refund: the other player, and the transfer.
         "counterparty": row["counterparty"],
         "transferId": None if row["transfer_id"] is None else str(row["transfer_id"]),
+        # A purchase's record (one per asset it moved): the purchase, and what was bought.
+        "purchaseId": None if row["purchase_id"] is None else str(row["purchase_id"]),
+        "sku": row["sku"],
     }
 
 
@@ -176,4 +180,38 @@ def _step(row: asyncpg.Record) -> dict[str, Any]:
         "status": row["status"],
         "transactionId": None if tx is None else str(tx),
         "time": row["processed_at"].isoformat(),
+    }
+
+
+async def purchase(conn: Conn, purchase_id: uuid.UUID) -> dict[str, Any] | None:
+    """A purchase and its records, one per asset it moved (ledger.purchases): the main one
+    first, then the costs and the grants."""
+    rows = await conn.fetch(
+        """
+        SELECT type, user_id, asset, amount, consumed_paid, sku, transaction_id, processed_at,
+               idempotency_key LIKE 'purchase-part:%' AS part
+          FROM processed_commands WHERE purchase_id = $1
+         ORDER BY part, type = 'purchase_grant', asset, version
+        """,
+        purchase_id,
+    )
+    if not rows:
+        return None
+    main = rows[0]
+    return {
+        "purchaseId": str(purchase_id),
+        "userId": main["user_id"],
+        "sku": main["sku"],
+        "kind": "conversion" if main["type"] == "conversion" else "item",
+        "time": main["processed_at"].isoformat(),
+        "parts": [
+            {
+                "type": r["type"],
+                "assetId": r["asset"],
+                "amount": r["amount"] if r["type"] == "purchase_grant" else -r["amount"],
+                "paid": r["consumed_paid"],
+                "transactionId": str(r["transaction_id"]),
+            }
+            for r in rows
+        ],
     }

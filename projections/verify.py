@@ -12,6 +12,8 @@ EXAMPLES_MAX = 5
 UNPUBLISHED_GRACE_S = 60
 EXPIRED_OPEN_GRACE_S = 300
 TRANSFER_IN_FLIGHT_GRACE_S = 300
+# Whether a crediting record `c` opened a lot of paid currency (ledger.reversals.opens_paid_lot).
+_PAID_LOT = "(c.type = 'top_up' OR (c.type = 'purchase_grant' AND c.consumed_paid = c.amount))"
 
 CHECKS: list[tuple[str, str]] = [
     (
@@ -46,7 +48,9 @@ CHECKS: list[tuple[str, str]] = [
         # lots: all of it to revenue); a hold into holds, a capture or release out of it; a
         # reverse its target's legs backwards; an expire's amount, and what any transaction
         # booked out, to expired; held money given back out of holds; debt paid or left
-        # to and from receivable; a transfer into `transfers`, its credit or refund out of it.
+        # to and from receivable; a transfer into `transfers`, its credit or refund out of it;
+        # an item purchase's cost as a spend; a conversion's cost into `exchange`, its grants
+        # out of it.
         "every accepted command has one user entry and the system entries its record implies",
         """SELECT c.transaction_id::text AS example FROM processed_commands c
              LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id
@@ -63,11 +67,11 @@ CHECKS: list[tuple[str, str]] = [
                   <> CASE WHEN c.type = 'bonus' THEN -c.amount
                           WHEN c.reversed_type = 'bonus' THEN c.amount ELSE 0 END
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'revenue'), 0)
-                  <> CASE WHEN c.type IN ('spend', 'capture') THEN 1
+                  <> CASE WHEN c.type IN ('spend', 'capture', 'purchase') THEN 1
                           WHEN c.reversed_type IN ('spend', 'capture') THEN -1 ELSE 0 END
                      * coalesce(c.consumed_paid, c.amount)
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'free_spent'), 0)
-                  <> CASE WHEN c.type IN ('spend', 'capture') THEN 1
+                  <> CASE WHEN c.type IN ('spend', 'capture', 'purchase') THEN 1
                           WHEN c.reversed_type IN ('spend', 'capture') THEN -1 ELSE 0 END
                      * (c.amount - coalesce(c.consumed_paid, c.amount))
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'expired'), 0)
@@ -82,7 +86,10 @@ CHECKS: list[tuple[str, str]] = [
                OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'transfers'), 0)
                   <> CASE WHEN c.type = 'transfer' THEN c.amount
                           WHEN c.type IN ('transfer_in', 'transfer_refund') THEN -c.amount
-                          ELSE 0 END""",
+                          ELSE 0 END
+               OR coalesce(sum(e.amount) FILTER (WHERE e.account_kind = 'exchange'), 0)
+                  <> CASE c.type WHEN 'conversion' THEN c.amount
+                                 WHEN 'purchase_grant' THEN -c.amount ELSE 0 END""",
     ),
     (
         # Replies and events are rebuilt from the command's record: it must say what the
@@ -123,9 +130,10 @@ CHECKS: list[tuple[str, str]] = [
         # reversals recorded taking from it (lots_taken; a capture's come from its hold) and
         # what expiry booked out of it (lots_expired) and what paid debt (lots_settled), plus
         # what was given back or handed to it (lots_returned: holds released, reversed spends,
-        # transfers received or refunded); and it is of its credit's kind everywhere.
+        # transfers received or refunded); and it is of its credit's kind everywhere (a
+        # purchase's grant: paid when its record says all of it was).
         "each credit's lot holds what it brought less what was taken, plus what came back",
-        """WITH moved AS (
+        f"""WITH moved AS (
                 SELECT c.asset, t, -1 AS sign FROM processed_commands c
                  CROSS JOIN jsonb_array_elements(CASE WHEN c.type = 'capture' THEN '[]'
                                                  ELSE coalesce(c.lots_taken, '[]') END
@@ -148,13 +156,13 @@ CHECKS: list[tuple[str, str]] = [
               FROM processed_commands c
               LEFT JOIN taken t ON t.asset = c.asset AND t.lot_id = c.transaction_id
               LEFT JOIN held l ON l.asset = c.asset AND l.lot_id = c.transaction_id
-             WHERE c.type IN ('top_up', 'bonus') AND c.status = 'accepted'
+             WHERE c.type IN ('top_up', 'bonus', 'purchase_grant') AND c.status = 'accepted'
                AND c.paid_after IS NOT NULL
                AND (c.amount - coalesce(c.debt_paid, 0) - coalesce(t.n, 0)
                     + (SELECT coalesce(sum((s->>1)::bigint), 0)  -- debt paid from lots, not it
                          FROM jsonb_array_elements(coalesce(c.lots_settled, '[]')) s)
                     <> coalesce(l.remaining, 0)
-                    OR l.all_paid <> (c.type = 'top_up') OR l.any_paid <> (c.type = 'top_up'))""",
+                    OR l.all_paid <> {_PAID_LOT} OR l.any_paid <> {_PAID_LOT})""",
     ),
     (
         # (A capture may: its hold took the currency while it was still spendable.)
@@ -163,7 +171,8 @@ CHECKS: list[tuple[str, str]] = [
               FROM processed_commands s
              CROSS JOIN jsonb_array_elements(s.lots_taken) t
               JOIN processed_commands c ON c.transaction_id = (t->>0)::uuid
-             WHERE s.lots_taken IS NOT NULL AND s.type IN ('spend', 'hold')
+             WHERE s.lots_taken IS NOT NULL
+               AND s.type IN ('spend', 'hold', 'purchase', 'conversion')
                AND c.expires_at <= s.processed_at""",
     ),
     (
@@ -230,6 +239,34 @@ CHECKS: list[tuple[str, str]] = [
                      WHERE account_kind = 'user' ORDER BY user_id, asset, version DESC) d
                  WHERE debt_after IS NOT NULL) r
              GROUP BY asset HAVING sum(amount) <> 0""",
+    ),
+    (
+        # A purchase (ledger.purchases) is one record per asset, all at its command's offset:
+        # the main one (the command's key) and parts under reserved keys, each naming the
+        # purchase. An item purchase's records are all `purchase`; a conversion is one
+        # `conversion` (the main) and its grants, each grant asset's paid part the cost's
+        # paid share of it, rounded down.
+        "each purchase is whole: its records together, of its kind, its grants' paid share kept",
+        """WITH p AS (
+                SELECT purchase_id, user_id, topic, partition, generation, source_offset, sku,
+                       type, asset, amount, consumed_paid,
+                       idempotency_key LIKE 'purchase-part:%' AS part
+                  FROM processed_commands WHERE purchase_id IS NOT NULL),
+            main AS (SELECT * FROM p WHERE NOT part),
+            granted AS (
+                SELECT purchase_id, sum(amount) AS amount, sum(consumed_paid) AS paid
+                  FROM p WHERE type = 'purchase_grant' GROUP BY purchase_id, asset)
+            SELECT x.purchase_id::text AS example FROM p x LEFT JOIN main m USING (purchase_id)
+             WHERE m.purchase_id IS NULL
+                OR (x.user_id, x.topic, x.partition, x.generation, x.source_offset, x.sku)
+                   IS DISTINCT FROM
+                   (m.user_id, m.topic, m.partition, m.generation, m.source_offset, m.sku)
+                OR (x.type = 'purchase') <> (m.type = 'purchase')
+                OR (x.part AND x.type = 'conversion')
+            UNION ALL
+            SELECT m.purchase_id::text FROM main m LEFT JOIN granted g USING (purchase_id)
+             WHERE (m.type = 'conversion') <> (g.purchase_id IS NOT NULL)
+                OR g.paid <> floor(g.amount::numeric * m.consumed_paid / m.amount)""",
     ),
     (
         # A transfer (ledger.transfers) is in flight (debited, in `transfers`), completed

@@ -77,6 +77,15 @@ class CommandType(StrEnum):
     TRANSFER = "transfer"
     TRANSFER_IN = "transfer_in"  # internal: credit the receiver (or refuse), keyed by them
     TRANSFER_REFUND = "transfer_refund"  # internal: give a refused transfer back to its sender
+    # Pay `costs` (1-8 assets) for a `sku`, and receive `grants` (0-8): all parts booked in one
+    # transaction of the buyer's partition, or none (ledger.purchases). With no grants an item
+    # purchase (costs consumed like spends); with grants a conversion (one cost, each part
+    # through the asset's `exchange` account).
+    PURCHASE = "purchase"
+    # What the ledger records of a purchase besides `purchase` (an item purchase's cost):
+    # record types only, refused as commands.
+    CONVERSION = "conversion"  # a conversion's cost: user -> exchange
+    PURCHASE_GRANT = "purchase_grant"  # a conversion's grant: exchange -> user (a new lot)
 
 
 CREDITS = frozenset({CommandType.TOP_UP, CommandType.BONUS})
@@ -89,7 +98,12 @@ SWEEP_KEY_PREFIX = "wallet-expiry-sweep:"
 # first and leave the transfer stuck half way.
 INTERNAL_KEY_PREFIXES = {"transfer_in": "transfer-in:", "transfer_refund": "transfer-refund:"}
 INTERNAL_TYPES = frozenset({CommandType.TRANSFER_IN, CommandType.TRANSFER_REFUND})
-_RESERVED_KEY_PREFIXES = (SWEEP_KEY_PREFIX, *INTERNAL_KEY_PREFIXES.values())
+# The keys of a purchase's records besides its own (one per further asset it moves, see
+# ledger.purchases): reserved, so that no command takes a part's key first.
+PURCHASE_PART_KEY_PREFIX = "purchase-part:"
+RECORD_ONLY_TYPES = frozenset({CommandType.CONVERSION, CommandType.PURCHASE_GRANT})
+_RESERVED_KEY_PREFIXES = (SWEEP_KEY_PREFIX, PURCHASE_PART_KEY_PREFIX,
+                          *INTERNAL_KEY_PREFIXES.values())  # fmt: skip
 EXPIRES_AT_AHEAD_MAX = timedelta(days=3660)  # about ten years
 HOLD_EXPIRES_IN_S_MIN = 1
 HOLD_EXPIRES_IN_S_MAX = 30 * 24 * 3600  # thirty days
@@ -107,11 +121,23 @@ _FIELDS: dict[CommandType, tuple[str | None, str | None, str | None, str | None]
     CommandType.TRANSFER: ("required", None, None, None),
     CommandType.TRANSFER_IN: ("required", None, None, "required"),
     CommandType.TRANSFER_REFUND: (None, None, None, "required"),
+    CommandType.PURCHASE: (None, None, None, None),
 }
+PARTS_MAX = 8  # costs, and grants, of one purchase
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")]
 _AMOUNT_ONLY = frozenset({CommandType.TOP_UP, CommandType.BONUS, CommandType.SPEND})
 HoldId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 ]
+
+
+class Part(BaseModel):
+    """One asset a purchase pays (a cost) or receives (a grant)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    asset: AssetCode
+    amount: int = Field(ge=AMOUNT_MIN, le=AMOUNT_MAX, description="Integer minor units.")
 
 
 class Command(BaseModel):
@@ -127,7 +153,8 @@ class Command(BaseModel):
     idempotency_key: IdempotencyKey = Field(
         description="Unique per user; retries reuse it. Keys starting with "
         f"'{SWEEP_KEY_PREFIX}' are the expiry sweep's (only an expire may use one); keys "
-        "starting with 'transfer-in:' or 'transfer-refund:' are a transfer's own steps'."
+        "starting with 'transfer-in:' or 'transfer-refund:' are a transfer's own steps', and "
+        "keys starting with 'purchase-part:' a purchase's parts'."
     )
     type: CommandType
     user_id: UserId
@@ -165,6 +192,20 @@ class Command(BaseModel):
     to_user_id: UserId | None = Field(
         default=None, description="transfer only (required): who receives the amount."
     )
+    costs: list[Part] | None = Field(
+        default=None, min_length=1, max_length=PARTS_MAX,
+        description="purchase only (required): what it pays, 1-8 assets, the first one the "
+        "command's `asset`.",
+    )  # fmt: skip
+    grants: list[Part] | None = Field(
+        default=None, max_length=PARTS_MAX,
+        description="purchase only: what it gives, 0-8 assets (a conversion: exactly one "
+        "cost); no asset twice across costs and grants.",
+    )  # fmt: skip
+    sku: Sku | None = Field(
+        default=None, description="purchase only (required): what was bought, as the caller "
+        "prices it (the ledger records it, never a price).",
+    )  # fmt: skip
     description: Description | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict)
     reply_to: TopicName = DEFAULT_REPLIES_TOPIC
@@ -184,6 +225,9 @@ class Command(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> Command:
+        if self.type in RECORD_ONLY_TYPES:
+            raise ValueError(f"{self.type} is what the ledger records of a purchase: send a "
+                             "purchase")  # fmt: skip
         plain = self.type in _AMOUNT_ONLY  # most commands: checked without the table's loop
         if plain and self.amount is not None and self.hold_id is None is self.expires_in_s:
             if self.transaction_id is not None or self.reason is not None:
@@ -192,6 +236,8 @@ class Command(BaseModel):
             self._check_fields()
         if self.to_user_id is not None or self.type is CommandType.TRANSFER:
             self._transfer_fields()
+        if self.costs is not None or self.type is CommandType.PURCHASE or self.grants or self.sku:
+            self._purchase_fields()
         if self.idempotency_key.startswith(_RESERVED_KEY_PREFIXES) or self.type in INTERNAL_TYPES:
             self._reserved_key()
         if self.expires_at is not None:
@@ -220,6 +266,24 @@ class Command(BaseModel):
         if self.to_user_id == self.user_id:
             raise ValueError("a transfer's to_user_id must be another user")
 
+    def _purchase_fields(self) -> None:
+        """A purchase names its costs (the first one its `asset`), grants and sku, each asset
+        once; no other type names any (conversion and purchase_grant are records only)."""
+        if self.type is not CommandType.PURCHASE:
+            raise ValueError("costs, grants and sku are for purchase only")
+        if self.costs is None or self.sku is None:
+            raise ValueError("a purchase requires costs and sku")
+        grants = self.grants or []
+        named = [part.asset for part in (*self.costs, *grants)]
+        if len(set(named)) != len(named):
+            raise ValueError("a purchase names each asset once, across costs and grants")
+        if self.costs[0].asset != self.asset:
+            raise ValueError("a purchase's asset is its first cost's")
+        if grants and len(self.costs) != 1:
+            # Why: a grant keeps the paid share of what paid for it, and weighing GOLD against
+            # DIAMONDS would need prices, which live with the caller.
+            raise ValueError("a purchase with grants (a conversion) has exactly one cost")
+
     def _reserved_key(self) -> None:
         """The expiry sweep's keys are for expire; a transfer step's key is its prefix and
         the transfer's id, and no other command may use those prefixes."""
@@ -229,6 +293,9 @@ class Command(BaseModel):
         prefix = INTERNAL_KEY_PREFIXES.get(self.type.value)
         if prefix is not None and key != f"{prefix}{self.transaction_id}":
             raise ValueError(f"a {self.type}'s idempotency key is {prefix!r} + transaction_id")
+        if key.startswith(PURCHASE_PART_KEY_PREFIX):
+            raise ValueError(f"keys starting with {PURCHASE_PART_KEY_PREFIX!r} are for the "
+                             "records of a purchase's parts")  # fmt: skip
         if prefix is None and key.startswith(tuple(INTERNAL_KEY_PREFIXES.values())):
             raise ValueError("keys starting with 'transfer-in:' or 'transfer-refund:' are "
                              "for the wallet's own transfer steps")  # fmt: skip
@@ -266,6 +333,9 @@ def new_command(
     transaction_id: UUID | None = None,
     reason: str | None = None,
     to_user_id: str | None = None,
+    costs: list[Part] | None = None,
+    grants: list[Part] | None = None,
+    sku: str | None = None,
 ) -> Command:
     """Build a validated command (the Python producer's way in)."""
     return Command(
@@ -284,4 +354,7 @@ def new_command(
         transaction_id=transaction_id,
         reason=reason,
         to_user_id=to_user_id,
+        costs=costs,
+        grants=grants,
+        sku=sku,
     )

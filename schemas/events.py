@@ -26,6 +26,9 @@ class AccountKind(StrEnum):
     # Transfers in flight: debited from their sender, not yet credited to their receiver nor
     # given back (it sums to what is in flight).
     TRANSFERS = "transfers"
+    # Conversions: what conversions took of an asset (their costs) less what they gave of it
+    # (their grants). Prices live with the caller, so it sums to nothing in particular.
+    EXCHANGE = "exchange"
 
 
 class Entry(BaseModel):
@@ -57,6 +60,10 @@ class LedgerEvent(BaseModel):
     reason: str | None  # reverse: why; transfer_refund: the receiver's refusal
     transfer_id: UUID | None = None  # transfer, transfer_in, transfer_refund: the transfer
     counterparty: str | None = None  # transfer: the receiver; its steps: the sender
+    # purchase, conversion, purchase_grant: the purchase (its first cost's transaction id, one
+    # event per asset it moved) and what was bought.
+    purchase_id: UUID | None = None
+    sku: str | None = None
     entries: list[Entry]
     description: str | None
     occurred_at: AwareDatetime

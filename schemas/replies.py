@@ -78,6 +78,40 @@ class TransferInfo(BaseModel):
     status: TransferStatus
 
 
+class PurchaseKind(StrEnum):
+    ITEM = "item"  # no grants: the costs are consumed like spends
+    CONVERSION = "conversion"  # one cost into `exchange`, grants out of it
+
+
+class PurchasePart(BaseModel):
+    """One asset a purchase moved, as the wallet stands after it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asset: str
+    amount: int = Field(description="Signed: a cost negative, a grant positive.")
+    paid: int = Field(description="The paid part: of a cost, what it took of paid currency; "
+                      "of a grant, what it gave as paid currency.")  # fmt: skip
+    balance: int
+    available: int
+    position: str = Field(pattern=r"^[A-Z][A-Z0-9_]*:[1-9][0-9]*$")
+
+
+class PurchaseInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: UUID | None = Field(description="The purchase (its first cost's transaction); null "
+                            "when refused.")  # fmt: skip
+    sku: str | None
+    kind: PurchaseKind
+    refused_asset: str | None = Field(description="Refused: the asset whose cost or grant "
+                                      "refused it (the reply's `asset` too).")  # fmt: skip
+    parts: list[PurchasePart] | None = Field(
+        description="Accepted: every asset it moved, costs then grants. Null in the reply to "
+        "a retry: GET /wallet/purchases/{id} has them."
+    )
+
+
 class Reply(BaseModel):
     """Outcome of one command. A consumer dedupes by `command_id` (delivery is at-least-once)."""
 
@@ -120,6 +154,11 @@ class Reply(BaseModel):
         "to a transfer comes when the receiver's side has decided: completed, or refused (the "
         "amount back in the sender's wallet, `error` the receiver's reason). A retry of the "
         "transfer answers `pending` with the debit; GET /wallet/transfers/{id} tells the rest.",
+    )
+    purchase: PurchaseInfo | None = Field(
+        None,
+        description="A purchase: its id, sku and kind, and each asset it moved. Refused, "
+        "`asset`, `amount` and the balances are those of the part that refused it.",
     )
     position: str | None = Field(
         None,

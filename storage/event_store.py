@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 
 from foundation.errors import FencedError
+from ledger import purchases
 from ledger.account import (
     BALANCE_MAX,
     AccountState,
@@ -27,7 +28,7 @@ from ledger.account import (
     Step,
     Target,
 )
-from ledger.caps import DAY_MS, Caps
+from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, SpendOrder, at_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -38,7 +39,7 @@ from ledger.plan import (
     OutboxRow,
     ProcessedRow,
     StoredResult,
-    outbox_row_of,
+    outbox_rows_by_offset,
 )
 from ledger.reversals import Origin, target_pieces
 from storage.db import ERROR_CHARS_MAX, Conn, Failure, translated
@@ -658,13 +659,16 @@ class PostgresEventStore:
         first: the outbox's rows, and each decided command's reply and event rebuilt from its
         idempotency record (the same bytes the planner made; see ledger.plan.outbox_row_of)."""
         args = (topic, partition, after[0], after[1], limit)
+        # The records of every offset among the first `limit` whole (a purchase writes several).
+        wider = (*args[:4], limit + purchases.RECORDS_MAX)
         async with self._pool.acquire() as conn:
             stored = await conn.fetch(_UNPUBLISHED_OUTBOX_SQL, *args, timeout=self._timeout_s)
-            decided = await conn.fetch(_UNPUBLISHED_DECIDED_SQL, *args, timeout=self._timeout_s)
+            decided = await conn.fetch(_UNPUBLISHED_DECIDED_SQL, *wider, timeout=self._timeout_s)
         messages = [OutboxMessage(*r) for r in stored]
-        messages += [OutboxMessage.of(outbox_row_of(processed_row(r))) for r in decided]
-        messages.sort(key=lambda m: (m.generation, m.source_offset))
-        return messages[:limit]
+        rows = outbox_rows_by_offset([processed_row(r) for r in decided])
+        messages += [OutboxMessage.of(row) for row in rows]
+        messages.sort(key=lambda m: (m.generation, m.source_offset))  # stable
+        return whole_offsets(messages, limit)
 
     @translated
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
@@ -754,11 +758,27 @@ SELECT {", ".join(PROCESSED_COLUMNS)}
  LIMIT $5"""
 
 
+def whole_offsets(messages: list[OutboxMessage], limit: int) -> list[OutboxMessage]:
+    """The first `limit` messages, ordered by offset, cut where an offset ends: the relay's
+    watermark says "everything before offset N is published", so a page ending inside a
+    purchase's messages would skip the rest of them. An offset with more messages than
+    `limit` comes whole."""
+    if len(messages) <= limit:
+        return messages
+    at = [(m.generation, m.source_offset) for m in messages]
+    cut = limit
+    while cut and at[cut - 1] == at[cut]:
+        cut -= 1
+    if not cut:
+        cut = next((i for i, offset in enumerate(at) if offset != at[0]), len(at))
+    return messages[:cut]
+
+
 def processed_row(row: asyncpg.Record) -> ProcessedRow:
     """A stored idempotency record as the planner made it (asyncpg's UUIDs as the stdlib's);
     other columns the row holds are left out."""
     fields = {name: row[name] for name in PROCESSED_COLUMNS}
-    for name in ("command_id", "transaction_id", "reverses", "transfer_id"):
+    for name in ("command_id", "transaction_id", "reverses", "transfer_id", "purchase_id"):
         fields[name] = std_uuid(fields[name])
     return ProcessedRow(**fields)
 
@@ -782,19 +802,19 @@ def _account(row: asyncpg.Record) -> AccountState:
     return state
 
 
-# A day's spends, captures and transfers out of each capped wallet, through the records'
-# primary key (user first): only capped wallets, few, are looked at.
+# A day's spends (captures and purchases' costs too) and transfers out of each capped
+# wallet, through the records' primary key (user first): only capped wallets, few, are looked at.
 _CAPS_SQL = """
 SELECT l.user_id, l.asset, l.daily_spend_max, l.daily_transfer_out_max,
-       coalesce(sum(c.amount) FILTER (WHERE c.type IN ('spend', 'capture')), 0)::bigint AS spent,
+       coalesce(sum(c.amount) FILTER (WHERE c.type IN {spent}), 0)::bigint AS spent,
        coalesce(sum(c.amount) FILTER (WHERE c.type = 'transfer'), 0)::bigint AS sent
   FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
   JOIN account_limits l USING (user_id, asset)
   LEFT JOIN processed_commands c
     ON c.user_id = l.user_id AND c.asset = l.asset AND c.status = 'accepted'
-   AND c.type IN ('spend', 'capture', 'transfer') AND c.processed_at >= $3
+   AND c.type IN {counted} AND c.processed_at >= $3
  GROUP BY 1, 2, 3, 4
-"""
+""".format(spent=SPENT_RECORD_TYPES, counted=(*SPENT_RECORD_TYPES, "transfer"))
 # Each half through its partial index on processed_at (migration 012).
 _STUCK_TRANSFERS_SQL = f"""
 SELECT {", ".join(PROCESSED_COLUMNS)} FROM (
@@ -837,7 +857,9 @@ SELECT c.transaction_id, c.user_id, c.asset, c.type, c.amount, c.consumed_paid, 
          WHERE e.user_id = c.user_id AND e.asset = c.asset AND e.lots_expired IS NOT NULL
            AND c.type IN ('top_up', 'bonus') AND (t->>0)::uuid = c.transaction_id) AS expired,
        (SELECT jsonb_agg(jsonb_build_array(
-                   o.transaction_id, o.type, o.version,
+                   o.transaction_id,
+                   o.type = 'top_up' OR (o.type = 'purchase_grant' AND o.consumed_paid = o.amount),
+                   o.version,
                    floor(extract(epoch FROM o.expires_at) * 1000)::bigint))
           FROM jsonb_array_elements(c.lots_taken) AS t(piece)
           JOIN processed_commands o ON o.transaction_id = (t.piece->>0)::uuid) AS origins

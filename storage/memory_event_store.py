@@ -18,7 +18,7 @@ import orjson
 
 from foundation.errors import FencedError, StorageRefusedError
 from ledger.account import AccountState, Asset, Hold, HoldKey, References, Step, Target
-from ledger.caps import DAY_MS, Caps
+from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
 from ledger.plan import (
     AccountKey,
@@ -29,9 +29,9 @@ from ledger.plan import (
     OutboxRow,
     ProcessedRow,
     StoredResult,
-    outbox_row_of,
+    outbox_rows_by_offset,
 )
-from ledger.reversals import Origin, target_pieces
+from ledger.reversals import Origin, opens_paid_lot, target_pieces
 from storage.db import Failure
 from storage.event_store import (
     BatchPosition,
@@ -39,6 +39,7 @@ from storage.event_store import (
     PartitionClaim,
     PublishedMark,
     StaleOffsetError,
+    whole_offsets,
 )
 
 PartitionId = tuple[str, int]
@@ -152,7 +153,9 @@ class MemoryEventStore:
         reversed_ = any(r.reverses == tx for r in accepted.values())
         taken = orjson.loads(row.lots_taken or "[]")
         origins = {
-            uuid.UUID(i): Origin(o.type, o.version or 0, _ms(o.expires_at))
+            uuid.UUID(i): Origin(
+                opens_paid_lot(o.type, o.amount, o.consumed_paid), o.version or 0, _ms(o.expires_at)
+            )
             for i, _ in taken
             if (o := accepted.get(uuid.UUID(i))) is not None
         }
@@ -179,7 +182,7 @@ class MemoryEventStore:
             done = [r for r in self._processed.values()
                     if (r.user_id, r.asset) == key and r.status == "accepted"
                     and r.processed_at >= since and r.amount is not None]  # fmt: skip
-            spent = sum(r.amount or 0 for r in done if r.type in ("spend", "capture"))
+            spent = sum(r.amount or 0 for r in done if r.type in SPENT_RECORD_TYPES)
             sent = sum(r.amount or 0 for r in done if r.type == "transfer")
             found[key] = Caps(*self.limits[key], day, spent, sent)
         return found
@@ -339,13 +342,14 @@ class MemoryEventStore:
     async def unpublished(
         self, topic: str, partition: int, after: tuple[int, int], limit: int
     ) -> list[OutboxMessage]:
+        decided = sorted((r for r in self._processed.values()
+                          if (r.topic, r.partition) == (topic, partition)),
+                         key=lambda r: (r.generation, r.source_offset))  # fmt: skip
         rows = list(self._outbox.get((topic, partition), {}).values())
-        rows += [outbox_row_of(r) for r in self._processed.values()
-                 if (r.topic, r.partition) == (topic, partition)]  # fmt: skip
-        rows.sort(key=lambda r: (r.generation, r.source_offset))
-        return [OutboxMessage.of(r) for r in rows if (r.generation, r.source_offset) >= after][
-            :limit
-        ]
+        rows += outbox_rows_by_offset(decided)
+        rows.sort(key=lambda r: (r.generation, r.source_offset))  # stable: a purchase's in order
+        messages = [OutboxMessage.of(r) for r in rows if (r.generation, r.source_offset) >= after]
+        return whole_offsets(messages, limit)
 
     async def mark_published(self, marks: Sequence[PublishedMark]) -> None:
         for mark in marks:

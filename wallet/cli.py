@@ -143,12 +143,28 @@ def processor() -> None:
     _run_role(run_processor)
 
 
+def _parts(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[Any]:
+    """--cost and --grant values (ASSET:AMOUNT) as a purchase's parts."""
+    from pydantic import ValidationError
+
+    from schemas.commands import Part
+
+    parts = []
+    for value in values:
+        asset, _, amount = value.partition(":")
+        try:
+            parts.append(Part(asset=asset, amount=int(amount) if amount.isdigit() else -1))
+        except ValidationError:
+            raise click.BadParameter(f"{value!r} is not ASSET:AMOUNT (1 to 10^15)") from None
+    return parts
+
+
 @main.command()
 @click.argument(
     "kind",
     type=click.Choice(
         ["top-up", "bonus", "spend", "expire", "hold", "capture", "release", "reverse",
-         "transfer"]
+         "transfer", "purchase"]
     ),
 )  # fmt: skip
 @click.option("--user", "user_id", required=True, help="User id (also the message key).")
@@ -168,6 +184,23 @@ def processor() -> None:
 )
 @click.option("--reason", help="reverse: why (a store refund, a chargeback...).")
 @click.option("--to", "to_user_id", help="transfer: who receives it.")
+@click.option(
+    "--cost",
+    "costs",
+    multiple=True,
+    callback=_parts,
+    metavar="ASSET:AMOUNT",
+    help="purchase: what it pays (repeat for each asset; the first is its asset).",
+)
+@click.option(
+    "--grant",
+    "grants",
+    multiple=True,
+    callback=_parts,
+    metavar="ASSET:AMOUNT",
+    help="purchase: what it gives (repeat; a conversion has one cost).",
+)
+@click.option("--sku", help="purchase: what is bought.")
 @click.option("--key", "idempotency_key", help="Idempotency key (default: a new UUID).")
 @click.option("--description")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
@@ -182,13 +215,17 @@ def send(
     transaction_id: uuid.UUID | None,
     reason: str | None,
     to_user_id: str | None,
+    costs: list[Any],
+    grants: list[Any],
+    sku: str | None,
     idempotency_key: str | None,
     description: str | None,
     timeout_s: float,
 ) -> None:
     """Publish one command and print its reply (`expire` books out a wallet's expired lots
     and gives back its lapsed holds; a transfer's reply comes once the receiver's side has
-    decided: `wallet transfer ID` tells a late one's outcome)."""
+    decided: `wallet transfer ID` tells a late one's outcome; a purchase pays each --cost and
+    receives each --grant, all or nothing: `wallet purchase ID` shows one)."""
     from pydantic import ValidationError
 
     from commands.client import WalletClient
@@ -199,7 +236,7 @@ def send(
         command = new_command(
             type=CommandType(kind.replace("-", "_")),
             user_id=user_id,
-            asset=asset,
+            asset=costs[0].asset if costs else asset,
             amount=amount,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
             command_id=uuid.uuid4(),
@@ -212,6 +249,9 @@ def send(
             transaction_id=transaction_id,
             reason=reason,
             to_user_id=to_user_id,
+            costs=costs or None,
+            grants=grants or None,
+            sku=sku,
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid command: {exc}") from None
@@ -633,9 +673,18 @@ def statement(
 def transfer(transfer_id: uuid.UUID) -> None:
     """A transfer and its steps: pending, completed or refused (its id: the sender's debit's
     transaction id, which a transfer's reply carries)."""
-    from wallet.operations import print_transfer
+    from wallet.operations import print_found
 
-    _run(print_transfer(_settings(), transfer_id))
+    _run(print_found(_settings(), "transfer", transfer_id))
+
+
+@main.command()
+@click.argument("purchase_id", type=click.UUID)
+def purchase(purchase_id: uuid.UUID) -> None:
+    """A purchase and each asset it moved (its id: the `purchase.id` of its reply)."""
+    from wallet.operations import print_found
+
+    _run(print_found(_settings(), "purchase", purchase_id))
 
 
 @main.command()

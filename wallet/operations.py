@@ -241,11 +241,13 @@ async def print_history(settings: Settings, user_id: str, asset: str | None, lim
     Console().print(table)
 
 
-async def print_transfer(settings: Settings, transfer_id: uuid.UUID) -> None:
+async def print_found(settings: Settings, what: str, found_id: uuid.UUID) -> None:
+    """A transfer or a purchase as JSON (queries.transfer, queries.purchase)."""
+    query = queries.transfer if what == "transfer" else queries.purchase
     async with connection(settings) as conn:
-        found = await queries.transfer(conn, transfer_id)
+        found = await query(conn, found_id)
     if found is None:
-        raise OperatorRequestError(f"no transfer {transfer_id}")
+        raise OperatorRequestError(f"no {what} {found_id}")
     sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

@@ -10,6 +10,7 @@ from ledger.plan import (
     AccountKey,
     BatchContext,
     BatchPlan,
+    accounts_named,
     decoded_intakes,
     plan_batch,
     references_named,
@@ -53,7 +54,7 @@ async def planned_commands(
     """`commands` at offsets first.., planned after the lookups the processor makes, at time
     `at` (default: now), with these daily caps (default: none)."""
     items = decoded_intakes(commands, first)
-    accounts = await store.load_accounts(list({(c.user_id, c.asset) for c in commands}))
+    accounts = await store.load_accounts(list(accounts_named(commands)))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
     refs = await store.find_references(*references_named(commands))
     ctx = BatchContext(topic, partition, 0, at or datetime.now(UTC))
