@@ -101,7 +101,7 @@ class TestWrites:
             "assetId": "GOLD", "amount": 100, "balance": 100, "paid": 100, "free": 0,
             "held": 0, "available": 100, "debt": 0, "holdId": None, "consumed": None,
             "expired": None, "released": None, "error": None, "position": "GOLD:1",
-            "transfer": None,
+            "transfer": None, "purchase": None,
         }  # fmt: skip
         again = await api.post("/wallet/topup", json=_body(amount=100, idempotencyKey="t1"))
         assert again.status_code == 200 and again.json()["duplicate"]
@@ -622,3 +622,38 @@ class TestWriteFastPath:
         fast = await api.post("/wallet/spend", json=overdraft | {"idempotencyKey": "fast-2"})
         assert (fast.status_code, routed.status_code) == (402, 402)
         assert fast.json() | {"transactionId": None} == routed.json() | {"transactionId": None}
+
+
+class TestPurchases:
+    async def test_a_purchase_a_conversion_and_their_reads(self, api: httpx.AsyncClient) -> None:
+        """201 a purchase in GOLD and DIAMONDS and a conversion, each part in `purchase`;
+        402 a cost that cannot be paid (refusedAsset), 422 a malformed one; GET
+        /wallet/purchases/{id} lists the parts, 404 an unknown id."""
+        await api.post("/wallet/topup", json=_body(userId="pia", amount=500))
+        await api.post("/wallet/topup", json=_body(userId="pia", assetId="DIAMONDS", amount=20))
+        body = {"userId": "pia", "idempotencyKey": "p1", "sku": "sword-of-dawn",
+                "costs": [{"assetId": "GOLD", "amount": 100},
+                          {"assetId": "DIAMONDS", "amount": 5}]}  # fmt: skip
+        bought = await api.post("/wallet/purchase", json=body)
+        assert bought.status_code == 201, bought.text
+        info = bought.json()["purchase"]
+        assert (bought.json()["assetId"], info["kind"], info["sku"]) == (
+            "GOLD", "item", "sword-of-dawn")  # fmt: skip
+        assert [(p["assetId"], p["amount"], p["available"]) for p in info["parts"]] == [
+            ("GOLD", -100, 400), ("DIAMONDS", -5, 15)]  # fmt: skip
+        poor = await api.post("/wallet/purchase", json=body | {
+            "idempotencyKey": "p2", "costs": [{"assetId": "GOLD", "amount": 1},
+                                              {"assetId": "DIAMONDS", "amount": 99}]})  # fmt: skip
+        assert poor.status_code == 402 and poor.json()["purchase"]["refusedAsset"] == "DIAMONDS"
+        converted = await api.post("/wallet/purchase", json={
+            "userId": "pia", "idempotencyKey": "c1", "sku": "gold-pack",
+            "costs": [{"assetId": "DIAMONDS", "amount": 10}],
+            "grants": [{"assetId": "GOLD", "amount": 1000}]})  # fmt: skip
+        assert converted.status_code == 201 and converted.json()["purchase"]["kind"] == "conversion"
+        bad = await api.post("/wallet/purchase", json=body | {"idempotencyKey": "p3", "costs": []})
+        assert bad.status_code == 422
+        read = (await api.get(f"/wallet/purchases/{info['id']}")).json()
+        assert (read["userId"], read["kind"]) == ("pia", "item")
+        assert [(p["type"], p["assetId"], p["amount"]) for p in read["parts"]] == [
+            ("purchase", "GOLD", -100), ("purchase", "DIAMONDS", -5)]  # fmt: skip
+        assert (await api.get(f"/wallet/purchases/{uuid.uuid4()}")).status_code == 404

@@ -91,6 +91,26 @@ class TestSend:
         missing = run_wallet(stack, "transfer", str(uuid.uuid4()))
         assert missing.returncode == 1 and "no transfer" in missing.stderr
 
+    async def test_a_purchase_is_sent_and_read(self, stack: Settings) -> None:
+        """`wallet send purchase --cost --grant --sku` prints the purchase's reply (a refused
+        one exits 1); `wallet purchase ID` prints its parts; a malformed --cost is said."""
+        async with running_processor(stack), client_for(stack) as client:
+            await client.request(command("top_up", "ada", 10, "DIAMONDS"))
+            converted = await asyncio.to_thread(
+                run_wallet, stack, "send", "purchase", "--user", "ada", "--cost", "DIAMONDS:4",
+                "--grant", "GOLD:400", "--sku", "gold-pack")  # fmt: skip
+            refused = await asyncio.to_thread(
+                run_wallet, stack, "send", "purchase", "--user", "ada", "--cost", "GOLD:1",
+                "--cost", "DIAMONDS:7", "--sku", "sword")  # fmt: skip
+        assert converted.returncode == 0, converted.stderr
+        info = orjson.loads(converted.stdout)["purchase"]
+        assert info["kind"] == "conversion" and info["parts"][1]["amount"] == 400
+        assert refused.returncode == 1 and '"refused_asset": "DIAMONDS"' in refused.stdout
+        shown = run_wallet(stack, "purchase", info["id"])
+        assert shown.returncode == 0 and len(orjson.loads(shown.stdout)["parts"]) == 2
+        malformed = run_wallet(stack, "send", "purchase", "--user", "ada", "--cost", "GOLD")
+        assert malformed.returncode == 2 and "ASSET:AMOUNT" in malformed.stderr
+
     def test_bad_setting_is_explained(self, stack: Settings) -> None:
         """A bad WALLET_ value stops the command with the variable's name."""
         env = settings_env(stack) | {"WALLET_PARTITIONS": "-3"}
