@@ -217,5 +217,7 @@ def _observe(batch: Admitted, plan: BatchPlan) -> None:
 
 
 def _types(plans: list[BatchPlan]) -> frozenset[str]:
-    """The command types a group's records have (for its crash points)."""
-    return frozenset(d.type for plan in plans for d in plan.decided)
+    """The command types of a group's records, and the types of its records (a conversion's,
+    recorded of a purchase), for its crash points."""
+    recorded = {r.type for plan in plans for r in plan.processed_rows}
+    return frozenset(d.type for plan in plans for d in plan.decided).union(recorded)

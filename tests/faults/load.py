@@ -6,7 +6,9 @@ that can never overdraw, plus overdraft attempts that must always be refused wha
 order. Holds come in too, in ways whose effect no order changes: short holds (they lapse,
 their money comes back; a wallet's total, held money included, is what the model knows),
 releases of them (accepted, or refused when a re-send put the release before its hold:
-either is right), and captures and reversals naming nothing that exists (always refused).
+either is right), captures and reversals naming nothing that exists (always refused), and
+conversions of 3 GOLD into 1 DIAMONDS (two records at one offset: the relay's pages must keep
+them together; the model counts GOLD).
 `Load` publishes it at a steady pace while a test does damage, re-sends what went unanswered
 (as a game server does after its reply timeout, same idempotency key), and `account` then
 checks every command: exactly one recorded outcome, the right one, at least one reply,
@@ -31,7 +33,7 @@ from commands.client import WalletClient
 from foundation.errors import WalletError
 from foundation.settings import Settings
 from messaging.kafka import key_hash, make_consumer
-from schemas.commands import AMOUNT_MAX, Command
+from schemas.commands import AMOUNT_MAX, Command, Part
 from tests.integration.helpers import client_for, command, eventually, fetch
 from tests.integration.processes import WalletProcess, run_wallet
 
@@ -63,6 +65,12 @@ def workload(count: int, users: int, seed: int, reply_to: str) -> Workload:
             work.commands.append(overdraft)
         elif (draw := rng.random()) < 0.1:
             _holds(work, user, reply_to, draw < 0.05)
+        elif draw < 0.13:  # a conversion: a purchase's two records at one offset
+            work.commands.append(command(
+                "purchase", user, None, costs=[Part(asset="GOLD", amount=3)],
+                grants=[Part(asset="DIAMONDS", amount=1)], sku="diamond-1",
+                reply_to=reply_to))  # fmt: skip
+            work.balances[user] -= 3
         elif draw < 0.15:  # a gift of 1 to another player, most often on another partition
             receiver = rng.choice([n for n in names if n != user])
             work.commands.append(command("transfer", user, 1, to_user_id=receiver,
@@ -230,13 +238,15 @@ async def gifts_credited(settings: Settings, work: Workload, timeout_s: float) -
 # The processors' own commands: the expiry sweep's `expire`s (for lapsed holds) and the
 # steps a transfer sends itself (its reply is the one to the transfer).
 _OWN_TYPES = "('expire', 'transfer_in', 'transfer_refund')"
+# A purchase's records besides its main one (the main one stands for the command).
+_NOT_PART = "idempotency_key NOT LIKE 'purchase-part:%'"
 
 
 async def account(settings: Settings, work: Workload, load: Load, replies: dict[str, Any]) -> Audit:
     """Every command exactly once in the ledger (or once refused), each gift credited once,
     replied, and verify clean."""
     rows = await fetch(settings, "SELECT user_id, idempotency_key, status FROM processed_commands"
-                                 f" WHERE type NOT IN {_OWN_TYPES}")  # fmt: skip
+                                 f" WHERE type NOT IN {_OWN_TYPES} AND {_NOT_PART}")  # fmt: skip
     outcome = {(r["user_id"], r["idempotency_key"]): r["status"] for r in rows}
     missing = [(c.type.value, replies.get(str(c.command_id))) for c in work.commands
                if (c.user_id, c.idempotency_key) not in outcome]  # fmt: skip
@@ -254,7 +264,8 @@ async def account(settings: Settings, work: Workload, load: Load, replies: dict[
     accepted = sum(status == "accepted" for status in outcome.values())
     entries = await fetch(settings, "SELECT count(*) AS n FROM ledger_entries e"
                           " JOIN processed_commands c USING (transaction_id) WHERE"
-                          f" e.account_kind = 'user' AND c.type NOT IN {_OWN_TYPES}")  # fmt: skip
+                          f" e.account_kind = 'user' AND c.type NOT IN {_OWN_TYPES}"
+                          f" AND c.{_NOT_PART}")  # fmt: skip
     assert entries[0]["n"] == accepted, "user entries do not match accepted commands"
     credits = await fetch(settings, "SELECT transfer_id FROM processed_commands"
                           " WHERE type = 'transfer_in' AND status = 'accepted'")  # fmt: skip
@@ -263,7 +274,8 @@ async def account(settings: Settings, work: Workload, load: Load, replies: dict[
     latest = await fetch(
         settings,
         "SELECT DISTINCT ON (user_id) user_id, balance_after + coalesce(held_after, 0) AS total"
-        " FROM ledger_entries WHERE account_kind = 'user' ORDER BY user_id, version DESC",
+        " FROM ledger_entries WHERE account_kind = 'user' AND asset = 'GOLD'"
+        " ORDER BY user_id, version DESC",
     )
     assert {r["user_id"]: r["total"] for r in latest} == work.balances
     verified = await asyncio.to_thread(run_wallet, settings, "verify")
