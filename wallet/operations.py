@@ -253,8 +253,9 @@ async def print_found(settings: Settings, what: str, found_id: uuid.UUID) -> Non
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:
     """Paid and free currency consumed in [start, end): the revenue and free_spent legs of
-    the period's spends and captures, less those of its reversals (a scan of the period's
-    ledger entries; reports are rare)."""
+    the period's spends, captures and item purchases, less those of its reversals; and what
+    conversions took of the asset and granted of it, paid and free (scans of the period's
+    ledger entries and records; reports are rare)."""
     assert start.tzinfo is not None and end.tzinfo is not None
     row = await conn.fetchrow(
         """
@@ -269,9 +270,27 @@ async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dic
         start,
         end,
     )
-    assert row is not None
+    converted = await conn.fetchrow(_CONVERTED_SQL, asset, start, end)
+    assert row is not None and converted is not None
     return {
         "asset": asset, "from": start.isoformat(), "to": end.isoformat(),
         "paid_consumed": int(row["paid"]), "free_consumed": int(row["free"]),
         "spends": row["spends"],
+        "converted_in": {"paid": int(converted["in_paid"]),
+                         "free": int(converted["in_total"] - converted["in_paid"])},
+        "converted_out": {"paid": int(converted["out_paid"]),
+                          "free": int(converted["out_total"] - converted["out_paid"])},
     }  # fmt: skip
+
+
+# Conversions' costs of an asset (into `exchange`) and grants of it (out of it), with their
+# paid parts: a grant keeps the paid share of its cost (ledger.purchases).
+_CONVERTED_SQL = """
+SELECT coalesce(sum(amount) FILTER (WHERE type = 'conversion'), 0) AS in_total,
+       coalesce(sum(consumed_paid) FILTER (WHERE type = 'conversion'), 0) AS in_paid,
+       coalesce(sum(amount) FILTER (WHERE type = 'purchase_grant'), 0) AS out_total,
+       coalesce(sum(consumed_paid) FILTER (WHERE type = 'purchase_grant'), 0) AS out_paid
+  FROM processed_commands
+ WHERE asset = $1 AND status = 'accepted' AND type IN ('conversion', 'purchase_grant')
+   AND processed_at >= $2 AND processed_at < $3
+"""

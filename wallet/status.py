@@ -55,6 +55,18 @@ SELECT count(*) AS n, extract(epoch FROM now() - min(d.processed_at))::float8 AS
 """
 
 
+# The purchases of the last hour (their main records, through their partial index): a
+# purchase is booked whole or refused in one batch, so none is ever in flight.
+_PURCHASES_SQL = """
+SELECT count(*) FILTER (WHERE status = 'accepted') AS accepted,
+       count(*) FILTER (WHERE status = 'rejected') AS refused,
+       count(*) FILTER (WHERE status = 'accepted' AND type = 'conversion') AS conversions
+  FROM processed_commands
+ WHERE sku IS NOT NULL AND idempotency_key NOT LIKE 'purchase-part:%'
+   AND processed_at > now() - interval '1 hour'
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionStatus:
     partition: int
@@ -105,6 +117,8 @@ class StatusReport:
     recent_dead_letters: list[dict[str, Any]] = field(default_factory=list)
     transfers_in_flight: int = 0  # debited in the last day, not yet credited nor refunded
     transfer_oldest_s: float | None = None  # how long the oldest of them has been in flight
+    # The last hour's purchases: accepted, refused, and the conversions among those accepted.
+    purchases: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -139,7 +153,8 @@ async def gather(settings: Settings) -> StatusReport:
         dead = await _recent_dead_letters(conn, settings.commands_topic)
         stalled = await stalls(conn, settings.commands_topic, settings.stall_failures)
         in_flight = await conn.fetchrow(_TRANSFERS_SQL)
-    assert in_flight is not None  # an aggregate: always one row
+        bought = await conn.fetchrow(_PURCHASES_SQL)
+    assert in_flight is not None and bought is not None  # aggregates: always one row
     broker_error = None
     try:
         broker = await _broker_view(settings, {r["partition"]: r["next_offset"] for r in rows})
@@ -151,7 +166,7 @@ async def gather(settings: Settings) -> StatusReport:
     return StatusReport(
         settings.commands_topic, partitions, None if broker_error else broker.dead_letters,
         broker_error, stalled, settings.command_wait_max_ms / 1000, resets, dead,
-        in_flight["n"], in_flight["oldest_s"],
+        in_flight["n"], in_flight["oldest_s"], dict(bought),
     )  # fmt: skip
 
 
@@ -289,6 +304,10 @@ def render(report: StatusReport) -> RenderableType:
     summary.add_row("projector lag", f"{projector_lag_s:.3f} s")
     summary.add_row("dead letters", _or_dash(report.dead_letters))
     summary.add_row("transfers in flight", _in_flight_cell(report))
+    bought = report.purchases
+    summary.add_row("purchases (last hour)", f"{bought.get('accepted', 0)} accepted "
+                    f"({bought.get('conversions', 0)} conversions), "
+                    f"{bought.get('refused', 0)} refused")  # fmt: skip
     if report.broker_error:
         summary.add_row("broker", f"[red]did not answer: {report.broker_error}[/red]")
     parts: list[RenderableType] = [table, summary]

@@ -39,6 +39,9 @@ ALTER TABLE processed_commands
 -- A purchase's records, found from its id (GET /wallet/purchases/{id}, `wallet verify`).
 CREATE INDEX processed_commands_purchase ON processed_commands (purchase_id)
  WHERE purchase_id IS NOT NULL;
+-- The purchases of the last hour, one row each (its main record), for `wallet status`.
+CREATE INDEX processed_commands_purchases ON processed_commands (processed_at)
+ WHERE sku IS NOT NULL AND idempotency_key NOT LIKE 'purchase-part:%';
 
 ALTER TABLE ledger_entries
     DROP CONSTRAINT ledger_entries_account_kind_check,

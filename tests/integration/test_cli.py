@@ -93,7 +93,8 @@ class TestSend:
 
     async def test_a_purchase_is_sent_and_read(self, stack: Settings) -> None:
         """`wallet send purchase --cost --grant --sku` prints the purchase's reply (a refused
-        one exits 1); `wallet purchase ID` prints its parts; a malformed --cost is said."""
+        one exits 1); `wallet purchase ID` prints its parts; a malformed --cost is said;
+        `wallet report revenue` tells what conversions took and granted."""
         async with running_processor(stack), client_for(stack) as client:
             await client.request(command("top_up", "ada", 10, "DIAMONDS"))
             converted = await asyncio.to_thread(
@@ -110,6 +111,10 @@ class TestSend:
         assert shown.returncode == 0 and len(orjson.loads(shown.stdout)["parts"]) == 2
         malformed = run_wallet(stack, "send", "purchase", "--user", "ada", "--cost", "GOLD")
         assert malformed.returncode == 2 and "ASSET:AMOUNT" in malformed.stderr
+        period = ("--from", "2000-01-01", "--to", "2100-01-01")
+        for asset, key, paid in (("DIAMONDS", "converted_in", 4), ("GOLD", "converted_out", 400)):
+            report = run_wallet(stack, "report", "revenue", "--asset", asset, *period)
+            assert orjson.loads(report.stdout)[key] == {"paid": paid, "free": 0}, report.stdout
 
     def test_bad_setting_is_explained(self, stack: Settings) -> None:
         """A bad WALLET_ value stops the command with the variable's name."""

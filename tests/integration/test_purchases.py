@@ -3,7 +3,10 @@ record of a purchase in one batch transaction, and `wallet verify` checking them
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
+import orjson
 import pytest
 
 from foundation.settings import Settings
@@ -18,6 +21,7 @@ from tests.integration.helpers import (
     running_processor,
     send_all,
 )
+from tests.integration.processes import run_wallet
 
 pytestmark = pytest.mark.also_tansu
 _WHOLE = "each purchase is whole: its records together, of its kind, its grants' paid share kept"
@@ -44,8 +48,8 @@ async def _tamper(settings: Settings, sql: str) -> None:
 class TestPurchases:
     async def test_purchases_and_conversions_keep_the_ledger_whole(self, stack: Settings) -> None:
         """Purchases in two assets, conversions and refusals, concurrently for many users:
-        every asset sums to zero, each user's balances are what the replies said, and every
-        `wallet verify` check holds."""
+        every asset sums to zero, each user's balances are what the replies said, every
+        `wallet verify` check holds, and `wallet status` counts them."""
         users = [f"buyer-{i}" for i in range(12)]
         credits = [command(kind, u, n, asset) for u in users
                    for kind, n, asset in (("top_up", 300, "GOLD"), ("top_up", 7, "DIAMONDS"),
@@ -68,6 +72,12 @@ class TestPurchases:
         assert await asset_sums(stack) == {"GOLD": 0, "DIAMONDS": 0}
         problems = await audit(stack)
         assert all(n == 0 for n in problems.values()), problems
+        status = await asyncio.to_thread(run_wallet, stack, "status", "--json")
+        assert orjson.loads(status.stdout)["purchases"] == {
+            "accepted": 2 * len(users),
+            "refused": len(users),
+            "conversions": len(users),
+        }
 
     async def test_verify_names_a_broken_purchase(self, stack: Settings) -> None:
         """verify names a grant whose lot claims more paid currency than its cost paid for,
