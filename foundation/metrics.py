@@ -94,6 +94,9 @@ DEAD_LETTERS = Counter(
 EXPIRY_SWEEP_COMMANDS = Counter(
     "wallet_expiry_sweep_commands", "expire commands the expiry sweep published"
 )
+ALERTS = Counter(
+    "wallet_alerts", "Alerts monitors raised (published to the alerts topic), by kind", ["kind"]
+)
 TRANSFER_STEPS_RESENT = Counter(
     "wallet_transfer_steps_resent",
     "transfer steps the transfer sweep published again (lost with a broker's log, or late)",

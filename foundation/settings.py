@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundation.errors import ConfigError
 from foundation.topic_names import (
+    DEFAULT_ALERTS_TOPIC,
     DEFAULT_COMMANDS_TOPIC,
     DEFAULT_DLQ_TOPIC,
     DEFAULT_EVENTS_TOPIC,
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     replies_topic: str = DEFAULT_REPLIES_TOPIC
     events_topic: str = DEFAULT_EVENTS_TOPIC
     dlq_topic: str = DEFAULT_DLQ_TOPIC
+    alerts_topic: str = DEFAULT_ALERTS_TOPIC  # monitors' alerts (`wallet monitors`)
     partitions: int = Field(12, ge=1, le=1000)
     consumer_group: str = Field("wallet-processor", min_length=1, max_length=200)
     # Idempotent producers need InitProducerId, which the Tansu broker does not answer.
@@ -112,6 +114,11 @@ class Settings(BaseSettings):
     events_retention_ms: int = Field(365 * DAY_MS, ge=-1, le=3650 * DAY_MS)
     # Dead letters: kept until someone has looked at them; -1 keeps them forever.
     dlq_retention_ms: int = Field(90 * DAY_MS, ge=-1, le=3650 * DAY_MS)
+    # Alerts: read by whoever acts on them (fraud, support, parents' notifications).
+    alerts_retention_ms: int = Field(30 * DAY_MS, ge=HOUR_MS, le=3650 * DAY_MS)
+    # How often a processor reads the monitors again: a monitor added or removed applies to
+    # the batches decided after that.
+    monitors_reload_ms: int = Field(10_000, ge=100, le=600_000)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
@@ -143,7 +150,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("commands_topic", "replies_topic", "events_topic", "dlq_topic")
+    @field_validator("commands_topic", "replies_topic", "events_topic", "dlq_topic",
+                     "alerts_topic")  # fmt: skip
     @classmethod
     def _topic_name(cls, value: str) -> str:
         if not is_topic_name(value):
@@ -182,9 +190,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        topics = [self.commands_topic, self.replies_topic, self.events_topic, self.dlq_topic]
+        topics = [self.commands_topic, self.replies_topic, self.events_topic, self.dlq_topic,
+                  self.alerts_topic]  # fmt: skip
         if len(set(topics)) != len(topics):
-            raise ValueError("the commands, replies, events and DLQ topics must all differ")
+            raise ValueError("the commands, replies, events, DLQ and alerts topics must all differ")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
         if self.topic_min_insync_replicas > self.topic_replication_factor:

@@ -6,6 +6,7 @@ DEFAULT_COMMANDS_TOPIC = "wallet.commands"
 DEFAULT_REPLIES_TOPIC = "wallet.replies"
 DEFAULT_EVENTS_TOPIC = "wallet.events"
 DEFAULT_DLQ_TOPIC = "wallet.commands.dlq"
+DEFAULT_ALERTS_TOPIC = "wallet.alerts"
 
 # Kafka's own rule for topic names: legal characters, at most 249 of them, and never "." or
 # ".." (Kafka refuses both; a reply_to of "." once stalled every reply while the relay waited

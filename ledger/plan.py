@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ledger import legs, lots, purchases, transfers, wire
+from ledger import legs, lots, monitors, purchases, transfers, wire
 from ledger.account import (
     EMPTY_ACCOUNT,
     NO_REFERENCES,
@@ -95,6 +95,9 @@ class BatchContext:
     partition: int
     generation: int
     processed_at: datetime
+    # The monitors watching the batch, and what its wallets spent in their windows (counted
+    # on as the batch is decided: see ledger.monitors).
+    watch: monitors.Watch = monitors.NO_WATCH
 
 
 class ProcessedRow(NamedTuple):
@@ -153,6 +156,9 @@ class ProcessedRow(NamedTuple):
     # on each accepted record of it, and what was bought on each (ledger.purchases).
     purchase_id: uuid.UUID | None
     sku: str | None
+    # The alerts the transaction raised (ledger.monitors): JSON [[monitor id, kind, threshold,
+    # value, window s], ...], published with it; NULL for most.
+    alerts: str | None
 
     def result(self) -> StoredResult:
         """The outcome this record gives every retry with its key."""
@@ -227,6 +233,7 @@ class OutboxRow(NamedTuple):
     # the receiver's partition, or the reply that comes back to its sender, from another
     # user's record).
     reply_key: bytes | None = None
+    alert_value: bytes | None = None  # a monitor's alert (a row of its own, see alert_rows)
 
 
 class Outcome(NamedTuple):
@@ -430,8 +437,11 @@ def _purchase(
             alike = command.model_copy(update={"idempotency_key": part.key, "asset": part.asset,
                                                "amount": part.amount})  # fmt: skip
             fields = _accepted(ctx, plan, alike, part.decision, part.transaction_id)
+            alerts = None
+            if ctx.watch.by_asset:
+                alerts = _alerts(ctx, alike, part.type, part.before, part.decision)
             rows.append(_row(ctx, item, alike, part.type, fields, _NO_TRANSFER,
-                             (purchase_id, command.sku)))  # fmt: skip
+                             (purchase_id, command.sku), alerts))  # fmt: skip
         caps.update(decided.caps)
     plan.processed_rows += rows
     plan.outbox_rows += outbox_rows_of(rows)
@@ -491,15 +501,20 @@ def _record(
     if command.type in _TRANSFER_TYPES:
         transfer = _transfer_fields(command, refs, decision, transaction_id)
     legs_known: Legs | None = None
+    alerts = None
     if isinstance(decision, Accepted):
         decided = _accepted(ctx, plan, command, decision, transaction_id)
         legs_known = decision.legs
+        if ctx.watch.by_asset:
+            alerts = _alerts(ctx, command, str(command.type), before, decision)
     else:
         decided = _rejected(command, before, decision)
     # (str() of a StrEnum is its value, without the Python property call that .value makes.)
-    row = _row(ctx, item, command, str(command.type), decided, transfer, _NO_PURCHASE)
+    row = _row(ctx, item, command, str(command.type), decided, transfer, _NO_PURCHASE, alerts)
     plan.processed_rows.append(row)
     plan.outbox_rows.append(outbox_row_of(row, legs_known))
+    if alerts is not None:
+        plan.outbox_rows += alert_rows(row)
     plan.decided.append(Outcome(row.type, row.status, row.error_code or ""))
     return row
 
@@ -512,6 +527,7 @@ def _row(
     decided: _DecidedFields,
     transfer: _TransferFields,
     purchase: tuple[uuid.UUID | None, str | None],
+    alerts: str | None = None,
 ) -> ProcessedRow:
     """A record of type `type` for `command`, with what its decision set."""
     # From one tuple (_make): this is every command's path, and a call with 41 arguments
@@ -522,8 +538,20 @@ def _row(
         orjson.dumps(command.metadata).decode(), ctx.topic, ctx.partition, item.offset,
         ctx.processed_at, ctx.generation, command.reply_to,
         None if transfer[1] else command.transaction_id, transfer[2] or command.reason,
-        *decided, *transfer[:2], *purchase,
+        *decided, *transfer[:2], *purchase, alerts,
     ))  # fmt: skip
+
+
+def _alerts(
+    ctx: BatchContext, command: Command, type: str, before: AccountState, decision: Accepted
+) -> str | None:
+    """The alerts an accepted transaction raises, as its record keeps them (JSON), or None."""
+    after = decision.account
+    assert decision.amount is not None
+    moved = (type, decision.amount, before.balance + before.held, after.balance + after.held)
+    key = (command.user_id, command.asset)
+    hits = monitors.check(ctx.watch, key, moved, lots.epoch_ms(ctx.processed_at))
+    return orjson.dumps([list(h) for h in hits]).decode() if hits else None
 
 
 _NO_PURCHASE: tuple[None, None] = (None, None)
@@ -771,7 +799,7 @@ def outbox_rows_of(rows: Sequence[ProcessedRow]) -> list[OutboxRow]:
     main = rows[0]
     if main.sku is None:
         assert len(rows) == 1, rows
-        return [outbox_row_of(main)]
+        return [outbox_row_of(main), *alert_rows(main)]
     ordered = _purchase_order(rows)
     main = ordered[0]
     first = OutboxRow(
@@ -780,7 +808,22 @@ def outbox_rows_of(rows: Sequence[ProcessedRow]) -> list[OutboxRow]:
         None if main.transaction_id is None else event_bytes(main), None, main.processed_at,
     )  # fmt: skip
     events = [_event_row(r) for r in ordered[1:]]
-    return [first, *events]
+    return [first, *events, *(alert for r in ordered for alert in alert_rows(r))]
+
+
+def alert_rows(row: ProcessedRow) -> list[OutboxRow]:
+    """An outbox row for each alert the record raised (none for most), built from the record
+    alone like its reply and event, so a republish sends the same bytes."""
+    if row.alerts is None:
+        return []
+    assert row.transaction_id is not None, row
+    return [
+        OutboxRow(row.topic, row.partition, row.generation, row.source_offset,
+                  row.user_id.encode(), None, None, None, None, row.processed_at,
+                  alert_value=wire.alert_bytes(monitors.Hit(*hit), row.user_id, row.asset,
+                                               row.transaction_id, row.type, row.processed_at))
+        for hit in orjson.loads(row.alerts)
+    ]  # fmt: skip
 
 
 def _event_row(row: ProcessedRow) -> OutboxRow:

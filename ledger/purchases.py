@@ -58,6 +58,7 @@ class Part(NamedTuple):
     asset: str
     amount: int
     decision: Accepted
+    before: AccountState  # the account as the parts before it left it
 
 
 class Refused(NamedTuple):
@@ -117,7 +118,7 @@ def decide_purchase(command: Command, ctx: Context) -> Decided | Refused:
             return Refused(main_type, asset, amount, ctx.account_of(asset),
                            _named(type, asset, decided))  # fmt: skip
         state[asset] = decided.account
-        parts.append(Part(type, key, tx_id, asset, amount, decided))
+        parts.append(Part(type, key, tx_id, asset, amount, decided, before))
         return None
 
     for cost in command.costs:

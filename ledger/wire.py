@@ -11,6 +11,7 @@ from datetime import datetime
 import orjson
 
 from ledger.legs import Legs
+from ledger.monitors import Hit, alert_id
 from schemas.dead_letters import DecodeErrorCode
 from schemas.events import AccountKind
 
@@ -144,6 +145,27 @@ def event_document(
         "description": description,
         "occurred_at": occurred_at,
     }
+
+
+def alert_bytes(
+    hit: Hit, user_id: str, asset: str, transaction_id: uuid.UUID, type: str, at: datetime
+) -> bytes:
+    """A `wallet.alerts` message (schemas.alerts.Alert)."""
+    return orjson.dumps(
+        {
+            "alert_id": alert_id(hit.monitor_id, transaction_id),
+            "monitor_id": hit.monitor_id,
+            "kind": hit.kind,
+            "user_id": user_id,
+            "asset": asset,
+            "threshold": hit.threshold,
+            "value": hit.value,
+            "window_s": hit.window_s,
+            "transaction_id": transaction_id,
+            "type": type,
+            "at": at,
+        }
+    )
 
 
 def dead_letter_bytes(

@@ -267,12 +267,13 @@ class TopicProblem:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The four topics of the service, as the settings want them."""
+    """The five topics of the service, as the settings want them."""
     roles = [
         (settings.commands_topic, "COMMANDS", settings.commands_retention_ms),
         (settings.replies_topic, "REPLIES", settings.replies_retention_ms),
         (settings.events_topic, "EVENTS", settings.events_retention_ms),
         (settings.dlq_topic, "DLQ", settings.dlq_retention_ms),
+        (settings.alerts_topic, "ALERTS", settings.alerts_retention_ms),
     ]
     return [
         TopicSpec(

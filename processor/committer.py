@@ -9,6 +9,7 @@ import time
 import traceback
 from collections import Counter
 
+import orjson
 import structlog
 from aiokafka import TopicPartition
 
@@ -97,13 +98,14 @@ class Committer:
 
     async def _plans(self, group: list[Admitted]) -> list[BatchPlan]:
         with metrics.STAGE["lookup"].time():
-            (known, loaded, refs), assets, caps = await asyncio.gather(
+            (known, loaded, refs), assets, caps, watched = await asyncio.gather(
                 self._lookups(group),
                 self._partitions.assets.cover({a for b in group for a in b.assets}),
                 self._partitions.caps.of(k for b in group for k in b.keys),
+                self._partitions.monitors.of(k for b in group for k in b.keys),
             )
         with metrics.STAGE["plan"].time():
-            return [b.worker.plan(b, known, loaded, assets, refs, caps) for b in group]
+            return [b.worker.plan(b, known, loaded, assets, refs, caps, watched) for b in group]
 
     async def _lookups(
         self, group: list[Admitted]
@@ -204,6 +206,10 @@ class Committer:
 def _observe(batch: Admitted, plan: BatchPlan) -> None:
     """A committed batch's metrics (here at the edge: the planner stays pure)."""
     metrics.BATCH_SIZE.observe(len(batch.intakes))
+    for row in plan.processed_rows:
+        if row.alerts is not None:
+            for hit in orjson.loads(row.alerts):
+                metrics.ALERTS.labels(hit[1]).inc()
     for outcome, count in Counter(plan.decided).items():
         metrics.COMMANDS.labels(*outcome).inc(count)
         if outcome.outcome == "dead_lettered":

@@ -76,7 +76,9 @@ class OutboxPublisher:
         self._store = store
         self._events_topic = settings.events_topic
         self._dlq_topic = settings.dlq_topic
-        self._own_topics = frozenset({settings.events_topic, settings.dlq_topic})
+        self._alerts_topic = settings.alerts_topic
+        self._own_topics = frozenset({settings.events_topic, settings.dlq_topic,
+                                      settings.alerts_topic})  # fmt: skip
         self._timeout_s = settings.kafka_timeout_ms / 1000
         self._backoff_max_s = settings.retry_backoff_max_ms / 1000
         # Bounded: when Kafka is slow, the processor waits here instead of growing memory.
@@ -189,6 +191,9 @@ class OutboxPublisher:
         elif part.kind == "dlq":
             assert m.dlq_value is not None
             await batches.add(self._dlq_topic, m.key, m.dlq_value, part)
+        elif part.kind == "alert":
+            assert m.alert_value is not None
+            await batches.add(self._alerts_topic, m.key, m.alert_value, part)
         else:
             assert m.reply_value is not None and m.reply_topic
             why = await self._undeliverable(m.reply_topic, job.queued_s)
@@ -262,27 +267,33 @@ class OutboxPublisher:
         return frozenset(t[1] for t in response.topics if t[0] != _UNKNOWN_TOPIC_CODE)
 
 
+_Kind = Literal["reply", "event", "dlq", "alert"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
-    """One record a message makes the relay send: its reply, its event or its dead letter."""
+    """One record a message makes the relay send: its reply, its event, its dead letter or
+    its alert."""
 
     job: PublishJob
     message: OutboxMessage
-    kind: Literal["reply", "event", "dlq"]
+    kind: _Kind
     error: BaseException | None = None  # why its last send failed
 
     def failing(self, error: BaseException) -> _Part:
         return _Part(self.job, self.message, self.kind, error)
 
 
-def _kinds(m: OutboxMessage) -> list[Literal["reply", "event", "dlq"]]:
-    kinds: list[Literal["reply", "event", "dlq"]] = []
+def _kinds(m: OutboxMessage) -> list[_Kind]:
+    kinds: list[_Kind] = []
     if m.reply_value is not None and m.reply_topic:
         kinds.append("reply")
     if m.event_value is not None:
         kinds.append("event")
     if m.dlq_value is not None:
         kinds.append("dlq")
+    if m.alert_value is not None:
+        kinds.append("alert")
     return kinds
 
 

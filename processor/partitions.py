@@ -16,6 +16,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from foundation.errors import FencedError
 from processor.caps import CapsLookup
 from processor.health import Health
+from processor.monitors import MonitorsLookup
 from processor.outbox import Outbox
 from processor.worker import Admitted, AssetCatalog, PartitionWorker, WorkerConfig
 from storage.db import RETRIABLE_DB_ERRORS, Failure, failure_kind
@@ -59,6 +60,7 @@ class Partitions:
         self._store = store
         self.assets = AssetCatalog(store)
         self.caps = CapsLookup(store)
+        self.monitors = MonitorsLookup(store, config.monitors_reload_ms)
         self._config = config
         self.health = health
         self._consumer = consumer

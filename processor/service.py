@@ -42,7 +42,8 @@ class Processor:
     def __init__(self, settings: Settings, store: EventStore, owner: str | None = None) -> None:
         self._settings = settings
         self._store = store
-        forbidden = {settings.commands_topic, settings.events_topic, settings.dlq_topic}
+        forbidden = {settings.commands_topic, settings.events_topic, settings.dlq_topic,
+                     settings.alerts_topic}  # fmt: skip
         self._config = WorkerConfig(
             owner=owner or owner_name(),
             # The setting bounds the whole process: a process that owns every partition holds
@@ -54,6 +55,7 @@ class Processor:
                 forbidden_reply_topics=frozenset(forbidden),
                 reply_topic_patterns=settings.reply_topic_patterns,
             ),
+            monitors_reload_ms=settings.monitors_reload_ms,
         )
         self._steps: Steps | None = None
         self._publisher: OutboxPublisher | None = None

@@ -20,6 +20,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from ledger.account import NO_REFERENCES, AccountState, Asset, Assets, HoldKey, References
 from ledger.caps import Caps
+from ledger.monitors import NO_WATCH, Monitor, Spending, watch
 from ledger.plan import (
     AccountKey,
     BatchContext,
@@ -90,6 +91,7 @@ class WorkerConfig:
     owner: str
     balance_cache_max: int  # accounts cached by this partition's worker
     rules: IntakeRules
+    monitors_reload_ms: int = 10_000  # how often the monitors are read again
 
 
 class PartitionWorker:
@@ -245,19 +247,24 @@ class PartitionWorker:
         assets: Assets,
         refs: References = NO_REFERENCES,
         caps: Mapping[AccountKey, Caps] | None = None,
+        watched: tuple[tuple[Monitor, ...], Spending] = ((), {}),
     ) -> BatchPlan:
-        """Decide the batch; `known`, `loaded` and `caps` may hold other partitions' rows
-        too."""
+        """Decide the batch; `known`, `loaded`, `caps` and the spending in `watched` may hold
+        other partitions' rows too."""
         assert batch.worker is self and batch.position.first_offset == self.next_offset
         # Loaded rows are committed state, safe to cache before this batch commits.
         self._accounts.update((k, loaded[k]) for k in batch.uncached if k in loaded)
         accounts = {k: self._accounts[k] for k in batch.keys if k in self._accounts}
         mine = {i: known[i] for i in batch.ids if i in known}
+        found, spending = watched
         ctx = BatchContext(
             topic=self.tp.topic,
             partition=self.tp.partition,
             generation=self.generation,
             processed_at=datetime.now(UTC),
+            watch=watch(found, {k: spending[k] for k in batch.keys if k in spending})
+            if found
+            else NO_WATCH,
         )
         capped = {k: caps[k] for k in batch.keys if k in caps} if caps else {}
         return plan_batch(ctx, batch.intakes, mine, accounts, assets, refs, capped)

@@ -18,8 +18,9 @@ from projections import queries, statements
 from projections.balance_cache import Accounts, balance_document, balances_of
 from projections.events_follower import EventsFollower
 from projections.verify import verify
+from schemas.alerts import MonitorId, MonitorKind
 from schemas.commands import AssetCode
-from storage import limits
+from storage import limits, monitors
 from storage.db import RETRIABLE_DB_ERRORS
 from storage.projection_store import LIVE, lag_seconds, projected_accounts
 from storage.stalls import stalls
@@ -260,6 +261,49 @@ async def put_limits(
     except asyncpg.ForeignKeyViolationError as exc:
         raise HTTPException(status_code=422, detail=f"no asset {assetId}") from exc
     return {"userId": userId, "limits": found}
+
+
+class MonitorBody(BaseModel):
+    """A monitor over every wallet of an asset (see `wallet monitors add`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: MonitorKind = Field(strict=False)
+    assetId: AssetCode
+    threshold: int = Field(ge=0, le=10**18)
+    windowS: int | None = Field(default=None, ge=60, le=86_400)
+
+
+@ops.put("/monitors/{monitorId}")
+async def put_monitor(monitorId: MonitorId, body: MonitorBody, request: Request) -> dict[str, Any]:
+    """Add or replace a monitor; processors apply it within WALLET_MONITORS_RELOAD_MS."""
+    found = (monitorId, body.kind.value, body.assetId, body.threshold, body.windowS)
+    try:
+        async with _pool(request).acquire() as conn:
+            await monitors.set_monitor(conn, found, "api")
+            return {"monitors": await monitors.list_monitors(conn)}
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise HTTPException(status_code=422, detail=f"no asset {body.assetId}") from exc
+    except asyncpg.CheckViolationError as exc:
+        raise HTTPException(status_code=422, detail="windowS is for spend_over_window, "
+                            "and required by it") from exc  # fmt: skip
+    except monitors.TooManyMonitorsError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+
+@ops.get("/monitors")
+async def get_monitors(request: Request) -> dict[str, Any]:
+    """Every monitor, with who added it and when."""
+    async with _pool(request).acquire() as conn:
+        return {"monitors": await monitors.list_monitors(conn)}
+
+
+@ops.delete("/monitors/{monitorId}", status_code=204)
+async def delete_monitor(monitorId: MonitorId, request: Request) -> None:
+    """Remove a monitor (404 when there is none)."""
+    async with _pool(request).acquire() as conn:
+        if not await monitors.remove_monitor(conn, monitorId):
+            raise HTTPException(status_code=404, detail=f"no monitor {monitorId}")
 
 
 @ops.get("/limits/{userId}")

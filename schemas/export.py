@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from schemas.alerts import Alert
 from schemas.commands import Command
 from schemas.dead_letters import DeadLetter
 from schemas.events import LedgerEvent
@@ -20,6 +21,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "reply": Reply,
     "event": LedgerEvent,
     "dead_letter": DeadLetter,
+    "alert": Alert,
 }
 
 

@@ -30,6 +30,7 @@ from ledger.account import (
 )
 from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, SpendOrder, at_ms, next_due_ms, pieces_of
+from ledger.monitors import MONITORS_MAX, Monitor, Window
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -154,12 +155,14 @@ class OutboxMessage:
     event_value: bytes | None
     dlq_value: bytes | None
     reply_key: bytes | None = None  # None: the reply's key is `key`
+    alert_value: bytes | None = None  # a monitor's alert (ledger.plan.alert_rows)
 
     @classmethod
     def of(cls, row: OutboxRow) -> OutboxMessage:
         """What the relay needs of a planned outbox row."""
         return cls(row.source_offset, row.generation, row.message_key, row.reply_topic,
-                   row.reply_value, row.event_value, row.dlq_value, row.reply_key)  # fmt: skip
+                   row.reply_value, row.event_value, row.dlq_value, row.reply_key,
+                   row.alert_value)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,12 @@ class EventStore(Protocol):
     async def any_caps(self) -> bool: ...
 
     async def load_caps(self, keys: Sequence[AccountKey], day: int) -> dict[AccountKey, Caps]: ...
+
+    async def load_monitors(self) -> tuple[Monitor, ...]: ...
+
+    async def load_spending(
+        self, keys: Sequence[AccountKey], lengths_s: Sequence[int], now_ms: int
+    ) -> dict[AccountKey, dict[int, Window]]: ...
 
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None: ...
 
@@ -538,6 +547,33 @@ class PostgresEventStore:
                                                  r["daily_transfer_out_max"], day, r["spent"],
                                                  r["sent"]) for r in rows}  # fmt: skip
 
+    @translated
+    async def load_monitors(self) -> tuple[Monitor, ...]:
+        """Every monitor (at most MONITORS_MAX: `wallet monitors add` refuses more)."""
+        rows = await self._pool.fetch(
+            "SELECT monitor_id, kind, asset, threshold, window_s FROM monitors"
+            " ORDER BY monitor_id LIMIT $1", MONITORS_MAX, timeout=self._timeout_s)  # fmt: skip
+        return tuple(Monitor(*r) for r in rows)
+
+    @translated
+    async def load_spending(
+        self, keys: Sequence[AccountKey], lengths_s: Sequence[int], now_ms: int
+    ) -> dict[AccountKey, dict[int, Window]]:
+        """What each wallet among `keys` spent (ledger.caps says what counts) in the window of
+        each length that holds `now_ms` (windows are aligned to the epoch)."""
+        if not keys or not lengths_s:
+            return {}
+        numbers = [now_ms // (n * 1000) for n in lengths_s]
+        since = [at_ms(k * n * 1000) for k, n in zip(numbers, lengths_s, strict=True)]
+        rows = await self._pool.fetch(_SPENDING_SQL, [k[0] for k in keys], [k[1] for k in keys],
+                                      list(lengths_s), since, timeout=self._timeout_s)  # fmt: skip
+        found: dict[AccountKey, dict[int, Window]] = {}
+        number = dict(zip(lengths_s, numbers, strict=True))
+        for r in rows:
+            windows = found.setdefault((r["user_id"], r["asset"]), {})
+            windows[r["length_s"]] = Window(number[r["length_s"]], r["spent"])
+        return found
+
     async def commit_batch(self, position: BatchPosition, plan: BatchPlan) -> None:
         """Write one partition's batch and advance its offset, all or nothing."""
         await self.commit_batches([(position, plan)])
@@ -815,6 +851,17 @@ SELECT l.user_id, l.asset, l.daily_spend_max, l.daily_transfer_out_max,
    AND c.type IN {counted} AND c.processed_at >= $3
  GROUP BY 1, 2, 3, 4
 """.format(spent=SPENT_RECORD_TYPES, counted=(*SPENT_RECORD_TYPES, "transfer"))
+# What wallets spent in the current window of each length, through the records' primary key
+# (user first), as the caps' lookup (only when a monitor watches spending).
+_SPENDING_SQL = f"""
+SELECT k.user_id, k.asset, w.length_s, coalesce(sum(c.amount), 0)::bigint AS spent
+  FROM unnest($1::text[], $2::text[]) AS k(user_id, asset)
+ CROSS JOIN unnest($3::int[], $4::timestamptz[]) AS w(length_s, since)
+  LEFT JOIN processed_commands c
+    ON c.user_id = k.user_id AND c.asset = k.asset AND c.status = 'accepted'
+   AND c.type IN {SPENT_RECORD_TYPES} AND c.processed_at >= w.since
+ GROUP BY 1, 2, 3
+"""
 # Each half through its partial index on processed_at (migration 012).
 _STUCK_TRANSFERS_SQL = f"""
 SELECT {", ".join(PROCESSED_COLUMNS)} FROM (

@@ -20,6 +20,7 @@ from foundation.errors import FencedError, StorageRefusedError
 from ledger.account import AccountState, Asset, Hold, HoldKey, References, Step, Target
 from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
+from ledger.monitors import Monitor, Window
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -61,6 +62,7 @@ class MemoryEventStore:
         self.assets = dict.fromkeys(assets, Asset())  # code -> its rules
         # (user, asset) -> (daily spend cap, daily transfer-out cap), as `wallet limits` sets
         self.limits: dict[AccountKey, tuple[int | None, int | None]] = {}
+        self.monitors: dict[str, Monitor] = {}  # by id, as `wallet monitors` sets them
         self._partitions: dict[PartitionId, _Partition] = {}
         self._processed: dict[IdempotencyId, ProcessedRow] = {}
         self._accounts: dict[AccountKey, AccountState] = {}  # without their lots
@@ -185,6 +187,25 @@ class MemoryEventStore:
             spent = sum(r.amount or 0 for r in done if r.type in SPENT_RECORD_TYPES)
             sent = sum(r.amount or 0 for r in done if r.type == "transfer")
             found[key] = Caps(*self.limits[key], day, spent, sent)
+        return found
+
+    async def load_monitors(self) -> tuple[Monitor, ...]:
+        return tuple(sorted(self.monitors.values()))
+
+    async def load_spending(
+        self, keys: Sequence[AccountKey], lengths_s: Sequence[int], now_ms: int
+    ) -> dict[AccountKey, dict[int, Window]]:
+        found: dict[AccountKey, dict[int, Window]] = {}
+        for key in keys:
+            for length in lengths_s:
+                number = now_ms // (length * 1000)
+                since = at_ms(number * length * 1000)
+                spent = sum(
+                    r.amount or 0 for r in self._processed.values()
+                    if (r.user_id, r.asset) == key and r.status == "accepted"
+                    and r.type in SPENT_RECORD_TYPES and r.processed_at >= since
+                )  # fmt: skip
+                found.setdefault(key, {})[length] = Window(number, spent)
         return found
 
     async def stuck_transfers(

@@ -116,6 +116,7 @@ def fresh_settings(database_url: str, services: Services) -> Settings:
         commands_topic=f"{prefix}.wallet.commands",
         replies_topic=f"{prefix}.wallet.replies",
         events_topic=f"{prefix}.wallet.events",
+        alerts_topic=f"{prefix}.wallet.alerts",
         dlq_topic=f"{prefix}.wallet.commands.dlq",
         consumer_group=f"{prefix}-processor",
         partitions=4,
@@ -175,7 +176,9 @@ async def delete_topics(settings: Settings) -> None:
     try:
         await asyncio.wait_for(admin.start(), 10)
         topics = [settings.commands_topic, settings.replies_topic, settings.events_topic]
-        await asyncio.wait_for(admin.delete_topics([*topics, settings.dlq_topic]), 10)
+        await asyncio.wait_for(
+            admin.delete_topics([*topics, settings.dlq_topic, settings.alerts_topic]), 10
+        )
     except Exception:  # cleanup is best effort: a broker may refuse to delete topics
         pass
     finally:

@@ -372,6 +372,76 @@ def limits_list(user_id: str | None) -> None:
                    f" (by {row['setBy']}, {row['updatedAt'][:19]})")  # fmt: skip
 
 
+# schemas.alerts.MonitorKind's values (a test says so), here without importing pydantic.
+MONITOR_KINDS = ("balance_above", "balance_below", "spend_over_window")
+
+
+@main.group()
+def monitors() -> None:
+    """Monitors: alerts on the alerts topic when a balance crosses a line or spending in a
+    window passes a value (add, list, remove)."""
+
+
+@monitors.command("add")
+@click.argument("monitor_id")
+@click.option("--kind", type=click.Choice(MONITOR_KINDS), required=True)
+@click.option("--asset", required=True)
+@click.option("--threshold", type=_CAP, required=True, help="The line, or the window's value.")
+@click.option(
+    "--window",
+    "window_s",
+    type=click.IntRange(60, 86_400),
+    help="spend_over_window: the window in seconds (aligned to the epoch).",
+)
+@click.option("--by", "set_by", default=lambda: os.environ.get("USER", "operator"),
+              help="Who adds it (kept with it).")  # fmt: skip
+def monitors_add(
+    monitor_id: str, kind: str, asset: str, threshold: int, window_s: int | None, set_by: str
+) -> None:
+    """Add (or replace) a monitor over every wallet of an asset; processors apply it within
+    WALLET_MONITORS_RELOAD_MS."""
+    import asyncpg
+
+    from storage.monitors import TooManyMonitorsError, set_monitor
+
+    try:
+        _on_db(lambda conn: set_monitor(conn, (monitor_id, kind, asset, threshold, window_s),
+                                        set_by))  # fmt: skip
+    except asyncpg.ForeignKeyViolationError:
+        raise click.ClickException(f"no asset {asset!r}") from None
+    except asyncpg.CheckViolationError:
+        raise click.ClickException(
+            "a monitor id is 1-64 letters, digits and ._:- ; "
+            "--window is for spend_over_window, and required by it"
+        ) from None
+    except TooManyMonitorsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{monitor_id}: {kind} {asset} {threshold}"
+               + (f" in {window_s} s" if window_s else ""))  # fmt: skip
+
+
+@monitors.command("list")
+def monitors_list() -> None:
+    """Every monitor, who added it and when."""
+    from storage.monitors import list_monitors
+
+    for m in _on_db(list_monitors):
+        window = f" in {m['windowS']} s" if m["windowS"] else ""
+        click.echo(f"{m['monitorId']}: {m['kind']} {m['assetId']} {m['threshold']}{window}"
+                   f" (by {m['createdBy']}, {m['createdAt'][:19]})")  # fmt: skip
+
+
+@monitors.command("remove")
+@click.argument("monitor_id")
+def monitors_remove(monitor_id: str) -> None:
+    """Remove a monitor."""
+    from storage.monitors import remove_monitor
+
+    if not _on_db(lambda conn: remove_monitor(conn, monitor_id)):
+        raise click.ClickException(f"no monitor {monitor_id!r}")
+    click.echo(f"{monitor_id}: removed")
+
+
 def _or_none(value: int | None) -> str:
     return "-" if value is None else str(value)
 

@@ -67,6 +67,15 @@ SELECT count(*) FILTER (WHERE status = 'accepted') AS accepted,
 """
 
 
+# The alerts monitors raised in the last hour, by kind (through their partial index).
+_ALERTS_SQL = """
+SELECT a->>1 AS kind, count(*) AS n
+  FROM processed_commands CROSS JOIN jsonb_array_elements(alerts) AS a
+ WHERE alerts IS NOT NULL AND processed_at > now() - interval '1 hour'
+ GROUP BY 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionStatus:
     partition: int
@@ -119,6 +128,7 @@ class StatusReport:
     transfer_oldest_s: float | None = None  # how long the oldest of them has been in flight
     # The last hour's purchases: accepted, refused, and the conversions among those accepted.
     purchases: dict[str, int] = field(default_factory=dict)
+    alerts: dict[str, int] = field(default_factory=dict)  # the last hour's, by monitor kind
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -154,6 +164,7 @@ async def gather(settings: Settings) -> StatusReport:
         stalled = await stalls(conn, settings.commands_topic, settings.stall_failures)
         in_flight = await conn.fetchrow(_TRANSFERS_SQL)
         bought = await conn.fetchrow(_PURCHASES_SQL)
+        alerted = {r["kind"]: r["n"] for r in await conn.fetch(_ALERTS_SQL)}
     assert in_flight is not None and bought is not None  # aggregates: always one row
     broker_error = None
     try:
@@ -166,7 +177,7 @@ async def gather(settings: Settings) -> StatusReport:
     return StatusReport(
         settings.commands_topic, partitions, None if broker_error else broker.dead_letters,
         broker_error, stalled, settings.command_wait_max_ms / 1000, resets, dead,
-        in_flight["n"], in_flight["oldest_s"], dict(bought),
+        in_flight["n"], in_flight["oldest_s"], dict(bought), alerted,
     )  # fmt: skip
 
 
@@ -308,6 +319,8 @@ def render(report: StatusReport) -> RenderableType:
     summary.add_row("purchases (last hour)", f"{bought.get('accepted', 0)} accepted "
                     f"({bought.get('conversions', 0)} conversions), "
                     f"{bought.get('refused', 0)} refused")  # fmt: skip
+    alerted = ", ".join(f"{n} {kind}" for kind, n in sorted(report.alerts.items()))
+    summary.add_row("alerts (last hour)", alerted or "0")
     if report.broker_error:
         summary.add_row("broker", f"[red]did not answer: {report.broker_error}[/red]")
     parts: list[RenderableType] = [table, summary]

@@ -94,6 +94,7 @@ def _banner(settings: Settings, services: Services, api_key: str | None) -> None
     click.echo(f"  replies    : {settings.replies_topic}")
     click.echo(f"  events     : {settings.events_topic}")
     click.echo(f"  dead letter: {settings.dlq_topic}")
+    click.echo(f"  alerts     : {settings.alerts_topic}")
     click.echo(f"  HTTP API   : http://{settings.api_host}:{settings.api_port} (docs: /docs)")
     if api_key:
         click.echo(f"  API key    : {api_key}")

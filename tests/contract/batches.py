@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from ledger.caps import Caps
+from ledger.monitors import NO_WATCH, Watch
 from ledger.plan import (
     AccountKey,
     BatchContext,
@@ -50,14 +51,15 @@ async def planned_commands(
     commands: Sequence[Command],
     at: datetime | None = None,
     caps: Mapping[AccountKey, Caps] | None = None,
+    watch: Watch = NO_WATCH,
 ) -> tuple[BatchPosition, BatchPlan]:
     """`commands` at offsets first.., planned after the lookups the processor makes, at time
-    `at` (default: now), with these daily caps (default: none)."""
+    `at` (default: now), with these daily caps (default: none) and monitors (none)."""
     items = decoded_intakes(commands, first)
     accounts = await store.load_accounts(list(accounts_named(commands)))
     known = await store.find_processed([(c.user_id, c.idempotency_key) for c in commands])
     refs = await store.find_references(*references_named(commands))
-    ctx = BatchContext(topic, partition, 0, at or datetime.now(UTC))
+    ctx = BatchContext(topic, partition, 0, at or datetime.now(UTC), watch)
     plan = plan_batch(ctx, items, known, accounts, await store.load_assets(), refs, caps or {})
     end = first + len(commands)
     return BatchPosition(topic, partition, epoch, 0, first, end, end - 1, b"fp"), plan

@@ -17,7 +17,8 @@ PROCESS_ROOT = Path(tempfile.mkdtemp(prefix="wallet-procs-"))
 
 _PASSED_SETTINGS = [
     "database_url", "kafka_bootstrap", "commands_topic", "replies_topic", "events_topic",
-    "dlq_topic", "partitions", "consumer_group", "producer_idempotence", "session_timeout_ms",
+    "dlq_topic", "alerts_topic", "partitions", "consumer_group", "producer_idempotence",
+    "session_timeout_ms",
     "heartbeat_interval_ms", "db_timeout_ms", "kafka_timeout_ms",
 ]  # fmt: skip
 

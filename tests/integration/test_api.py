@@ -218,6 +218,26 @@ class TestLimits:
         assert (await api.put("/ops/limits/teo/RUBY", json={"dailySpendMax": 1})).status_code == 422
 
 
+class TestMonitors:
+    async def test_ops_add_list_and_remove_monitors(self, api: httpx.AsyncClient) -> None:
+        """PUT /ops/monitors/{id} adds or replaces a monitor (GET lists them), DELETE removes
+        it (404 a second time); a window on a balance monitor or an unknown asset is 422."""
+        body = {"kind": "spend_over_window", "assetId": "GOLD", "threshold": 500,
+                "windowS": 3600}  # fmt: skip
+        put = await api.put("/ops/monitors/big-spender", json=body)
+        assert put.status_code == 200, put.text
+        [row] = (await api.get("/ops/monitors")).json()["monitors"]
+        assert (row["monitorId"], row["kind"], row["windowS"], row["createdBy"]) == (
+            "big-spender", "spend_over_window", 3600, "api")  # fmt: skip
+        wrong = body | {"kind": "balance_above"}
+        assert (await api.put("/ops/monitors/rich", json=wrong)).status_code == 422
+        ruby = body | {"assetId": "RUBY"}
+        assert (await api.put("/ops/monitors/ruby", json=ruby)).status_code == 422
+        assert (await api.delete("/ops/monitors/big-spender")).status_code == 204
+        assert (await api.delete("/ops/monitors/big-spender")).status_code == 404
+        assert (await api.get("/ops/monitors")).json()["monitors"] == []
+
+
 class TestReads:
     async def test_balance_history_and_transaction(
         self, api: httpx.AsyncClient, stack: Settings
