@@ -13,9 +13,10 @@ from foundation.errors import FencedError, StorageRefusedError
 from foundation.settings import Settings
 from ledger.account import Step
 from ledger.caps import DAY_MS, Caps
+from ledger.monitors import Monitor, Window
 from ledger.plan import BatchPlan
 from schemas.codec import decode_command
-from schemas.commands import Command
+from schemas.commands import Command, Part
 from storage.db import create_pool
 from storage.event_store import (
     BatchPosition,
@@ -27,6 +28,7 @@ from storage.event_store import (
 )
 from storage.limits import set_limits
 from storage.memory_event_store import MemoryEventStore
+from storage.monitors import set_monitor
 from tests.contract.batches import planned_batch, planned_commands
 from tests.integration.helpers import command
 
@@ -341,5 +343,64 @@ async def _cap(
     conn = await asyncpg.connect(database.database_url)
     try:
         await set_limits(conn, *key, caps, "contract")
+    finally:
+        await conn.close()
+
+
+class TestPurchases:
+    async def test_a_purchase_is_several_records_at_one_offset(self, store: EventStore) -> None:
+        """A purchase's records commit together at its offset, and the relay's pages never
+        end inside an offset: a page that would, ends before it (or takes it whole when it
+        is the page's first)."""
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        conversion = command("purchase", "ana", None, costs=[Part(asset="GOLD", amount=10)],
+                             grants=[Part(asset="DIAMONDS", amount=3)], sku="pack")  # fmt: skip
+        batch = [command("top_up", "ana", 100), command("bonus", "ana", 100), conversion,
+                 command("spend", "ana", 1)]  # fmt: skip
+        position, plan = await _commands(store, claim.epoch, 0, batch)
+        await store.commit_batch(position, plan)
+        assert [(r.type, r.source_offset) for r in plan.processed_rows][2:] == [
+            ("conversion", 2), ("purchase_grant", 2), ("spend", 3)]  # fmt: skip
+        planned = [OutboxMessage.of(r) for r in plan.outbox_rows]
+        assert await store.unpublished(TOPIC, PARTITION, (0, 0), 10) == planned
+        offsets = [[m.source_offset for m in await store.unpublished(TOPIC, PARTITION, (0, 0), n)]
+                   for n in (3, 4)]  # fmt: skip
+        assert offsets == [[0, 1], [0, 1, 2, 2]]
+        assert await store.unpublished(TOPIC, PARTITION, (0, 2), 1) == planned[2:4]
+        accounts = await store.load_accounts([("ana", "DIAMONDS")])
+        assert accounts[("ana", "DIAMONDS")].balance == 3
+
+
+class TestMonitors:
+    async def test_spending_is_read_per_window(
+        self, store: EventStore, database: Settings | None
+    ) -> None:
+        """The monitors come back as set; a wallet's spending (spends, captures, purchases'
+        costs) is read in the window of each length holding the time asked about."""
+        await _monitor(store, database, Monitor("spender", "spend_over_window", "GOLD", 50, 60))
+        assert await store.load_monitors() == (
+            Monitor("spender", "spend_over_window", "GOLD", 50, 60),)  # fmt: skip
+        claim = await store.claim_partition(TOPIC, PARTITION, "a")
+        item = command("purchase", "ana", None, costs=[Part(asset="GOLD", amount=5)], sku="s")
+        batch = [command("top_up", "ana", 100), command("spend", "ana", 7), item]
+        await store.commit_batch(*await _commands(store, claim.epoch, 0, batch))
+        now_ms = int(time.time() * 1000)
+        found = await store.load_spending([("ana", "GOLD"), ("bob", "GOLD")], [60, 86_400],
+                                          now_ms)  # fmt: skip
+        assert found[("ana", "GOLD")][86_400] == Window(now_ms // 86_400_000, 12)
+        assert found[("bob", "GOLD")][86_400].spent == 0
+        later = await store.load_spending([("ana", "GOLD")], [60], now_ms + 120_000)
+        assert later[("ana", "GOLD")][60].spent == 0
+
+
+async def _monitor(store: EventStore, database: Settings | None, monitor: Monitor) -> None:
+    """Add a monitor as `wallet monitors add` would."""
+    if isinstance(store, MemoryEventStore):
+        store.monitors[monitor.monitor_id] = monitor
+        return
+    assert database is not None and database.database_url
+    conn = await asyncpg.connect(database.database_url)
+    try:
+        await set_monitor(conn, monitor, "contract")
     finally:
         await conn.close()

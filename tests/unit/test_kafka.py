@@ -106,9 +106,10 @@ class TestSecurityValidation:
 
 
 def _spec(role: str = "commands", **settings: object) -> TopicSpec:
-    """The spec of one topic ("commands", "replies", "events" or "dlq") under these settings."""
+    """The spec of one topic ("commands", "replies", "events", "dlq" or "alerts") under these
+    settings."""
     specs = topic_specs(_settings(**settings))
-    return specs[["commands", "replies", "events", "dlq"].index(role)]
+    return specs[["commands", "replies", "events", "dlq", "alerts"].index(role)]
 
 
 def _as_wanted(spec: TopicSpec, **changes: object) -> TopicState:
@@ -130,22 +131,23 @@ def _fatal(problems: list[TopicProblem]) -> list[str]:
 
 class TestTopicCreation:
     def test_each_topic_gets_its_role_retention_and_the_delete_policy(self) -> None:
-        """The four topics are created with their own retention, the min ISR setting and
+        """The five topics are created with their own retention, the min ISR setting and
         cleanup.policy=delete; only the commands topic is marked as such."""
         specs = topic_specs(_settings(topic_replication_factor=3, topic_min_insync_replicas=2,
                                       events_retention_ms=-1))  # fmt: skip
-        names = ["wallet.commands", "wallet.replies", "wallet.events", "wallet.commands.dlq"]
+        names = ["wallet.commands", "wallet.replies", "wallet.events", "wallet.commands.dlq",
+                 "wallet.alerts"]  # fmt: skip
         assert [s.name for s in specs] == names
-        retentions = [str(7 * DAY_MS), str(DAY_MS), "-1", str(90 * DAY_MS)]
+        retentions = [str(7 * DAY_MS), str(DAY_MS), "-1", str(90 * DAY_MS), str(30 * DAY_MS)]
         assert [s.configs["retention.ms"] for s in specs] == retentions
         assert {s.configs["cleanup.policy"] for s in specs} == {"delete"}
         assert {s.configs["min.insync.replicas"] for s in specs} == {"2"}
         assert {s.replication_factor for s in specs} == {3}
-        assert [s.commands for s in specs] == [True, False, False, False]
+        assert [s.commands for s in specs] == [True, False, False, False, False]
 
     def test_a_topic_as_wanted_has_no_problem(self) -> None:
         """A topic with the wanted partitions, replicas and configs is not reported."""
-        for role in ("commands", "replies", "events", "dlq"):
+        for role in ("commands", "replies", "events", "dlq", "alerts"):
             spec = _spec(role, topic_replication_factor=3, topic_min_insync_replicas=2)
             assert topic_problems(_as_wanted(spec), spec) == []
 
@@ -291,7 +293,7 @@ class TestBrokerWithoutTopicConfigs:
                             lambda **options: _ConfiglessAdmin(answer, **options))  # fmt: skip
         with structlog.testing.capture_logs() as logs:
             created = await ensure_topics(_settings())
-        assert len(created) == 4
+        assert len(created) == 5
         warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
         assert len(warnings) == 1 and "topic configs" in warnings[0]
         with pytest.raises(ConfigError, match="WALLET_TOPIC_REPLICATION_FACTOR"):
