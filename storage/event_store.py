@@ -780,7 +780,7 @@ def std_uuid(value: uuid.UUID | None) -> uuid.UUID | None:
 # Both in the order of the watermark, each through its table's index on that order.
 _UNPUBLISHED_OUTBOX_SQL = """
 SELECT source_offset, generation, message_key, reply_topic, reply_value, event_value, dlq_value,
-       reply_key
+       reply_key, alert_value
   FROM outbox
  WHERE topic = $1 AND partition = $2 AND (generation, source_offset) >= ($3, $4)
  ORDER BY generation, source_offset

@@ -68,6 +68,7 @@ SERVICE_GRANTS = {
     "lots": "SELECT, INSERT, UPDATE, DELETE",
     "holds": "SELECT, INSERT, UPDATE",  # kept once resolved: a second resolution is answered
     "account_limits": "SELECT, INSERT, UPDATE, DELETE",  # `wallet limits` (an operator's)
+    "monitors": "SELECT, INSERT, UPDATE, DELETE",  # `wallet monitors` (an operator's)
     "schema_migrations": "SELECT",
     "partition_state": "SELECT, INSERT, UPDATE",
     "outbox_positions": "SELECT, INSERT, UPDATE",

@@ -24,3 +24,7 @@ ALTER TABLE processed_commands
 -- The alerts of the last hour, for `wallet status`.
 CREATE INDEX processed_commands_alerts ON processed_commands (processed_at)
  WHERE alerts IS NOT NULL;
+
+-- An alert's message (only planned rows have one today, rebuilt from their records; the
+-- column keeps the outbox's rows and the plan's alike, as 012's reply_key).
+ALTER TABLE outbox ADD COLUMN alert_value bytea;

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -90,3 +90,19 @@ class TestRetries:
         assert producer.failures == 1
         assert per_topic == {"unit.replies": 40, "unit.events": 40}
         assert (await store.claim_partition(TOPIC, 0, "next")).published_offset == 40
+
+    async def test_alerts_go_to_the_alerts_topic(self) -> None:
+        """A message's alert is published to the alerts topic (retried like the rest when
+        its batch fails), beside its reply and event."""
+        store = FlakyStore()
+        epoch = (await store.claim_partition(TOPIC, 0, "me")).epoch
+        producer = ProducerStandIn(fail_topic=SETTINGS.alerts_topic)
+        relay = OutboxPublisher(producer, store, SETTINGS)  # type: ignore[arg-type]
+        alerted = [replace(m, alert_value=b"{}") if m.source_offset % 2 else m
+                   for m in _messages(10)]  # fmt: skip
+        await relay.submit(PublishJob(TOPIC, 0, epoch, alerted))
+        running = asyncio.create_task(relay.run())
+        await asyncio.wait_for(relay.drain(), 10)
+        running.cancel()
+        alerts = sum(n for topic, _, n in producer.delivered if topic == SETTINGS.alerts_topic)
+        assert producer.failures == 1 and alerts == 5
