@@ -225,9 +225,6 @@ class Command(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> Command:
-        if self.type in RECORD_ONLY_TYPES:
-            raise ValueError(f"{self.type} is what the ledger records of a purchase: send a "
-                             "purchase")  # fmt: skip
         plain = self.type in _AMOUNT_ONLY  # most commands: checked without the table's loop
         if plain and self.amount is not None and self.hold_id is None is self.expires_in_s:
             if self.transaction_id is not None or self.reason is not None:
@@ -236,7 +233,7 @@ class Command(BaseModel):
             self._check_fields()
         if self.to_user_id is not None or self.type is CommandType.TRANSFER:
             self._transfer_fields()
-        if self.costs is not None or self.type is CommandType.PURCHASE or self.grants or self.sku:
+        if self.type is CommandType.PURCHASE or not (self.costs is None is self.sku is self.grants):
             self._purchase_fields()
         if self.idempotency_key.startswith(_RESERVED_KEY_PREFIXES) or self.type in INTERNAL_TYPES:
             self._reserved_key()
@@ -248,7 +245,11 @@ class Command(BaseModel):
         return self
 
     def _check_fields(self) -> None:
-        """Each field the type takes, needs or refuses (see _FIELDS)."""
+        """Each field the type takes, needs or refuses (see _FIELDS); a record-only type is
+        no command."""
+        if self.type in RECORD_ONLY_TYPES:
+            raise ValueError(f"{self.type} is what the ledger records of a purchase: send a "
+                             "purchase")  # fmt: skip
         given = (self.amount, self.hold_id, self.expires_in_s, self.transaction_id)
         names = ("amount", "hold_id", "expires_in_s", "transaction_id")
         for name, value, rule in zip(names, given, _FIELDS[self.type], strict=True):
