@@ -233,7 +233,8 @@ class Command(BaseModel):
             self._check_fields()
         if self.to_user_id is not None or self.type is CommandType.TRANSFER:
             self._transfer_fields()
-        if self.type is CommandType.PURCHASE or not (self.costs is None is self.sku is self.grants):
+        named = self.costs is not None or self.grants is not None or self.sku is not None
+        if named or self.type is CommandType.PURCHASE:
             self._purchase_fields()
         if self.idempotency_key.startswith(_RESERVED_KEY_PREFIXES) or self.type in INTERNAL_TYPES:
             self._reserved_key()

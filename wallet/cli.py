@@ -431,6 +431,15 @@ def monitors_list() -> None:
                    f" (by {m['createdBy']}, {m['createdAt'][:19]})")  # fmt: skip
 
 
+@monitors.command("alerts")
+@click.option("--minutes", type=click.IntRange(1, 7 * 24 * 60), default=60, show_default=True)
+def monitors_alerts(minutes: int) -> None:
+    """The alerts of the last minutes (at most 1,000), as the alerts topic carries them."""
+    from wallet.operations import print_alerts
+
+    _run(print_alerts(_settings(), minutes))
+
+
 @monitors.command("remove")
 @click.argument("monitor_id")
 def monitors_remove(monitor_id: str) -> None:

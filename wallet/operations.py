@@ -26,6 +26,8 @@ from rich.table import Table
 
 from foundation.errors import OperatorRequestError
 from foundation.settings import Settings
+from ledger.monitors import Hit
+from ledger.wire import alert_bytes
 from messaging.kafka import make_consumer, make_producer, start_producer, topic_partitions
 from projections import queries, statements
 from projections.replay import pending_entries, rebuild, republish
@@ -249,6 +251,25 @@ async def print_found(settings: Settings, what: str, found_id: uuid.UUID) -> Non
     if found is None:
         raise OperatorRequestError(f"no {what} {found_id}")
     sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+ALERTS_SHOWN_MAX = 1000
+
+
+async def print_alerts(settings: Settings, minutes: int) -> None:
+    """The alerts of the last `minutes`, oldest first, as the alerts topic carries them
+    (rebuilt from the records that raised them), one JSON document a line."""
+    async with connection(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT user_id, asset, transaction_id, type, processed_at, alerts::text AS alerts"
+            " FROM processed_commands WHERE alerts IS NOT NULL"
+            " AND processed_at > now() - make_interval(mins => $1)"
+            " ORDER BY processed_at LIMIT $2", minutes, ALERTS_SHOWN_MAX)  # fmt: skip
+    for r in rows:
+        for hit in orjson.loads(r["alerts"]):
+            sys.stdout.write(alert_bytes(Hit(*hit), r["user_id"], r["asset"],
+                                         uuid.UUID(str(r["transaction_id"])), r["type"],
+                                         r["processed_at"]).decode() + "\n")  # fmt: skip
 
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:

@@ -27,7 +27,8 @@ class TestAlerts:
     async def test_each_crossing_is_published_once_with_its_id(self, stack: Settings) -> None:
         """A balance rising past a line and spending past a value in a window each raise one
         alert, on the alerts topic keyed by the user, its id derived from the monitor and the
-        transaction; `wallet status` counts them."""
+        transaction; `wallet monitors alerts` prints the very messages; `wallet status`
+        counts them."""
         add(stack, "rich", "--kind", "balance_above", "--asset", "GOLD", "--threshold", "1000")
         add(stack, "spender", "--kind", "spend_over_window", "--asset", "GOLD",
             "--threshold", "100", "--window", "3600")  # fmt: skip
@@ -37,9 +38,8 @@ class TestAlerts:
             await client.request(command("spend", "ivy", 60))
             spend = await client.request(command("spend", "ivy", 60))
             await client.request(command("spend", "ivy", 60))  # past it already: nothing new
-        found = [
-            Alert.model_validate_json(v) for v in await read_topic(stack, stack.alerts_topic, 3)
-        ]
+        published = await read_topic(stack, stack.alerts_topic, 2)
+        found = [Alert.model_validate_json(v) for v in published]
         assert [(a.monitor_id, a.value, a.transaction_id) for a in found] == [
             ("rich", 1500, credit.transaction_id),
             ("spender", 120, spend.transaction_id),
@@ -48,6 +48,8 @@ class TestAlerts:
         [raised] = await fetch(stack, "SELECT count(*) AS n FROM processed_commands"
                                " WHERE alerts IS NOT NULL")  # fmt: skip
         assert raised["n"] == 2
+        printed = await asyncio.to_thread(run_wallet, stack, "monitors", "alerts")
+        assert printed.stdout.splitlines() == [v.decode() for v in published]
         status = await asyncio.to_thread(run_wallet, stack, "status", "--json")
         assert orjson.loads(status.stdout)["alerts"] == {"balance_above": 1, "spend_over_window": 1}
 
