@@ -379,12 +379,9 @@ def plan_batch(
             _refuse(ctx, plan, item, failure)
             continue
         if command.type is CommandType.PURCHASE:
-            context = purchases.Context(
-                functools.partial(_account_of, plan, accounts, command.user_id),
-                assets, now_ms, caps, transaction_id_for,
-            )  # fmt: skip
+            around = _Around(accounts, assets, refs, caps, reversing, now_ms)
             seen[(command.user_id, command.idempotency_key)] = _purchase(
-                ctx, plan, item, command, purchases.decide_purchase(command, context), caps
+                ctx, plan, item, command, around
             )
             continue
         tx_id = transaction_id_for(command.user_id, command.idempotency_key)
@@ -415,38 +412,60 @@ def _account_of(
     return _account(plan, accounts, (user, asset))
 
 
+class _Around(NamedTuple):
+    """What a batch's command is decided with besides its own wallet (as plan_batch has it)."""
+
+    accounts: Mapping[AccountKey, AccountState]
+    assets: Assets
+    refs: References
+    caps: dict[AccountKey, Caps]
+    reversing: bool
+    now_ms: int
+
+
 def _purchase(
-    ctx: BatchContext,
-    plan: BatchPlan,
-    item: Intake,
-    command: Command,
-    decided: purchases.Decided | purchases.Refused,
-    caps: dict[AccountKey, Caps],
+    ctx: BatchContext, plan: BatchPlan, item: Intake, command: Command, around: _Around
 ) -> ProcessedRow:
     """Record a purchase: every part accepted (one record each, all at its offset, the main
-    record first), or one rejected record naming the asset that refused it. Returns the main
-    record, which stands for the purchase's result."""
+    record first), or one rejected record naming the asset that refused it; then note what
+    later commands may name, as after any command. Returns the main record, which stands for
+    the purchase's result."""
+    context = purchases.Context(
+        functools.partial(_account_of, plan, around.accounts, command.user_id), around.assets,
+        around.now_ms, around.caps, transaction_id_for,
+    )  # fmt: skip
+    decided = purchases.decide_purchase(command, context)
     if isinstance(decided, purchases.Refused):
         alike = command.model_copy(update={"asset": decided.asset, "amount": decided.amount})
         fields = _rejected(alike, decided.before, decided.rejected)
         rows = [_row(ctx, item, alike, decided.type, fields, _NO_TRANSFER, (None, command.sku))]
     else:
-        rows = []
-        purchase_id = decided.parts[0].transaction_id
-        for part in decided.parts:
-            alike = command.model_copy(update={"idempotency_key": part.key, "asset": part.asset,
-                                               "amount": part.amount})  # fmt: skip
-            fields = _accepted(ctx, plan, alike, part.decision, part.transaction_id)
-            alerts = None
-            if ctx.watch.by_asset:
-                alerts = _alerts(ctx, alike, part.type, part.before, part.decision)
-            rows.append(_row(ctx, item, alike, part.type, fields, _NO_TRANSFER,
-                             (purchase_id, command.sku), alerts))  # fmt: skip
-        caps.update(decided.caps)
+        rows = [_part_row(ctx, plan, item, command, part) for part in decided.parts]
+        around.caps.update(decided.caps)
+        for part in decided.parts:  # a lapsed hold, a target of a reverse later in the batch
+            if around.reversing or part.decision.resolved:
+                alike = command.model_copy(update={"asset": part.asset})
+                _note_references(around.refs, alike, part.decision, part.transaction_id,
+                                 part.type)  # fmt: skip
     plan.processed_rows += rows
     plan.outbox_rows += outbox_rows_of(rows)
     plan.decided.append(Outcome(command.type.value, rows[0].status, rows[0].error_code or ""))
     return rows[0]
+
+
+def _part_row(
+    ctx: BatchContext, plan: BatchPlan, item: Intake, command: Command, part: purchases.Part
+) -> ProcessedRow:
+    """An accepted purchase part's record, its entries, lots and holds noted in the plan."""
+    alike = command.model_copy(update={"idempotency_key": part.key, "asset": part.asset,
+                                       "amount": part.amount})  # fmt: skip
+    fields = _accepted(ctx, plan, alike, part.decision, part.transaction_id)
+    alerts = None
+    if ctx.watch.by_asset:
+        alerts = _alerts(ctx, alike, part.type, part.before, part.decision)
+    purchase_id = transaction_id_for(command.user_id, command.idempotency_key)
+    return _row(ctx, item, alike, part.type, fields, _NO_TRANSFER, (purchase_id, command.sku),
+                alerts)  # fmt: skip
 
 
 def _within_caps(
@@ -463,10 +482,15 @@ def _within_caps(
 
 
 def _note_references(
-    refs: References, command: Command, decision: Accepted, tx_id: uuid.UUID
+    refs: References,
+    command: Command,
+    decision: Accepted,
+    tx_id: uuid.UUID,
+    type: str | None = None,
 ) -> None:
     """What later commands of the batch may name: holds resolved, transactions reversed, and
-    (only in a batch holding a reverse) transactions that could be reversed."""
+    (only in a batch holding a reverse) transactions that could be reversed (`type`: the
+    record's, when not the command's: a purchase's parts)."""
     assert isinstance(refs.holds, dict) and isinstance(refs.targets, dict)
     user, asset = command.user_id, command.asset
     for hold, status in decision.resolved:
@@ -475,7 +499,7 @@ def _note_references(
     if command.type is CommandType.REVERSE and target is not None:
         refs.targets[target] = refs.targets[target]._replace(reversed=True)
     if decision.amount is not None:
-        refs.targets[tx_id] = Target(user, asset, command.type.value, decision.amount,
+        refs.targets[tx_id] = Target(user, asset, type or command.type.value, decision.amount,
                                      decision.consumed_paid, decision.pieces, False,
                                      counterparty=command.to_user_id)  # fmt: skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ledger.caps import Caps
-from ledger.plan import BatchPlan, ProcessedRow
+from ledger.plan import BatchPlan, ProcessedRow, transaction_id_for
 from ledger.purchases import grant_split, part_key
 from schemas.codec import decode_command
 from schemas.commands import Command, Part
@@ -36,11 +36,11 @@ class Shop:
         self.offset = 0
         self.caps: dict[tuple[str, str], Caps] = {}
 
-    def run(self, *commands: Command) -> BatchPlan:
-        return asyncio.run(self._batch(list(commands)))
+    def run(self, *commands: Command, at: datetime | None = None) -> BatchPlan:
+        return asyncio.run(self._batch(list(commands), at))
 
-    def rows(self, *commands: Command) -> list[ProcessedRow]:
-        return self.run(*commands).processed_rows
+    def rows(self, *commands: Command, at: datetime | None = None) -> list[ProcessedRow]:
+        return self.run(*commands, at=at).processed_rows
 
     def balance(self, asset: str, user: str = "mia") -> int:
         return sum(e.amount for e in self.store.entries
@@ -54,9 +54,9 @@ class Shop:
         return sorted((lot.paid, lot.remaining)
                       for lot in self.store.lots.get((user, asset), {}).values())  # fmt: skip
 
-    async def _batch(self, commands: list[Command]) -> BatchPlan:
+    async def _batch(self, commands: list[Command], at: datetime | None) -> BatchPlan:
         position, plan = await planned_commands(self.store, TOPIC, 0, self.epoch, self.offset,
-                                                commands, caps=self.caps)  # fmt: skip
+                                                commands, at, caps=self.caps)  # fmt: skip
         await self.store.commit_batch(position, plan)
         rebuilt = await self.store.unpublished(TOPIC, 0, (0, self.offset), 10_000)
         assert rebuilt == [OutboxMessage.of(r) for r in plan.outbox_rows], "rebuilt alike"
@@ -187,6 +187,34 @@ class TestItemPurchase:
         [refused] = shop.rows(command("reverse", "mia", None, transaction_id=main.transaction_id,
                                       reason="refund"))  # fmt: skip
         assert refused.error_code == "not_reversible" and shop.balance("GOLD") == 400
+
+
+class TestLaterInTheBatch:
+    def test_a_hold_a_purchase_lapsed_is_known_as_lapsed(self) -> None:
+        """A hold whose expiry a purchase's part booked is expired for the rest of its batch,
+        as after a spend: its name is taken, a release of it is refused hold_expired."""
+        shop = stocked()
+        shop.run(command("hold", "mia", 10, hold_id="H", expires_in_s=1))
+        later = datetime.now(UTC) + timedelta(seconds=5)
+        rows = shop.rows(buy(("GOLD", 5)), command("hold", "mia", 20, hold_id="H", expires_in_s=60),
+                         command("release", "mia", None, hold_id="H"), at=later)  # fmt: skip
+        assert [(r.type, r.error_code) for r in rows] == [
+            ("purchase", None),
+            ("hold", "hold_id_taken"),
+            ("release", "hold_expired"),
+        ]
+        assert shop.store.holds[("mia", "GOLD", "H")].status == "expired"
+
+    def test_a_reverse_of_a_part_in_its_batch_is_refused_not_reversible(self) -> None:
+        """A reverse naming a purchase's part in the purchase's own batch is refused as it is
+        later: a purchase is not reversed."""
+        shop = stocked()
+        sent = buy(("GOLD", 100), ("DIAMONDS", 5), key="sword-2")
+        part_id = transaction_id_for("mia", part_key(transaction_id_for("mia", "sword-2"),
+                                                     "DIAMONDS"))  # fmt: skip
+        rows = shop.rows(sent, command("reverse", "mia", None, "DIAMONDS", transaction_id=part_id,
+                                       reason="refund"))  # fmt: skip
+        assert rows[-1].error_code == "not_reversible"
 
 
 class TestConversion:
