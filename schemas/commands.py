@@ -156,7 +156,11 @@ class Command(BaseModel):
         "starting with 'transfer-in:' or 'transfer-refund:' are a transfer's own steps', and "
         "keys starting with 'purchase-part:' a purchase's parts'."
     )
-    type: CommandType
+    type: CommandType = Field(
+        description="conversion and purchase_grant are record types (replies and events name "
+        "them): a command is refused them.",
+        json_schema_extra={"enum": [t.value for t in CommandType if t not in RECORD_ONLY_TYPES]},
+    )
     user_id: UserId
     asset: AssetCode
     amount: int | None = Field(

@@ -153,7 +153,8 @@ def _parts(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
     for value in values:
         asset, _, amount = value.partition(":")
         try:
-            parts.append(Part(asset=asset, amount=int(amount) if amount.isdigit() else -1))
+            digits = amount.isascii() and amount.isdigit()
+            parts.append(Part(asset=asset, amount=int(amount) if digits else -1))
         except ValidationError:
             raise click.BadParameter(f"{value!r} is not ASSET:AMOUNT (1 to 10^15)") from None
     return parts
