@@ -253,6 +253,9 @@ class BatchPlan:
     holds: dict[HoldKey, HoldRow] = field(default_factory=dict)
     accounts: dict[AccountKey, AccountState] = field(default_factory=dict)
     decided: list[Outcome] = field(default_factory=list)  # one per record, in offset order
+    # What the batch's watched wallets spent in the monitors' windows, as it leaves them
+    # (ledger.monitors; the partition keeps it once the batch commits).
+    spending: Mapping[AccountKey, Mapping[int, monitors.Window]] = field(default_factory=dict)
 
     def lots_opened(self) -> list[LotRow]:
         """The lots this batch opened that are still open: rows the table cannot hold yet (a
@@ -355,7 +358,7 @@ def plan_batch(
     transactions its commands name (see References), as stored before the batch; `caps` the
     daily caps of its capped accounts, with what each used of them (ledger.caps)."""
     assert all(a.offset < b.offset for a, b in itertools.pairwise(items)), "offsets"
-    plan = BatchPlan()
+    plan = BatchPlan(spending=ctx.watch.spending)
     seen: dict[IdempotencyId, StoredResult | ProcessedRow] = dict(known)
     refs = refs._replace(holds=dict(refs.holds), targets=dict(refs.targets))  # own moves added
     reversing = CommandType.REVERSE in {getattr(item.admitted, "type", None) for item in items}

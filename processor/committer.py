@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from foundation import metrics
 from foundation.errors import FencedError
 from ledger.account import NO_REFERENCES, AccountState, References
+from ledger.monitors import Monitor, Spending
 from ledger.plan import AccountKey, BatchPlan, IdempotencyId, StoredResult
 from processor.crash_points import CrashPoint
 from processor.outbox import Outbox, PublishJob
@@ -102,10 +103,20 @@ class Committer:
                 self._lookups(group),
                 self._partitions.assets.cover({a for b in group for a in b.assets}),
                 self._partitions.caps.of(k for b in group for k in b.keys),
-                self._partitions.monitors.of(k for b in group for k in b.keys),
+                self._watched(group),
             )
         with metrics.STAGE["plan"].time():
             return [b.worker.plan(b, known, loaded, assets, refs, caps, watched) for b in group]
+
+    async def _watched(self, group: list[Admitted]) -> tuple[tuple[Monitor, ...], Spending]:
+        """The monitors, and the spending in their windows of the group's wallets that their
+        partitions do not know yet (most, most of the time: no query)."""
+        lookup = self._partitions.monitors
+        found = await lookup.current()
+        if not found:
+            return found, {}
+        wanted = [k for b in group for k in b.worker.spending.wanted(b.keys, found)]
+        return found, await lookup.spending(wanted, found)
 
     async def _lookups(
         self, group: list[Admitted]

@@ -36,6 +36,7 @@ from ledger.plan import (
 from processor import narrowing
 from processor.intake import IntakeRules
 from processor.last_record import LastRecord, fingerprint
+from processor.monitors import SpendingCache
 from processor.reader import RecordReader
 from schemas.commands import Command
 from storage.db import Failure
@@ -103,6 +104,7 @@ class PartitionWorker:
         self._assets = assets
         self._config = config
         self._accounts: OrderedDict[AccountKey, AccountState] = OrderedDict()
+        self.spending = SpendingCache(config.balance_cache_max)
         self.claim: PartitionClaim | None = None
         self.next_offset = 0
         self.last = LastRecord()
@@ -150,6 +152,7 @@ class PartitionWorker:
 
     def _adopt(self, claim: PartitionClaim) -> None:
         self._accounts.clear()
+        self.spending.clear()
         if claim.next_offset != self.next_offset:
             self._narrowing = None  # another owner moved the partition: a new story
         self.next_offset = claim.next_offset
@@ -256,15 +259,13 @@ class PartitionWorker:
         self._accounts.update((k, loaded[k]) for k in batch.uncached if k in loaded)
         accounts = {k: self._accounts[k] for k in batch.keys if k in self._accounts}
         mine = {i: known[i] for i in batch.ids if i in known}
-        found, spending = watched
+        found, looked_up = watched
         ctx = BatchContext(
             topic=self.tp.topic,
             partition=self.tp.partition,
             generation=self.generation,
             processed_at=datetime.now(UTC),
-            watch=watch(found, {k: spending[k] for k in batch.keys if k in spending})
-            if found
-            else NO_WATCH,
+            watch=watch(found, self.spending.of(batch.keys, looked_up)) if found else NO_WATCH,
         )
         capped = {k: caps[k] for k in batch.keys if k in caps} if caps else {}
         return plan_batch(ctx, batch.intakes, mine, accounts, assets, refs, capped)
@@ -272,6 +273,7 @@ class PartitionWorker:
     def committed(self, batch: Admitted, plan: BatchPlan) -> list[OutboxMessage]:
         """The batch is stored: move on, and return what the outbox must publish."""
         self._remember(plan)
+        self.spending.committed(plan.spending)
         self._narrowing = narrowing.committed(self._narrowing, batch.position.next_offset)
         self.next_offset = batch.position.next_offset
         self.last.processed(batch.position.last_offset, batch.position.last_fingerprint)
