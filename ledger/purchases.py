@@ -109,27 +109,28 @@ def decide_purchase(command: Command, ctx: Context) -> Decided | Refused:
     caps = dict(ctx.caps)
     parts: list[Part] = []
 
-    def book(type: str, asset: str, amount: int, lot: str | None) -> Refused | None:
+    def book(type: str, asset: str, amount: int, lot: str | None, named: int) -> Refused | None:
+        """Decide one part (`named`: the amount a refusal names: a grant's whole)."""
         key = part_key(purchase_id, asset, lot) if parts else command.idempotency_key
         tx_id = ctx.transaction_id_for(user, key)
         before = state.get(asset) or ctx.account_of(asset)
         decided = _part(command, (type, asset, amount, lot == "paid"), before, ctx, tx_id, caps)
         if isinstance(decided, Rejected):
-            return Refused(main_type, asset, amount, ctx.account_of(asset),
+            return Refused(main_type, asset, named, ctx.account_of(asset),
                            _named(type, asset, decided))  # fmt: skip
         state[asset] = decided.account
         parts.append(Part(type, key, tx_id, asset, amount, decided, before))
         return None
 
     for cost in command.costs:
-        if refused := book(main_type, cost.asset, cost.amount, None):
+        if refused := book(main_type, cost.asset, cost.amount, None, cost.amount):
             return refused
     for grant in command.grants or ():
         paid_for = parts[0].decision  # a conversion's one cost
         assert paid_for.amount is not None and paid_for.consumed_paid is not None
         split = grant_split(grant.amount, paid_for.amount, paid_for.consumed_paid)
         for amount, lot in zip(split, ("paid", "free"), strict=True):
-            if amount and (refused := book(GRANT, grant.asset, amount, lot)):
+            if amount and (refused := book(GRANT, grant.asset, amount, lot, grant.amount)):
                 return refused
     return Decided(parts, caps)
 
