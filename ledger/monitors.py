@@ -82,6 +82,12 @@ def window_lengths(monitors: tuple[Monitor, ...]) -> list[int]:
     return sorted({m.window_s for m in monitors if m.window_s is not None})
 
 
+def window_number(now_ms: int, length_s: int) -> int:
+    """Which window of `length_s` seconds holds `now_ms` (windows are aligned to the epoch;
+    window n starts at n * length_s seconds)."""
+    return now_ms // (length_s * 1000)
+
+
 def alert_id(monitor_id: str, transaction_id: uuid.UUID) -> uuid.UUID:
     """The same alert's id on every publish of it (a republish, a relay's retry)."""
     return uuid.uuid5(transaction_id, monitor_id)
@@ -127,7 +133,7 @@ def _counted(
     windows = watched.spending.setdefault(key, {})
     moved: dict[int, tuple[int, int]] = {}
     for length in {m.window_s for m in monitors if m.window_s is not None}:
-        number = now_ms // (length * 1000)
+        number = window_number(now_ms, length)
         known = windows.get(length)
         was = known.spent if known is not None and known.number == number else 0
         windows[length] = Window(number, was + amount)

@@ -443,7 +443,8 @@ def _purchase(
         fields = _rejected(alike, decided.before, decided.rejected)
         rows = [_row(ctx, item, alike, decided.type, fields, _NO_TRANSFER, (None, command.sku))]
     else:
-        rows = [_part_row(ctx, plan, item, command, part) for part in decided.parts]
+        purchase = (decided.parts[0].transaction_id, command.sku)
+        rows = [_part_row(ctx, plan, item, (command, purchase), part) for part in decided.parts]
         around.caps.update(decided.caps)
         for part in decided.parts:  # a lapsed hold, a target of a reverse later in the batch
             if around.reversing or part.decision.resolved:
@@ -457,18 +458,22 @@ def _purchase(
 
 
 def _part_row(
-    ctx: BatchContext, plan: BatchPlan, item: Intake, command: Command, part: purchases.Part
+    ctx: BatchContext,
+    plan: BatchPlan,
+    item: Intake,
+    bought: tuple[Command, tuple[uuid.UUID, str | None]],
+    part: purchases.Part,
 ) -> ProcessedRow:
-    """An accepted purchase part's record, its entries, lots and holds noted in the plan."""
+    """An accepted purchase part's record (`bought`: the command, and the purchase's id and
+    sku its records carry), its entries, lots and holds noted in the plan."""
+    command, purchase = bought
     alike = command.model_copy(update={"idempotency_key": part.key, "asset": part.asset,
                                        "amount": part.amount})  # fmt: skip
     fields = _accepted(ctx, plan, alike, part.decision, part.transaction_id)
     alerts = None
     if ctx.watch.by_asset:
         alerts = _alerts(ctx, alike, part.type, part.before, part.decision)
-    purchase_id = transaction_id_for(command.user_id, command.idempotency_key)
-    return _row(ctx, item, alike, part.type, fields, _NO_TRANSFER, (purchase_id, command.sku),
-                alerts)  # fmt: skip
+    return _row(ctx, item, alike, part.type, fields, _NO_TRANSFER, purchase, alerts)
 
 
 def _within_caps(
@@ -844,13 +849,22 @@ def alert_rows(row: ProcessedRow) -> list[OutboxRow]:
     if row.alerts is None:
         return []
     assert row.transaction_id is not None, row
+    values = alert_values(row.alerts, row.user_id, row.asset, row.transaction_id, row.type,
+                          row.processed_at)  # fmt: skip
     return [
         OutboxRow(row.topic, row.partition, row.generation, row.source_offset,
                   row.user_id.encode(), None, None, None, None, row.processed_at,
-                  alert_value=wire.alert_bytes(monitors.Hit(*hit), row.user_id, row.asset,
-                                               row.transaction_id, row.type, row.processed_at))
-        for hit in orjson.loads(row.alerts)
+                  alert_value=value)
+        for value in values
     ]  # fmt: skip
+
+
+def alert_values(
+    alerts: str, user_id: str, asset: str, transaction_id: uuid.UUID, type: str, at: datetime
+) -> list[bytes]:
+    """The alerts topic's messages for a record's `alerts` (its JSON column)."""
+    return [wire.alert_bytes(monitors.Hit(*hit), user_id, asset, transaction_id, type, at)
+            for hit in orjson.loads(alerts)]  # fmt: skip
 
 
 def _event_row(row: ProcessedRow) -> OutboxRow:

@@ -30,7 +30,7 @@ from ledger.account import (
 )
 from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, SpendOrder, at_ms, next_due_ms, pieces_of
-from ledger.monitors import MONITORS_MAX, Monitor, Window
+from ledger.monitors import MONITORS_MAX, Monitor, Window, window_number
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -563,7 +563,7 @@ class PostgresEventStore:
         each length that holds `now_ms` (windows are aligned to the epoch)."""
         if not keys or not lengths_s:
             return {}
-        numbers = [now_ms // (n * 1000) for n in lengths_s]
+        numbers = [window_number(now_ms, n) for n in lengths_s]
         since = [at_ms(k * n * 1000) for k, n in zip(numbers, lengths_s, strict=True)]
         rows = await self._pool.fetch(_SPENDING_SQL, [k[0] for k in keys], [k[1] for k in keys],
                                       list(lengths_s), since, timeout=self._timeout_s)  # fmt: skip

@@ -20,7 +20,7 @@ from foundation.errors import FencedError, StorageRefusedError
 from ledger.account import AccountState, Asset, Hold, HoldKey, References, Step, Target
 from ledger.caps import DAY_MS, SPENT_RECORD_TYPES, Caps
 from ledger.lots import Lot, at_ms, epoch_ms, next_due_ms, pieces_of
-from ledger.monitors import Monitor, Window
+from ledger.monitors import Monitor, Window, window_number
 from ledger.plan import (
     AccountKey,
     BatchPlan,
@@ -198,7 +198,7 @@ class MemoryEventStore:
         found: dict[AccountKey, dict[int, Window]] = {}
         for key in keys:
             for length in lengths_s:
-                number = now_ms // (length * 1000)
+                number = window_number(now_ms, length)
                 since = at_ms(number * length * 1000)
                 spent = sum(
                     r.amount or 0 for r in self._processed.values()

@@ -26,8 +26,7 @@ from rich.table import Table
 
 from foundation.errors import OperatorRequestError
 from foundation.settings import Settings
-from ledger.monitors import Hit
-from ledger.wire import alert_bytes
+from ledger.plan import alert_values
 from messaging.kafka import make_consumer, make_producer, start_producer, topic_partitions
 from projections import queries, statements
 from projections.replay import pending_entries, rebuild, republish
@@ -266,10 +265,10 @@ async def print_alerts(settings: Settings, minutes: int) -> None:
             " AND processed_at > now() - make_interval(mins => $1)"
             " ORDER BY processed_at LIMIT $2", minutes, ALERTS_SHOWN_MAX)  # fmt: skip
     for r in rows:
-        for hit in orjson.loads(r["alerts"]):
-            sys.stdout.write(alert_bytes(Hit(*hit), r["user_id"], r["asset"],
-                                         uuid.UUID(str(r["transaction_id"])), r["type"],
-                                         r["processed_at"]).decode() + "\n")  # fmt: skip
+        tx = uuid.UUID(str(r["transaction_id"]))
+        values = alert_values(r["alerts"], r["user_id"], r["asset"], tx, r["type"],
+                              r["processed_at"])  # fmt: skip
+        sys.stdout.write("".join(v.decode() + "\n" for v in values))
 
 
 async def revenue(conn: Conn, asset: str, start: datetime, end: datetime) -> dict[str, object]:
