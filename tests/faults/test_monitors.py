@@ -6,7 +6,6 @@ at least once, every copy with the same id."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Any
 
@@ -14,9 +13,10 @@ import orjson
 import pytest
 
 from foundation.settings import Settings
-from processor.crash_points import EXIT_CODE, POINTS
-from tests.integration.helpers import client_for, command, fetch, read_topic
-from tests.integration.processes import WalletProcess, run_wallet
+from processor.crash_points import POINTS
+from tests.faults.crashes import crashed_then_resumed
+from tests.integration.helpers import command, fetch, read_topic
+from tests.integration.processes import run_wallet
 from tests.integration.test_transfers import apart
 
 pytestmark = pytest.mark.slow
@@ -32,22 +32,9 @@ class TestKilledAtEachPoint:
         added = run_wallet(stack, "monitors", "add", "rich", "--kind", "balance_above",
                            "--asset", "GOLD", "--threshold", "100")  # fmt: skip
         assert added.returncode == 0, added.stderr
-        env = {"WALLET_MONITORS_RELOAD_MS": "100"}
-        crashing = WalletProcess(stack, env=env | {"WALLET_CRASH_AT": f"{point}:top_up"})
-        procs = [crashing]
-        try:
-            async with client_for(stack) as client:
-                await asyncio.sleep(0.5)  # past the first reload of the monitors
-                futures = [await client.publish(command("top_up", u, 60, key=f"{u}-{i}"))
-                           for i in range(3) for u in users]  # fmt: skip
-                await client.flush()
-                await asyncio.to_thread(crashing.proc.wait, 60)
-                procs.append(WalletProcess(stack, env=env))
-                await asyncio.wait_for(asyncio.gather(*futures), 120)
-        finally:
-            for proc in procs:
-                proc.stop()
-        assert crashing.proc.returncode == EXIT_CODE, crashing.log()[-2000:]
+        top_ups = [command("top_up", u, 60, key=f"{u}-{i}") for i in range(3) for u in users]
+        await crashed_then_resumed(stack, f"{point}:top_up", top_ups,
+                                   env={"WALLET_MONITORS_RELOAD_MS": "100"})  # fmt: skip
         raised = await fetch(stack, "SELECT user_id, alerts FROM processed_commands"
                              " WHERE alerts IS NOT NULL")  # fmt: skip
         assert sorted(r["user_id"] for r in raised) == sorted(users)  # the second top-up's

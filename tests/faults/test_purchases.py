@@ -8,15 +8,13 @@ test_postgres.py.)"""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from foundation.settings import Settings
-from processor.crash_points import EXIT_CODE, POINTS
+from processor.crash_points import POINTS
 from schemas.commands import Command
-from tests.integration.helpers import audit, balance, client_for, command, fetch, send_all
-from tests.integration.processes import WalletProcess
+from tests.faults.crashes import crashed_then_resumed
+from tests.integration.helpers import audit, balance, command, fetch
 from tests.integration.test_purchases import buy
 from tests.integration.test_transfers import apart
 
@@ -44,22 +42,9 @@ class TestKilledAtEachPoint:
         each whole or refused once, one reply each, the balances the model's, verify clean."""
         users = apart(stack, stack.partitions)
         sent = purchases(users)
-        crashing = WalletProcess(stack, env={"WALLET_CRASH_AT": f"{point}:{kind}"})
-        procs = [crashing]
-        try:
-            async with client_for(stack) as client:
-                funds = ((1000, "GOLD"), (50, "DIAMONDS"))
-                await send_all(client, [command("top_up", u, n, a) for u in users
-                                        for n, a in funds])  # fmt: skip
-                futures = [await client.publish(c) for c in sent]
-                await client.flush()
-                await asyncio.to_thread(crashing.proc.wait, 60)
-                procs.append(WalletProcess(stack))
-                replies = await asyncio.wait_for(asyncio.gather(*futures), 120)
-        finally:
-            for proc in procs:
-                proc.stop()
-        assert crashing.proc.returncode == EXIT_CODE, crashing.log()[-2000:]
+        funds = [command("top_up", u, n, a) for u in users
+                 for n, a in ((1000, "GOLD"), (50, "DIAMONDS"))]  # fmt: skip
+        replies = await crashed_then_resumed(stack, f"{point}:{kind}", sent, funds)
         assert [r["status"] for r in replies] == ["accepted", "accepted", "rejected"] * (
             ROUNDS * len(users)
         )

@@ -11,8 +11,9 @@ import asyncio
 import pytest
 
 from foundation.settings import Settings
-from processor.crash_points import EXIT_CODE, POINTS
+from processor.crash_points import POINTS
 from schemas.commands import Command
+from tests.faults.crashes import crashed_then_resumed
 from tests.integration.helpers import audit, client_for, command, fetch, send_all
 from tests.integration.processes import WalletProcess
 from tests.integration.test_transfers import apart
@@ -44,20 +45,8 @@ class TestKilledAtEachStep:
         completed or refused once, the balances the model's, verify clean."""
         *users, nobody = apart(stack, stack.partitions)
         sent = gifts(users, nobody)
-        crashing = WalletProcess(stack, env={"WALLET_CRASH_AT": f"{point}:{step}"})
-        procs = [crashing]
-        try:
-            async with client_for(stack) as client:
-                await send_all(client, [command("top_up", u, 1000) for u in users])
-                futures = [await client.publish(c) for c in sent]
-                await client.flush()
-                await asyncio.to_thread(crashing.proc.wait, 60)
-                procs.append(WalletProcess(stack))
-                replies = await asyncio.wait_for(asyncio.gather(*futures), 120)
-        finally:
-            for proc in procs:
-                proc.stop()
-        assert crashing.proc.returncode == EXIT_CODE, crashing.log()[-2000:]
+        funds = [command("top_up", u, 1000) for u in users]
+        replies = await crashed_then_resumed(stack, f"{point}:{step}", sent, funds)
         statuses = [r["transfer"]["status"] for r in replies]
         assert statuses == ["completed", "refused"] * GIFTS, statuses
         await _each_step_once(stack, sent)
